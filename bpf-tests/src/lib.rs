@@ -1,0 +1,2 @@
+//! Support for running wgbpf's programs in the kernel with BPF_PROG_TEST_RUN.
+pub mod packets;

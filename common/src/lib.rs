@@ -1,0 +1,330 @@
+//! Map keys, values and constants shared by wgbpf's eBPF programs and its
+//! controller. Every layout the kernel sees is defined here once: both sides
+//! compile this crate, so they cannot drift apart.
+//!
+//! All structs are `#[repr(C)]` with explicit padding fields (always zero):
+//! the verifier refuses map keys built on the stack with uninitialised holes,
+//! and the controller compares keys byte for byte.
+#![no_std]
+
+/// Map names, as the controller finds them in the object and pins them.
+pub mod names {
+    pub const ACTIVE: &str = "WGBPF_ACTIVE";
+    pub const SLOT_CONFIG: &str = "WGBPF_SLOT_CONFIG";
+    pub const IPCACHE: [&str; 2] = ["WGBPF_IPCACHE_0", "WGBPF_IPCACHE_1"];
+    pub const POLICY: [&str; 2] = ["WGBPF_POLICY_0", "WGBPF_POLICY_1"];
+    pub const PORT_CLASS: [&str; 2] = ["WGBPF_PORTCLASS_0", "WGBPF_PORTCLASS_1"];
+    pub const FLOWS: &str = "WGBPF_FLOWS";
+    pub const PEER_COUNTERS: &str = "WGBPF_PEER_COUNTERS";
+    pub const DENIES: &str = "WGBPF_DENIES";
+    pub const STATS: &str = "WGBPF_STATS";
+    pub const EVENTS: &str = "WGBPF_EVENTS";
+    pub const EVENT_BUCKET: &str = "WGBPF_EVENT_BUCKET";
+    pub const EVENT_CONFIG: &str = "WGBPF_EVENT_CONFIG";
+    /// Programs.
+    pub const PROG_INGRESS: &str = "wgbpf_ingress";
+    pub const PROG_EGRESS: &str = "wgbpf_egress";
+    /// Global (in .rodata) set by the loader: bytes before the IP header.
+    pub const L2_HDR_LEN: &str = "WGBPF_L2_HDR_LEN";
+}
+
+/// Default capacities, overridable by the loader.
+pub mod capacity {
+    /// Policy entries per slot (hash, not preallocated).
+    pub const POLICY: u32 = 1 << 20;
+    /// Prefixes per slot in the address-to-identity trie.
+    pub const IPCACHE: u32 = 1 << 18;
+    /// Tracked flows (LRU: the oldest are evicted, never refused).
+    pub const FLOWS: u32 = 1 << 18;
+    /// Peers with counters; index 0 is "not a peer".
+    pub const PEERS: u32 = 1 << 14;
+    /// Distinct (source peer, destination, protocol, port) deny keys (LRU).
+    pub const DENIES: u32 = 1 << 16;
+    /// Deny event ring buffer, bytes.
+    pub const EVENTS_BYTES: u32 = 1 << 18;
+}
+
+/// Verdict severities. Combining matches takes the maximum: deny wins over
+/// audit, audit over allow, allow over no match.
+pub mod severity {
+    pub const NONE: u8 = 0;
+    pub const ALLOW: u8 = 1;
+    /// Would be denied, but passes: audit mode.
+    pub const AUDIT: u8 = 2;
+    pub const DENY: u8 = 3;
+}
+
+/// Rule numbers that are not rules.
+pub mod rule_id {
+    /// No rule matched: the default deny decided.
+    pub const DEFAULT: u32 = u32::MAX;
+    /// The packet could not be parsed (truncated or malformed headers).
+    pub const MALFORMED: u32 = u32::MAX - 1;
+    /// Passed because it belongs to an established flow (reply or repeat)
+    /// whose first packet the rule in the flow entry allowed.
+    pub const FLOW: u32 = u32::MAX - 2;
+}
+
+/// Identity 0 is the wildcard in policy keys; 1 is "world": an address that
+/// lies in no known prefix. Real identities start at 2.
+pub const ID_ANY: u32 = 0;
+pub const ID_WORLD: u32 = 1;
+pub const ID_FIRST: u32 = 2;
+
+/// Protocol 0 in a policy key means any protocol.
+pub const PROTO_ANY: u8 = 0;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+
+/// Port class 0 means any port; 1 is the class every fragment gets (its
+/// ports are unknown); specific classes start at 2.
+pub const PORT_CLASS_ANY: u16 = 0;
+pub const PORT_CLASS_FRAG: u16 = 1;
+pub const PORT_CLASS_FIRST: u16 = 2;
+
+/// Protocols whose packets carry a "port" the policy can match: the
+/// destination port for TCP/UDP/SCTP, the message type for ICMP/ICMPv6.
+/// The port-class array has one 65536-entry block per protocol, in this order.
+pub const PORTED_PROTOS: [u8; 5] = [PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_ICMP, PROTO_ICMPV6];
+pub const PORT_CLASS_ENTRIES: u32 = 65536 * PORTED_PROTOS.len() as u32;
+
+/// Block index of a protocol in the port-class array, if it has ports.
+#[inline(always)]
+pub fn ported_proto_block(proto: u8) -> Option<u32> {
+    match proto {
+        PROTO_TCP => Some(0),
+        PROTO_UDP => Some(1),
+        PROTO_SCTP => Some(2),
+        PROTO_ICMP => Some(3),
+        PROTO_ICMPV6 => Some(4),
+        _ => None,
+    }
+}
+
+/// Address as the kernel maps store it: IPv6, or IPv4 mapped into
+/// ::ffff:0:0/96, so one trie serves both families.
+pub type Addr = [u8; 16];
+
+/// Data part of an LPM key in the address-to-identity trie (the `prefix_len`
+/// counts bits of the mapped address: an IPv4 /24 is 96 + 24).
+pub type IpCacheKeyData = Addr;
+
+/// What an address is: its policy identity, and the peer whose AllowedIPs
+/// contain it (0 when it belongs to no peer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    pub identity: u32,
+    pub peer: u32,
+}
+
+/// Key of the policy hash map. Wildcards: `src_id`/`dst_id` = [`ID_ANY`],
+/// `proto` = [`PROTO_ANY`], `port_class` = [`PORT_CLASS_ANY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub src_id: u32,
+    pub dst_id: u32,
+    pub port_class: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of the policy hash map: the verdict already resolved by the compiler
+/// for everything the key covers (folded with the key's wildcards), and the
+/// rule that decided it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyValue {
+    pub severity: u8,
+    pub _pad: [u8; 3],
+    pub rule: u32,
+}
+
+/// Per-slot settings, written before the slot becomes active.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotConfig {
+    /// Policy version; flow entries from another version are re-checked.
+    pub version: u32,
+    /// `SLOT_*` flags.
+    pub flags: u32,
+}
+
+/// The whole interface is in audit mode: every deny passes, counted as audited.
+pub const SLOT_AUDIT_ALL: u32 = 1;
+/// The slot has policy entries keyed on a wildcard source (any source).
+pub const SLOT_HAS_ANY_SRC: u32 = 2;
+/// The slot has policy entries keyed on a wildcard destination.
+pub const SLOT_HAS_ANY_DST: u32 = 4;
+/// The slot has policy entries keyed on wildcard source and destination.
+pub const SLOT_HAS_ANY_ANY: u32 = 8;
+/// The slot holds a loaded policy (an all-zero slot denies everything).
+pub const SLOT_VALID: u32 = 16;
+
+/// Flow-table key: the packet's own 5-tuple as it travels. For ICMP echo
+/// the identifier stands in the source port of requests and the destination
+/// port of replies, so a reply's key is the request's key reversed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Flow-table value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Policy version that allowed the flow.
+    pub version: u32,
+    /// The rule that allowed the flow's first packet.
+    pub rule: u32,
+    /// [`severity::ALLOW`] or [`severity::AUDIT`]: how packets of the flow count.
+    pub severity: u8,
+    /// 1 when this entry lets replies in (the key is the reversed tuple).
+    pub reply: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Per-peer counters, one slot per direction: ingress counts packets from the
+/// peer (decrypted), egress packets to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    pub dir: [DirCounters; 2],
+}
+
+pub const DIR_INGRESS: usize = 0;
+pub const DIR_EGRESS: usize = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirCounters {
+    pub allowed_packets: u64,
+    pub allowed_bytes: u64,
+    pub denied_packets: u64,
+    pub denied_bytes: u64,
+    pub audited_packets: u64,
+    pub audited_bytes: u64,
+}
+
+/// Key of the deny map: who was refused what. Bounded (LRU) so that a port
+/// scan evicts old keys instead of exhausting memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DenyKey {
+    pub dst: Addr,
+    pub src_peer: u32,
+    pub dport: u16,
+    pub proto: u8,
+    /// [`severity::DENY`] or [`severity::AUDIT`] (would have been denied).
+    pub severity: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Data-plane statistics that belong to no peer (index into the stats array).
+pub mod stat {
+    pub const MALFORMED: u32 = 0;
+    pub const FRAGMENTS: u32 = 1;
+    pub const EVENTS_SENT: u32 = 2;
+    pub const EVENTS_SUPPRESSED: u32 = 3;
+    pub const EVENTS_LOST: u32 = 4;
+    pub const FLOW_HITS: u32 = 5;
+    pub const FLOW_RECHECKS: u32 = 6;
+    pub const COUNT: u32 = 7;
+}
+
+/// A deny (or audit) event, sent to userspace through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyEvent {
+    pub timestamp_ns: u64,
+    pub src: Addr,
+    pub dst: Addr,
+    pub src_peer: u32,
+    pub rule: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub severity: u8,
+    /// [`DIR_INGRESS`] or [`DIR_EGRESS`].
+    pub direction: u8,
+    pub _pad: u8,
+}
+
+/// Rate limit of deny events, per CPU (token bucket in the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventConfig {
+    /// Events per second allowed per CPU; 0 disables events.
+    pub per_second: u32,
+    /// Largest burst per CPU.
+    pub burst: u32,
+}
+
+/// Token bucket state, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBucket {
+    pub tokens_milli: u64,
+    pub last_ns: u64,
+}
+
+/// Maps an IPv4 address into the shared IPv6 key space.
+#[inline(always)]
+pub const fn map_v4(octets: [u8; 4]) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all these are repr(C) plain data without implicit padding.
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for SlotConfig {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for PeerCounters {}
+    unsafe impl aya::Pod for DirCounters {}
+    unsafe impl aya::Pod for DenyKey {}
+    unsafe impl aya::Pod for DenyValue {}
+    unsafe impl aya::Pod for DenyEvent {}
+    unsafe impl aya::Pod for EventConfig {}
+    unsafe impl aya::Pod for EventBucket {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<PolicyKey>(), 12);
+        assert_eq!(size_of::<PolicyValue>(), 8);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowValue>(), 12);
+        assert_eq!(size_of::<DenyKey>(), 24);
+        assert_eq!(size_of::<DenyEvent>(), 8 + 32 + 8 + 4 + 4);
+        assert_eq!(size_of::<PeerCounters>(), 2 * 6 * 8);
+    }
+}

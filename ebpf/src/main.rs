@@ -1,0 +1,414 @@
+//! wgbpf's TC programs for the WireGuard interface.
+//!
+//! Per packet: parse, look both addresses up in the identity trie, then
+//! either hit the flow table (established flows and replies) or evaluate the
+//! policy with a fixed number of hash lookups, whatever the size of the
+//! policy. Two policy slots let the controller write a new policy beside the
+//! running one and switch with a single 4-byte write.
+#![no_std]
+#![no_main]
+
+mod parse;
+mod policy;
+
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use parse::{Packet, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST};
+use wgbpf_common::*;
+
+/// Pass to the next program (tcx) or filter (clsact), i.e. do not decide.
+const TC_ACT_UNSPEC: i32 = -1;
+
+/// Bytes before the IP header: 0 on a WireGuard device (L3), 14 under
+/// BPF_PROG_TEST_RUN, which always builds an Ethernet frame. Set at load.
+#[no_mangle]
+static WGBPF_L2_HDR_LEN: u32 = 0;
+
+#[map(name = "WGBPF_ACTIVE")]
+static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+#[map(name = "WGBPF_SLOT_CONFIG")]
+static SLOT_CONFIG: Array<SlotConfig> = Array::with_max_entries(2, 0);
+
+#[map(name = "WGBPF_IPCACHE_0")]
+static IPCACHE_0: LpmTrie<IpCacheKeyData, Endpoint> =
+    LpmTrie::with_max_entries(capacity::IPCACHE, 0);
+#[map(name = "WGBPF_IPCACHE_1")]
+static IPCACHE_1: LpmTrie<IpCacheKeyData, Endpoint> =
+    LpmTrie::with_max_entries(capacity::IPCACHE, 0);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+/// The controller writes the port-class arrays through mmap.
+const BPF_F_MMAPABLE: u32 = 1024;
+#[map(name = "WGBPF_POLICY_0")]
+static POLICY_0: HashMap<PolicyKey, PolicyValue> =
+    HashMap::with_max_entries(capacity::POLICY, BPF_F_NO_PREALLOC);
+#[map(name = "WGBPF_POLICY_1")]
+static POLICY_1: HashMap<PolicyKey, PolicyValue> =
+    HashMap::with_max_entries(capacity::POLICY, BPF_F_NO_PREALLOC);
+
+#[map(name = "WGBPF_PORTCLASS_0")]
+static PORTCLASS_0: Array<u16> = Array::with_max_entries(PORT_CLASS_ENTRIES, BPF_F_MMAPABLE);
+#[map(name = "WGBPF_PORTCLASS_1")]
+static PORTCLASS_1: Array<u16> = Array::with_max_entries(PORT_CLASS_ENTRIES, BPF_F_MMAPABLE);
+
+#[map(name = "WGBPF_FLOWS")]
+static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
+
+#[map(name = "WGBPF_PEER_COUNTERS")]
+static PEER_COUNTERS: PerCpuArray<PeerCounters> = PerCpuArray::with_max_entries(capacity::PEERS, 0);
+#[map(name = "WGBPF_DENIES")]
+static DENIES: LruPerCpuHashMap<DenyKey, DenyValue> =
+    LruPerCpuHashMap::with_max_entries(capacity::DENIES, 0);
+#[map(name = "WGBPF_STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+#[map(name = "WGBPF_EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+#[map(name = "WGBPF_EVENT_BUCKET")]
+static EVENT_BUCKET: PerCpuArray<EventBucket> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "WGBPF_EVENT_CONFIG")]
+static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 0);
+
+#[classifier]
+pub fn wgbpf_ingress(ctx: TcContext) -> i32 {
+    handle(&ctx, DIR_INGRESS)
+}
+
+#[classifier]
+pub fn wgbpf_egress(ctx: TcContext) -> i32 {
+    handle(&ctx, DIR_EGRESS)
+}
+
+/// A decision: its severity and the rule (or `rule_id::*`) behind it.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub severity: u8,
+    pub rule: u32,
+}
+
+#[inline(always)]
+fn handle(ctx: &TcContext, dir: usize) -> i32 {
+    let l2 = unsafe { core::ptr::read_volatile(&WGBPF_L2_HDR_LEN) } as usize;
+    let pkt = match parse::parse(ctx, l2) {
+        Ok(p) => p,
+        Err(_) => {
+            bump_stat(stat::MALFORMED);
+            return TC_ACT_SHOT;
+        }
+    };
+    if pkt.fragment {
+        bump_stat(stat::FRAGMENTS);
+    }
+    let slot = match ACTIVE.get(0) {
+        Some(s) => *s & 1,
+        None => 0,
+    };
+    let cfg = match SLOT_CONFIG.get(slot) {
+        Some(c) => *c,
+        None => SlotConfig::default(),
+    };
+
+    let (src_ep, dst_ep) = if slot == 0 {
+        (lookup_ep(&IPCACHE_0, &pkt.src), lookup_ep(&IPCACHE_0, &pkt.dst))
+    } else {
+        (lookup_ep(&IPCACHE_1, &pkt.src), lookup_ep(&IPCACHE_1, &pkt.dst))
+    };
+
+    let (verdict, from_flow) = decide(&pkt, slot, &cfg, &src_ep, &dst_ep);
+
+    let peer = if dir == DIR_INGRESS { src_ep.peer } else { dst_ep.peer };
+    count_peer(peer, dir, verdict.severity, pkt.len);
+    if verdict.severity >= severity::AUDIT && !from_flow {
+        count_deny(&pkt, src_ep.peer, verdict.severity);
+        send_event(&pkt, src_ep.peer, &verdict, dir);
+    }
+    if verdict.severity == severity::DENY {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_UNSPEC
+    }
+}
+
+#[inline(always)]
+fn lookup_ep(trie: &LpmTrie<IpCacheKeyData, Endpoint>, addr: &Addr) -> Endpoint {
+    let key = aya_ebpf::maps::lpm_trie::Key::new(128, *addr);
+    match trie.get(&key) {
+        Some(ep) => *ep,
+        None => Endpoint {
+            identity: ID_WORLD,
+            peer: 0,
+        },
+    }
+}
+
+/// The verdict for a packet, and whether the flow table gave it.
+#[inline(always)]
+fn decide(
+    pkt: &Packet,
+    slot: u32,
+    cfg: &SlotConfig,
+    src: &Endpoint,
+    dst: &Endpoint,
+) -> (Verdict, bool) {
+    let flow_key = flow_key(pkt);
+    if let Some(key) = &flow_key {
+        if let Some(entry) = FLOWS.get_ptr_mut(key) {
+            let entry = unsafe { &mut *entry };
+            if entry.version == cfg.version {
+                bump_stat(stat::FLOW_HITS);
+                return (
+                    Verdict {
+                        severity: entry.severity,
+                        rule: entry.rule,
+                    },
+                    true,
+                );
+            }
+            // The policy changed since the flow began: the flow lives on only
+            // if its first direction is still allowed.
+            bump_stat(stat::FLOW_RECHECKS);
+            let origin = if entry.reply != 0 {
+                let port = reversed_policy_port(pkt);
+                finish(policy::evaluate(slot, cfg, dst, src, pkt.proto, port, false), cfg)
+            } else {
+                finish(policy::evaluate(slot, cfg, src, dst, pkt.proto, policy_port(pkt), false), cfg)
+            };
+            if origin.severity != severity::DENY {
+                entry.version = cfg.version;
+                entry.severity = origin.severity;
+                entry.rule = origin.rule;
+                return (origin, true);
+            }
+            let _ = FLOWS.remove(key);
+        }
+    }
+    let v = finish(
+        policy::evaluate(slot, cfg, src, dst, pkt.proto, policy_port(pkt), pkt.fragment),
+        cfg,
+    );
+    if v.severity != severity::DENY {
+        if let Some(key) = &flow_key {
+            if opens_flow(pkt) {
+                track(key, cfg.version, &v);
+            }
+        }
+    }
+    (v, false)
+}
+
+/// Default deny, and audit mode for the whole interface.
+#[inline(always)]
+fn finish(v: Verdict, cfg: &SlotConfig) -> Verdict {
+    let v = if v.severity == severity::NONE {
+        Verdict {
+            severity: severity::DENY,
+            rule: rule_id::DEFAULT,
+        }
+    } else {
+        v
+    };
+    if v.severity == severity::DENY && cfg.flags & SLOT_AUDIT_ALL != 0 {
+        Verdict {
+            severity: severity::AUDIT,
+            rule: v.rule,
+        }
+    } else {
+        v
+    }
+}
+
+/// The "port" the policy matches: destination port, or ICMP type.
+#[inline(always)]
+fn policy_port(pkt: &Packet) -> u16 {
+    match pkt.proto {
+        PROTO_ICMP | PROTO_ICMPV6 => pkt.icmp_type as u16,
+        _ => pkt.dport,
+    }
+}
+
+/// The policy port of the packet that opened the flow this reply belongs to.
+#[inline(always)]
+fn reversed_policy_port(pkt: &Packet) -> u16 {
+    match pkt.proto {
+        PROTO_ICMP => ICMP_ECHO_REQUEST as u16,
+        PROTO_ICMPV6 => ICMPV6_ECHO_REQUEST as u16,
+        _ => pkt.sport,
+    }
+}
+
+/// The packet's flow-table key, for packets that can belong to a flow.
+#[inline(always)]
+fn flow_key(pkt: &Packet) -> Option<FlowKey> {
+    if pkt.fragment {
+        return None;
+    }
+    let (sport, dport) = match pkt.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => (pkt.sport, pkt.dport),
+        PROTO_ICMP => match pkt.icmp_type {
+            ICMP_ECHO_REQUEST => (pkt.icmp_id, 0),
+            ICMP_ECHO_REPLY => (0, pkt.icmp_id),
+            _ => return None,
+        },
+        PROTO_ICMPV6 => match pkt.icmp_type {
+            ICMPV6_ECHO_REQUEST => (pkt.icmp_id, 0),
+            ICMPV6_ECHO_REPLY => (0, pkt.icmp_id),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(FlowKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        sport,
+        dport,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    })
+}
+
+/// Packets that, once allowed, let their replies in. Echo replies do not.
+#[inline(always)]
+fn opens_flow(pkt: &Packet) -> bool {
+    match pkt.proto {
+        PROTO_ICMP => pkt.icmp_type == ICMP_ECHO_REQUEST,
+        PROTO_ICMPV6 => pkt.icmp_type == ICMPV6_ECHO_REQUEST,
+        _ => true,
+    }
+}
+
+#[inline(always)]
+fn track(key: &FlowKey, version: u32, v: &Verdict) {
+    let mut value = FlowValue {
+        version,
+        rule: v.rule,
+        severity: v.severity,
+        reply: 0,
+        _pad: [0; 2],
+    };
+    let _ = FLOWS.insert(key, &value, 0);
+    let reverse = FlowKey {
+        src: key.dst,
+        dst: key.src,
+        sport: key.dport,
+        dport: key.sport,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    value.reply = 1;
+    let _ = FLOWS.insert(&reverse, &value, 0);
+}
+
+#[inline(always)]
+fn bump_stat(index: u32) {
+    if let Some(v) = STATS.get_ptr_mut(index) {
+        unsafe { *v += 1 };
+    }
+}
+
+#[inline(always)]
+fn count_peer(peer: u32, dir: usize, sev: u8, len: u32) {
+    let Some(c) = PEER_COUNTERS.get_ptr_mut(peer) else {
+        return;
+    };
+    let c = unsafe { &mut (*c).dir[dir & 1] };
+    let len = len as u64;
+    match sev {
+        severity::DENY => {
+            c.denied_packets += 1;
+            c.denied_bytes += len;
+        }
+        severity::AUDIT => {
+            c.audited_packets += 1;
+            c.audited_bytes += len;
+        }
+        _ => {
+            c.allowed_packets += 1;
+            c.allowed_bytes += len;
+        }
+    }
+}
+
+#[inline(always)]
+fn count_deny(pkt: &Packet, src_peer: u32, sev: u8) {
+    let key = DenyKey {
+        dst: pkt.dst,
+        src_peer,
+        dport: if pkt.fragment { 0 } else { policy_port(pkt) },
+        proto: pkt.proto,
+        severity: sev,
+    };
+    if let Some(v) = DENIES.get_ptr_mut(&key) {
+        let v = unsafe { &mut *v };
+        v.packets += 1;
+        v.bytes += pkt.len as u64;
+    } else {
+        let v = DenyValue {
+            packets: 1,
+            bytes: pkt.len as u64,
+        };
+        let _ = DENIES.insert(&key, &v, 0);
+    }
+}
+
+/// Token bucket per CPU, so a flood of denied packets cannot flood the ring.
+#[inline(always)]
+fn send_event(pkt: &Packet, src_peer: u32, v: &Verdict, dir: usize) {
+    let Some(cfg) = EVENT_CONFIG.get(0) else {
+        return;
+    };
+    if cfg.per_second == 0 {
+        return;
+    }
+    let Some(bucket) = EVENT_BUCKET.get_ptr_mut(0) else {
+        return;
+    };
+    let bucket = unsafe { &mut *bucket };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut elapsed = now.wrapping_sub(bucket.last_ns);
+    if elapsed > 10_000_000_000 {
+        elapsed = 10_000_000_000;
+    }
+    bucket.last_ns = now;
+    let cap = cfg.burst as u64 * 1000;
+    let mut tokens = bucket.tokens_milli + elapsed * cfg.per_second as u64 / 1_000_000;
+    if tokens > cap {
+        tokens = cap;
+    }
+    if tokens < 1000 {
+        bucket.tokens_milli = tokens;
+        bump_stat(stat::EVENTS_SUPPRESSED);
+        return;
+    }
+    bucket.tokens_milli = tokens - 1000;
+    match EVENTS.reserve::<DenyEvent>(0) {
+        Some(mut entry) => {
+            entry.write(DenyEvent {
+                timestamp_ns: now,
+                src: pkt.src,
+                dst: pkt.dst,
+                src_peer,
+                rule: v.rule,
+                sport: pkt.sport,
+                dport: policy_port(pkt),
+                proto: pkt.proto,
+                severity: v.severity,
+                direction: dir as u8,
+                _pad: 0,
+            });
+            entry.submit(0);
+            bump_stat(stat::EVENTS_SENT);
+        }
+        None => bump_stat(stat::EVENTS_LOST),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

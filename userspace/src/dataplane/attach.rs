@@ -1,0 +1,201 @@
+//! Attaching to an interface, pinning, adopting and removing.
+//!
+//! tcx (kernel 6.6 and later): the links are pinned, so they stay when the
+//! controller exits. clsact (older kernels): netlink filters stay by
+//! themselves; the programs are pinned so `unload` can find ours.
+
+use std::{path::Path, process::Command};
+
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    tc::{self, SchedClassifier, TcAttachOptions, TcAttachType},
+    LinkOrder,
+};
+use aya::util::KernelVersion;
+use serde::Serialize;
+use wgbpf_common::names;
+
+use super::{pin_dir, Dataplane, DataplaneError, LoadOptions, Maps};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Tcx,
+    Clsact,
+}
+
+/// The programs of both directions, and the pin names of their links.
+const HOOKS: [(&str, TcAttachType, &str); 2] = [
+    (names::PROG_INGRESS, TcAttachType::Ingress, "link_ingress"),
+    (names::PROG_EGRESS, TcAttachType::Egress, "link_egress"),
+];
+
+#[derive(Debug, Serialize)]
+pub struct Installed {
+    pub mode: AttachMode,
+    /// True when a pinned data plane was found and adopted as it was.
+    pub adopted: bool,
+}
+
+/// What is pinned for an interface, if anything.
+pub fn pinned_mode(iface: &str) -> Option<AttachMode> {
+    let dir = pin_dir(iface);
+    if HOOKS.iter().all(|(_, _, link)| dir.join(link).exists()) {
+        Some(AttachMode::Tcx)
+    } else if HOOKS.iter().all(|(prog, _, _)| dir.join(prog).exists()) {
+        Some(AttachMode::Clsact)
+    } else {
+        None
+    }
+}
+
+/// Makes sure the programs guard `iface`, and returns the map handles. A
+/// data plane already pinned for the interface is adopted as it is: no
+/// detach, no gap, counters kept.
+pub fn install(iface: &str, opts: &LoadOptions) -> Result<(Maps, Installed), DataplaneError> {
+    let dir = pin_dir(iface);
+    if let Some(mode) = pinned_mode(iface) {
+        let maps = Maps::open_pinned(&dir)?;
+        return Ok((
+            maps,
+            Installed {
+                mode,
+                adopted: true,
+            },
+        ));
+    }
+    let opts = LoadOptions {
+        l2_hdr_len: 0,
+        pin_dir: Some(dir.clone()),
+        ..opts.clone()
+    };
+    let mut dp = Dataplane::load(&opts)?;
+    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+    let mode = if tcx {
+        AttachMode::Tcx
+    } else {
+        AttachMode::Clsact
+    };
+    if let Err(e) = attach_all(&mut dp, iface, &dir, mode) {
+        // Leave nothing half-attached behind.
+        let _ = remove(iface);
+        return Err(e);
+    }
+    Ok((
+        dp.maps,
+        Installed {
+            mode,
+            adopted: false,
+        },
+    ))
+}
+
+fn attach_all(
+    dp: &mut Dataplane,
+    iface: &str,
+    dir: &Path,
+    mode: AttachMode,
+) -> Result<(), DataplaneError> {
+    let err = |message: String| DataplaneError::Attach {
+        iface: iface.to_string(),
+        message,
+    };
+    if mode == AttachMode::Clsact {
+        // EEXIST is fine: someone (maybe us) added it before.
+        let _ = tc::qdisc_add_clsact(iface);
+    }
+    for (name, hook, link_pin) in HOOKS {
+        let prog: &mut SchedClassifier = dp
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| err(format!("program {name} missing")))?
+            .try_into()
+            .map_err(|e| err(format!("{name}: {e}")))?;
+        let options = match mode {
+            AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+            AttachMode::Clsact => TcAttachOptions::Netlink(Default::default()),
+        };
+        let id = prog
+            .attach_with_options(iface, hook, options)
+            .map_err(|e| err(format!("{name}: {e}")))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| err(format!("{name}: {e}")))?;
+        let prog_pin = dir.join(name);
+        prog.pin(&prog_pin).map_err(|e| DataplaneError::Pin {
+            path: prog_pin.clone(),
+            source: e.into(),
+        })?;
+        match mode {
+            AttachMode::Tcx => {
+                let fd_link: FdLink = link.try_into().map_err(|e| err(format!("{name}: {e}")))?;
+                let path = dir.join(link_pin);
+                fd_link.pin(&path).map_err(|e| DataplaneError::Pin {
+                    path,
+                    source: e.into(),
+                })?;
+            }
+            // A netlink filter outlives the process; dropping the link
+            // handle would detach it, so let it go.
+            AttachMode::Clsact => std::mem::forget(link),
+        }
+    }
+    Ok(())
+}
+
+/// Detaches the programs from `iface` and removes every pin. Returns false
+/// when there was nothing to remove.
+pub fn remove(iface: &str) -> Result<bool, DataplaneError> {
+    let dir = pin_dir(iface);
+    if !dir.exists() {
+        return Ok(false);
+    }
+    for (name, hook, link_pin) in HOOKS {
+        let path = dir.join(link_pin);
+        if path.exists() {
+            // Unpinning and dropping the last reference detaches the link.
+            let link = PinnedLink::from_pin(&path).map_err(|e| DataplaneError::Pin {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+            drop(link.unpin());
+        } else {
+            remove_clsact_filter(iface, hook, name);
+        }
+    }
+    std::fs::remove_dir_all(&dir).map_err(|e| DataplaneError::Pin {
+        path: dir.clone(),
+        source: e.into(),
+    })?;
+    Ok(true)
+}
+
+/// Deletes our netlink filters (found by program name) from `iface`.
+fn remove_clsact_filter(iface: &str, hook: TcAttachType, prog: &str) {
+    let parent = match hook {
+        TcAttachType::Ingress => "ingress",
+        _ => "egress",
+    };
+    let Ok(out) = Command::new("tc")
+        .args(["-j", "filter", "show", "dev", iface, parent])
+        .output()
+    else {
+        return;
+    };
+    let Ok(filters) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) else {
+        return;
+    };
+    for f in filters {
+        let name = f["options"]["bpf_name"].as_str().unwrap_or("");
+        if !name.starts_with(prog) {
+            continue;
+        }
+        if let (Some(pref), Some(handle)) = (f["pref"].as_u64(), f["options"]["handle"].as_str()) {
+            let _ = Command::new("tc")
+                .args(["filter", "del", "dev", iface, parent, "pref"])
+                .arg(pref.to_string())
+                .args(["handle", handle, "bpf"])
+                .status();
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Reading the kernel's counters: per-CPU values summed.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+use wgbpf_common::{names, stat, DenyKey, DirCounters, PeerCounters};
+
+use super::{DataplaneError, Maps};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub allowed_packets: u64,
+    pub allowed_bytes: u64,
+    pub denied_packets: u64,
+    pub denied_bytes: u64,
+    pub audited_packets: u64,
+    pub audited_bytes: u64,
+}
+
+impl Totals {
+    fn add(&mut self, c: &DirCounters) {
+        self.allowed_packets += c.allowed_packets;
+        self.allowed_bytes += c.allowed_bytes;
+        self.denied_packets += c.denied_packets;
+        self.denied_bytes += c.denied_bytes;
+        self.audited_packets += c.audited_packets;
+        self.audited_bytes += c.audited_bytes;
+    }
+}
+
+/// One peer's counters: ingress = from the peer, egress = to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PeerTotals {
+    pub ingress: Totals,
+    pub egress: Totals,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DenyEntry {
+    pub src_peer: u32,
+    pub dst: IpAddr,
+    pub proto: u8,
+    pub port: u16,
+    /// True for would-be denies passed in audit mode.
+    pub audit: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub malformed: u64,
+    pub fragments: u64,
+    pub events_sent: u64,
+    pub events_suppressed: u64,
+    pub events_lost: u64,
+    pub flow_hits: u64,
+    pub flow_rechecks: u64,
+}
+
+/// Turns a mapped kernel address back into an IPv4 or IPv6 address.
+pub fn unmap(addr: &[u8; 16]) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(*addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+impl Maps {
+    pub fn peer_totals(&self, index: u32) -> Result<PeerTotals, DataplaneError> {
+        let values = self
+            .peer_counters
+            .get(&index, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: names::PEER_COUNTERS,
+                source,
+            })?;
+        let mut t = PeerTotals::default();
+        for v in values.iter() {
+            let v: &PeerCounters = v;
+            t.ingress.add(&v.dir[0]);
+            t.egress.add(&v.dir[1]);
+        }
+        Ok(t)
+    }
+
+    pub fn denies(&self) -> Result<Vec<DenyEntry>, DataplaneError> {
+        let mut out = Vec::new();
+        for item in self.denies.iter() {
+            let (k, values): (DenyKey, _) = item.map_err(|source| DataplaneError::Map {
+                name: names::DENIES,
+                source,
+            })?;
+            let (packets, bytes) = values
+                .iter()
+                .fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
+            out.push(DenyEntry {
+                src_peer: k.src_peer,
+                dst: unmap(&k.dst),
+                proto: k.proto,
+                port: k.dport,
+                audit: k.severity == wgbpf_common::severity::AUDIT,
+                packets,
+                bytes,
+            });
+        }
+        out.sort_by(|a, b| b.packets.cmp(&a.packets));
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> Result<Stats, DataplaneError> {
+        let read = |i: u32| -> Result<u64, DataplaneError> {
+            let v = self
+                .stats
+                .get(&i, 0)
+                .map_err(|source| DataplaneError::Map {
+                    name: names::STATS,
+                    source,
+                })?;
+            Ok(v.iter().sum())
+        };
+        Ok(Stats {
+            malformed: read(stat::MALFORMED)?,
+            fragments: read(stat::FRAGMENTS)?,
+            events_sent: read(stat::EVENTS_SENT)?,
+            events_suppressed: read(stat::EVENTS_SUPPRESSED)?,
+            events_lost: read(stat::EVENTS_LOST)?,
+            flow_hits: read(stat::FLOW_HITS)?,
+            flow_rechecks: read(stat::FLOW_RECHECKS)?,
+        })
+    }
+}

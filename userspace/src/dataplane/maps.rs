@@ -1,0 +1,104 @@
+//! Typed handles on the data plane's maps, taken from a freshly loaded
+//! object or opened from their pins (when adopting a running data plane).
+
+use std::path::Path;
+
+use aya::maps::{
+    Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap,
+};
+use wgbpf_common::{
+    names, Addr, DenyKey, DenyValue, Endpoint, EventConfig, FlowKey, FlowValue, PeerCounters,
+    PolicyKey, PolicyValue, SlotConfig,
+};
+
+use super::{mmap::MmapArray, DataplaneError};
+
+/// Every map the controller reads or writes.
+pub struct Maps {
+    pub active: Array<MapData, u32>,
+    pub slot_config: Array<MapData, SlotConfig>,
+    pub ipcache: [LpmTrie<MapData, Addr, Endpoint>; 2],
+    pub policy: [HashMap<MapData, PolicyKey, PolicyValue>; 2],
+    pub port_class: [MmapArray; 2],
+    pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    pub peer_counters: PerCpuArray<MapData, PeerCounters>,
+    pub denies: PerCpuHashMap<MapData, DenyKey, DenyValue>,
+    pub stats: PerCpuArray<MapData, u64>,
+    pub event_config: Array<MapData, EventConfig>,
+    /// Kept open for the deny-log reader; taken by whoever consumes events.
+    pub events: Option<Map>,
+}
+
+/// Every map the object defines, in pin order.
+pub const ALL_MAPS: [&str; 15] = [
+    names::ACTIVE,
+    names::SLOT_CONFIG,
+    names::IPCACHE[0],
+    names::IPCACHE[1],
+    names::POLICY[0],
+    names::POLICY[1],
+    names::PORT_CLASS[0],
+    names::PORT_CLASS[1],
+    names::FLOWS,
+    names::PEER_COUNTERS,
+    names::DENIES,
+    names::STATS,
+    names::EVENTS,
+    names::EVENT_BUCKET,
+    names::EVENT_CONFIG,
+];
+
+impl Maps {
+    /// Builds the handles from a source of maps by name.
+    pub fn from_source(
+        mut take: impl FnMut(&'static str) -> Result<Map, DataplaneError>,
+    ) -> Result<Self, DataplaneError> {
+        fn conv<T: TryFrom<Map, Error = aya::maps::MapError>>(
+            name: &'static str,
+            map: Map,
+        ) -> Result<T, DataplaneError> {
+            T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+        }
+        macro_rules! typed {
+            ($name:expr) => {{
+                let n = $name;
+                conv(n, take(n)?)?
+            }};
+        }
+        Ok(Maps {
+            active: typed!(names::ACTIVE),
+            slot_config: typed!(names::SLOT_CONFIG),
+            ipcache: [typed!(names::IPCACHE[0]), typed!(names::IPCACHE[1])],
+            policy: [typed!(names::POLICY[0]), typed!(names::POLICY[1])],
+            port_class: [
+                MmapArray::new(names::PORT_CLASS[0], take(names::PORT_CLASS[0])?)?,
+                MmapArray::new(names::PORT_CLASS[1], take(names::PORT_CLASS[1])?)?,
+            ],
+            flows: typed!(names::FLOWS),
+            peer_counters: typed!(names::PEER_COUNTERS),
+            denies: {
+                // An LRU per-CPU hash: aya's PerCpuHashMap reads it too.
+                let map = match take(names::DENIES)? {
+                    Map::PerCpuLruHashMap(d) => Map::PerCpuHashMap(d),
+                    other => other,
+                };
+                conv(names::DENIES, map)?
+            },
+            stats: typed!(names::STATS),
+            event_config: typed!(names::EVENT_CONFIG),
+            events: Some(take(names::EVENTS)?),
+        })
+    }
+
+    /// Opens the maps pinned in `dir`.
+    pub fn open_pinned(dir: &Path) -> Result<Self, DataplaneError> {
+        Self::from_source(|name| {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).map_err(|source| DataplaneError::Pin {
+                path: path.clone(),
+                source: source.into(),
+            })?;
+            Map::from_map_data(data).map_err(|source| DataplaneError::Map { name, source })
+        })
+    }
+}

@@ -1,0 +1,172 @@
+//! The kernel side as the controller sees it: load the object, write
+//! policies into the inactive slot and switch, attach to an interface and
+//! pin everything so enforcement outlives the controller.
+
+pub mod attach;
+pub mod counters;
+pub mod maps;
+pub mod mmap;
+pub mod slot;
+
+use std::path::PathBuf;
+
+use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
+use thiserror::Error;
+use wgbpf_common::{capacity, names, EventConfig};
+
+pub use maps::Maps;
+
+/// The eBPF object built by build.rs from ../ebpf.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wgbpf-ebpf.o"));
+
+/// Where an interface's programs, maps and links are pinned.
+pub fn pin_dir(iface: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/wgbpf").join(iface)
+}
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the kernel refused program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {name} is full: the policy needs {needed} entries, the map holds {capacity}")]
+    Full {
+        name: &'static str,
+        needed: usize,
+        capacity: u32,
+    },
+    #[error("pin {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("attaching to {iface}: {message}")]
+    Attach { iface: String, message: String },
+    #[error("{0}")]
+    Layout(String),
+    #[error("no wgbpf data plane is pinned for {0} (nothing at {1})")]
+    NotLoaded(String, PathBuf),
+}
+
+/// Sizes of the maps, fixed when the data plane is first created.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacities {
+    pub policy: u32,
+    pub ipcache: u32,
+    pub flows: u32,
+    pub peers: u32,
+    pub denies: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            policy: capacity::POLICY,
+            ipcache: capacity::IPCACHE,
+            flows: capacity::FLOWS,
+            peers: capacity::PEERS,
+            denies: capacity::DENIES,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Bytes before the IP header: 0 on WireGuard, 14 for BPF_PROG_TEST_RUN.
+    pub l2_hdr_len: u32,
+    /// Pin (and reuse) the maps here; `None` for private maps (tests).
+    pub pin_dir: Option<PathBuf>,
+    pub capacities: Capacities,
+    /// Deny events per second per CPU, and burst.
+    pub events: Option<EventConfig>,
+}
+
+/// A loaded object: its programs and its maps.
+pub struct Dataplane {
+    pub ebpf: Ebpf,
+    pub maps: Maps,
+}
+
+impl Dataplane {
+    /// Loads the programs into the kernel (not attached). With a pin
+    /// directory, maps already pinned there are reused, counters and all.
+    pub fn load(opts: &LoadOptions) -> Result<Self, DataplaneError> {
+        let caps = opts.capacities;
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(names::L2_HDR_LEN, &opts.l2_hdr_len, true)
+            .map_max_entries(names::POLICY[0], caps.policy)
+            .map_max_entries(names::POLICY[1], caps.policy)
+            .map_max_entries(names::IPCACHE[0], caps.ipcache)
+            .map_max_entries(names::IPCACHE[1], caps.ipcache)
+            .map_max_entries(names::FLOWS, caps.flows)
+            .map_max_entries(names::PEER_COUNTERS, caps.peers)
+            .map_max_entries(names::DENIES, caps.denies);
+        let pins: Vec<(&str, PathBuf)> = match &opts.pin_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| DataplaneError::Pin {
+                    path: dir.clone(),
+                    source: e.into(),
+                })?;
+                maps::ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        for name in [names::PROG_INGRESS, names::PROG_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| DataplaneError::Layout(format!("program {name} missing")))?
+                .try_into()
+                .map_err(|e| DataplaneError::Program {
+                    name,
+                    source: Box::new(e),
+                })?;
+            prog.load().map_err(|e| DataplaneError::Program {
+                name,
+                source: Box::new(e),
+            })?;
+        }
+        let mut maps = Maps::from_source(|name| {
+            ebpf.take_map(name)
+                .ok_or_else(|| DataplaneError::Layout(format!("map {name} missing")))
+        })?;
+        if let Some(ev) = opts.events {
+            maps.event_config
+                .set(0, ev, 0)
+                .map_err(|source| DataplaneError::Map {
+                    name: names::EVENT_CONFIG,
+                    source,
+                })?;
+        }
+        Ok(Self { ebpf, maps })
+    }
+
+    pub fn program(&self, name: &'static str) -> Result<&SchedClassifier, DataplaneError> {
+        self.ebpf
+            .program(name)
+            .ok_or_else(|| DataplaneError::Layout(format!("program {name} missing")))?
+            .try_into()
+            .map_err(|e| DataplaneError::Program {
+                name,
+                source: Box::new(e),
+            })
+    }
+}

@@ -1,0 +1,4 @@
+//! wgbpf: an eBPF ACL data plane for WireGuard gateways, and its controller.
+pub mod dataplane;
+pub mod mesh;
+pub mod policy;

@@ -1,0 +1,5 @@
+//! The policy: its resolved model, the reference evaluator that defines its
+//! meaning, and the compiler to kernel maps.
+pub mod compile;
+pub mod model;
+pub mod reference;

@@ -1,0 +1,119 @@
+//! The resolved policy: what the mesh file (or an import) means once names
+//! are resolved to prefixes. Both the compiler (to kernel maps) and the
+//! reference evaluator start from this, and nothing else.
+
+use std::fmt;
+
+use ipnet::IpNet;
+
+/// A peer of the gateway: its kernel counter slot and its AllowedIPs, which
+/// are its identity (WireGuard only accepts a source inside them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    /// Slot in the per-peer counter map, 1-based (0 is "not a peer").
+    pub index: u32,
+    pub allowed_ips: Vec<IpNet>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Accept,
+    Deny,
+}
+
+/// Who a rule applies to: anyone, or the addresses inside some prefixes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    Any,
+    Prefixes(Vec<IpNet>),
+}
+
+impl Selector {
+    pub fn matches(&self, addr: std::net::IpAddr) -> bool {
+        match self {
+            Selector::Any => true,
+            Selector::Prefixes(ps) => ps.iter().any(|p| p.contains(&addr)),
+        }
+    }
+}
+
+/// An inclusive port range (or ICMP type range, for ICMP rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn new(first: u16, last: u16) -> Self {
+        Self { first, last }
+    }
+    pub fn single(port: u16) -> Self {
+        Self::new(port, port)
+    }
+    pub fn contains(&self, port: u16) -> bool {
+        self.first <= port && port <= self.last
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// For messages and `explain`: where the rule came from.
+    pub name: String,
+    pub action: Action,
+    /// A deny rule in audit mode: what it matches passes, counted as audited.
+    pub audit: bool,
+    pub src: Selector,
+    pub dst: Selector,
+    /// IP protocol number; `None` is any protocol (and then any port).
+    pub proto: Option<u8>,
+    /// Destination ports (ICMP: message types); empty is any.
+    pub ports: Vec<PortRange>,
+}
+
+/// A whole policy for one interface. Rule order matters only to name the
+/// deciding rule: among the matching rules the most severe wins (deny over
+/// audit over accept), and among equals the first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub peers: Vec<Peer>,
+    /// The gateway's own tunnel addresses.
+    pub local: Vec<IpNet>,
+    pub rules: Vec<Rule>,
+    /// Audit mode for the whole interface: nothing is denied, would-be
+    /// denies are counted as audited.
+    pub audit: bool,
+}
+
+impl Policy {
+    pub fn peer_by_index(&self, index: u32) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.index == index)
+    }
+}
+
+/// Protocols whose rules may name ports (ICMP: types).
+pub fn proto_has_ports(proto: u8) -> bool {
+    wgbpf_common::ported_proto_block(proto).is_some()
+}
+
+pub fn proto_name(proto: u8) -> String {
+    match proto {
+        wgbpf_common::PROTO_TCP => "tcp".into(),
+        wgbpf_common::PROTO_UDP => "udp".into(),
+        wgbpf_common::PROTO_ICMP => "icmp".into(),
+        wgbpf_common::PROTO_ICMPV6 => "icmpv6".into(),
+        wgbpf_common::PROTO_SCTP => "sctp".into(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,299 @@
+//! The reference evaluator: the policy's meaning, written plainly over the
+//! rules (no identities, no port classes, no folding). bpf-tests compare the
+//! kernel against it packet by packet, and `policy explain` answers with it.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use wgbpf_common::{rule_id, severity, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+
+use super::model::{Action, Policy, Rule};
+
+/// What the data plane knows of a packet after parsing its headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketMeta {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    pub fragment: bool,
+    pub sport: u16,
+    pub dport: u16,
+    pub icmp_type: u8,
+    pub icmp_id: u16,
+}
+
+impl PacketMeta {
+    /// The "port" rules match: the destination port, or the ICMP type.
+    pub fn policy_port(&self) -> u16 {
+        match self.proto {
+            PROTO_ICMP | PROTO_ICMPV6 => self.icmp_type as u16,
+            _ => self.dport,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub severity: u8,
+    pub rule: u32,
+}
+
+impl Verdict {
+    pub const NONE: Verdict = Verdict {
+        severity: severity::NONE,
+        rule: rule_id::DEFAULT,
+    };
+    pub fn passes(&self) -> bool {
+        self.severity != severity::DENY
+    }
+    /// Deny wins over audit over accept; among equals the earlier rule.
+    pub fn better(self, other: Verdict) -> Verdict {
+        if other.severity > self.severity
+            || (other.severity == self.severity && other.rule < self.rule)
+        {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+pub fn rule_severity(rule: &Rule) -> u8 {
+    match (rule.action, rule.audit) {
+        (Action::Accept, _) => severity::ALLOW,
+        (Action::Deny, true) => severity::AUDIT,
+        (Action::Deny, false) => severity::DENY,
+    }
+}
+
+/// Does the rule match a packet? A fragment's port is unknown, so it matches
+/// rules for any port, and, to stay on the safe side, every deny or audit
+/// rule of its protocol whatever the ports; port-specific accepts never
+/// match it.
+pub fn rule_matches(rule: &Rule, pkt: &PacketMeta) -> bool {
+    if !rule.src.matches(pkt.src) || !rule.dst.matches(pkt.dst) {
+        return false;
+    }
+    if let Some(p) = rule.proto {
+        if p != pkt.proto {
+            return false;
+        }
+    }
+    if rule.ports.is_empty() {
+        return true;
+    }
+    if pkt.fragment {
+        return rule.action == Action::Deny;
+    }
+    let port = pkt.policy_port();
+    rule.ports.iter().any(|r| r.contains(port))
+}
+
+/// The stateless verdict: the policy alone, before flows and defaults.
+pub fn evaluate_rules(policy: &Policy, pkt: &PacketMeta) -> Verdict {
+    policy
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| rule_matches(r, pkt))
+        .fold(Verdict::NONE, |best, (i, r)| {
+            best.better(Verdict {
+                severity: rule_severity(r),
+                rule: i as u32,
+            })
+        })
+}
+
+/// Default deny, and audit mode for the whole interface.
+pub fn finish(policy: &Policy, v: Verdict) -> Verdict {
+    let v = if v.severity == severity::NONE {
+        Verdict {
+            severity: severity::DENY,
+            rule: rule_id::DEFAULT,
+        }
+    } else {
+        v
+    };
+    if v.severity == severity::DENY && policy.audit {
+        Verdict {
+            severity: severity::AUDIT,
+            ..v
+        }
+    } else {
+        v
+    }
+}
+
+/// The verdict of a packet that belongs to no flow.
+pub fn evaluate(policy: &Policy, pkt: &PacketMeta) -> Verdict {
+    finish(policy, evaluate_rules(policy, pkt))
+}
+
+/// A flow as the model tracks it (see `ebpf/src/main.rs` for the kernel's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FlowTuple {
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct FlowState {
+    version: u32,
+    verdict: Verdict,
+    reply: bool,
+}
+
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// The outcome for one packet through the stateful model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    /// The flow table decided (an established flow or a reply).
+    pub from_flow: bool,
+}
+
+/// The data plane as a state machine: a policy (with a version) and a flow
+/// table without capacity limits. Drive it with the same packets as the
+/// kernel, in the same order.
+pub struct Model {
+    policy: Policy,
+    version: u32,
+    flows: HashMap<FlowTuple, FlowState>,
+}
+
+impl Model {
+    pub fn new(policy: Policy, version: u32) -> Self {
+        Self {
+            policy,
+            version,
+            flows: HashMap::new(),
+        }
+    }
+
+    /// A new policy version; flows stay but are re-checked when next seen.
+    pub fn set_policy(&mut self, policy: Policy, version: u32) {
+        self.policy = policy;
+        self.version = version;
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn packet(&mut self, pkt: &PacketMeta) -> Outcome {
+        let tuple = flow_tuple(pkt);
+        if let Some(t) = tuple {
+            if let Some(state) = self.flows.get(&t).copied() {
+                if state.version == self.version {
+                    return Outcome {
+                        verdict: state.verdict,
+                        from_flow: true,
+                    };
+                }
+                // The policy changed: the flow survives if its opening
+                // direction is still allowed.
+                let origin = if state.reply {
+                    evaluate(&self.policy, &reversed(pkt))
+                } else {
+                    evaluate(&self.policy, &unfragmented(pkt))
+                };
+                if origin.passes() {
+                    self.flows.insert(
+                        t,
+                        FlowState {
+                            version: self.version,
+                            verdict: origin,
+                            reply: state.reply,
+                        },
+                    );
+                    return Outcome {
+                        verdict: origin,
+                        from_flow: true,
+                    };
+                }
+                self.flows.remove(&t);
+            }
+        }
+        let v = evaluate(&self.policy, pkt);
+        if v.passes() && opens_flow(pkt) {
+            if let Some(t) = tuple {
+                let state = FlowState {
+                    version: self.version,
+                    verdict: v,
+                    reply: false,
+                };
+                self.flows.insert(t, state);
+                let back = FlowTuple {
+                    src: t.dst,
+                    dst: t.src,
+                    sport: t.dport,
+                    dport: t.sport,
+                    proto: t.proto,
+                };
+                self.flows.insert(back, FlowState { reply: true, ..state });
+            }
+        }
+        Outcome {
+            verdict: v,
+            from_flow: false,
+        }
+    }
+}
+
+fn flow_tuple(pkt: &PacketMeta) -> Option<FlowTuple> {
+    if pkt.fragment {
+        return None;
+    }
+    let (sport, dport) = match (pkt.proto, pkt.icmp_type) {
+        (PROTO_TCP | PROTO_UDP | PROTO_SCTP, _) => (pkt.sport, pkt.dport),
+        (PROTO_ICMP, ICMP_ECHO_REQUEST) | (PROTO_ICMPV6, ICMPV6_ECHO_REQUEST) => (pkt.icmp_id, 0),
+        (PROTO_ICMP, ICMP_ECHO_REPLY) | (PROTO_ICMPV6, ICMPV6_ECHO_REPLY) => (0, pkt.icmp_id),
+        _ => return None,
+    };
+    Some(FlowTuple {
+        src: pkt.src,
+        dst: pkt.dst,
+        sport,
+        dport,
+        proto: pkt.proto,
+    })
+}
+
+fn opens_flow(pkt: &PacketMeta) -> bool {
+    match pkt.proto {
+        PROTO_ICMP => pkt.icmp_type == ICMP_ECHO_REQUEST,
+        PROTO_ICMPV6 => pkt.icmp_type == ICMPV6_ECHO_REQUEST,
+        _ => true,
+    }
+}
+
+fn unfragmented(pkt: &PacketMeta) -> PacketMeta {
+    PacketMeta {
+        fragment: false,
+        ..pkt.clone()
+    }
+}
+
+/// The packet that opened the flow a reply belongs to.
+fn reversed(pkt: &PacketMeta) -> PacketMeta {
+    let icmp_type = match pkt.proto {
+        PROTO_ICMP => ICMP_ECHO_REQUEST,
+        PROTO_ICMPV6 => ICMPV6_ECHO_REQUEST,
+        _ => pkt.icmp_type,
+    };
+    PacketMeta {
+        src: pkt.dst,
+        dst: pkt.src,
+        sport: pkt.dport,
+        dport: pkt.sport,
+        icmp_type,
+        fragment: false,
+        ..pkt.clone()
+    }
+}
