@@ -1,2 +1,4 @@
 //! Support for running wgbpf's programs in the kernel with BPF_PROG_TEST_RUN.
+pub mod harness;
 pub mod packets;
+pub mod policies;

@@ -88,6 +88,11 @@ fn parse_v6(ctx: &TcContext, l2: usize, avail: usize) -> Result<Packet, Malforme
     let mut dst = [0u8; 16];
     src.copy_from_slice(&h[8..24]);
     dst.copy_from_slice(&h[24..40]);
+    // IPv4-mapped addresses never belong on the wire (RFC 4291 2.5.5.2), and
+    // here they would alias IPv4 identities in the shared trie.
+    if is_v4_mapped(&src) || is_v4_mapped(&dst) {
+        return Err(Malformed);
+    }
     let mut p = Packet {
         src,
         dst,
@@ -120,6 +125,9 @@ fn parse_v6(ctx: &TcContext, l2: usize, avail: usize) -> Result<Packet, Malforme
                 nh = e[0];
                 off += 8;
                 p.fragment = true;
+                if off > end {
+                    return Err(Malformed);
+                }
                 if be16(&e, 2) >> 3 != 0 {
                     // A later fragment: what follows is payload, not headers.
                     done = true;
@@ -143,6 +151,11 @@ fn parse_v6(ctx: &TcContext, l2: usize, avail: usize) -> Result<Packet, Malforme
         parse_l4(ctx, off, end - off, &mut p)?;
     }
     Ok(p)
+}
+
+#[inline(always)]
+fn is_v4_mapped(a: &Addr) -> bool {
+    a[..10] == [0u8; 10] && a[10] == 0xff && a[11] == 0xff
 }
 
 /// Reads ports or the ICMP type; `room` is what the IP header says is left.

@@ -85,11 +85,7 @@ impl Atom {
         }
     }
     fn last(&self) -> u128 {
-        if self.len == 0 {
-            u128::MAX
-        } else {
-            self.addr | (u128::MAX >> self.len)
-        }
+        self.addr | u128::MAX.checked_shr(self.len as u32).unwrap_or(0)
     }
     fn contains(&self, other: &Atom) -> bool {
         self.v4 == other.v4
