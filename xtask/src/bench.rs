@@ -1,0 +1,38 @@
+//! `cargo xtask bench ...`: each benchmark is a release binary of the crate
+//! that owns the code under test; xtask only builds and runs it.
+
+use anyhow::Result;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Per-packet cost of the ACL verdict (BPF_PROG_TEST_RUN on the JIT)
+    /// for 10, 1000 and 100000 rules over 10000 peers.
+    Acl {
+        /// Repetitions per test run (the kernel's repeat count).
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        /// Samples per case; the median is reported.
+        #[arg(long, default_value_t = 7)]
+        samples: u32,
+    },
+}
+
+pub fn run(which: Bench) -> Result<()> {
+    match which {
+        Bench::Acl { repeat, samples } => crate::cargo(&[
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "wgbpf-bpf-tests",
+            "--bin",
+            "bench-acl",
+            "--",
+            "--repeat",
+            &repeat.to_string(),
+            "--samples",
+            &samples.to_string(),
+        ]),
+    }
+}
