@@ -10,7 +10,12 @@ fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
     let ebpf = root.join("ebpf");
-    for dir in ["ebpf/src", "ebpf/Cargo.toml", "ebpf/Cargo.lock", "common/src"] {
+    for dir in [
+        "ebpf/src",
+        "ebpf/Cargo.toml",
+        "ebpf/Cargo.lock",
+        "common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=WGBPF_EBPF_RUSTC");

@@ -109,7 +109,11 @@ fn load(config: &PathBuf, json: bool) -> Result<()> {
             mesh.interface,
             installed.mode,
             report.version,
-            if report.changed { "active" } else { "unchanged" },
+            if report.changed {
+                "active"
+            } else {
+                "unchanged"
+            },
             mesh.policy.rules.len(),
             compiled.identities,
             compiled.policy.len()
@@ -134,7 +138,11 @@ fn show_counters(config: &PathBuf, json: bool) -> Result<()> {
     let mesh = mesh::load(config)?;
     let dir = pin_dir(&mesh.interface);
     if attach::pinned_mode(&mesh.interface).is_none() {
-        bail!("no wgbpf data plane is loaded on {} ({})", mesh.interface, dir.display());
+        bail!(
+            "no wgbpf data plane is loaded on {} ({})",
+            mesh.interface,
+            dir.display()
+        );
     }
     let maps = Maps::open_pinned(&dir)?;
     let (_, slot) = maps.active_slot()?;

@@ -145,7 +145,11 @@ fn parse_net(ctx: &Ctx, s: &Spanned<String>, host_only: bool) -> Result<IpNet, M
         .parse::<IpNet>()
         .or_else(|_| v.parse::<std::net::IpAddr>().map(IpNet::from))
         .map_err(|_| ctx.err(s.span(), format!("`{v}` is not an IP address or CIDR")))?;
-    Ok(if host_only { IpNet::from(net.addr()) } else { net })
+    Ok(if host_only {
+        IpNet::from(net.addr())
+    } else {
+        net
+    })
 }
 
 fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
@@ -266,13 +270,21 @@ fn check_key(ctx: &Ctx, k: &Spanned<String>) -> Result<(), MeshError> {
     if ok {
         Ok(())
     } else {
-        Err(ctx.err(k.span(), "public_key is not a base64 WireGuard key (44 characters)"))
+        Err(ctx.err(
+            k.span(),
+            "public_key is not a base64 WireGuard key (44 characters)",
+        ))
     }
 }
 
 fn parse_proto(ctx: &Ctx, p: &Spanned<toml::Value>) -> Result<Option<u8>, MeshError> {
     use wgbpf_common::*;
-    let bad = || ctx.err(p.span(), "proto: expected tcp, udp, sctp, icmp, icmpv6, any or 0-255");
+    let bad = || {
+        ctx.err(
+            p.span(),
+            "proto: expected tcp, udp, sctp, icmp, icmpv6, any or 0-255",
+        )
+    };
     match p.get_ref() {
         toml::Value::String(s) => match s.as_str() {
             "tcp" => Ok(Some(PROTO_TCP)),
@@ -308,7 +320,10 @@ fn parse_ports(ctx: &Ctx, p: &Spanned<toml::Value>) -> Result<PortRange, MeshErr
         _ => return Err(bad("expected a number or \"first-last\"")),
     };
     if range.first > range.last {
-        return Err(bad(&format!("range {}-{} is empty", range.first, range.last)));
+        return Err(bad(&format!(
+            "range {}-{} is empty",
+            range.first, range.last
+        )));
     }
     Ok(range)
 }

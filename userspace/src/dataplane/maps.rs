@@ -3,9 +3,7 @@
 
 use std::path::Path;
 
-use aya::maps::{
-    Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap,
-};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap};
 use wgbpf_common::{
     names, Addr, DenyKey, DenyValue, Endpoint, EventConfig, FlowKey, FlowValue, PeerCounters,
     PolicyKey, PolicyValue, SlotConfig,

@@ -60,7 +60,12 @@ impl Maps {
         Ok(out)
     }
 
-    fn slot_holds(&self, slot: u32, cfg: &SlotConfig, c: &Compiled) -> Result<bool, DataplaneError> {
+    fn slot_holds(
+        &self,
+        slot: u32,
+        cfg: &SlotConfig,
+        c: &Compiled,
+    ) -> Result<bool, DataplaneError> {
         let s = slot as usize;
         if cfg.flags != c.flags | SLOT_VALID {
             return Ok(false);
@@ -111,7 +116,9 @@ impl Maps {
         self.slot_config
             .set(next, cfg, 0)
             .map_err(map_err(names::SLOT_CONFIG))?;
-        self.active.set(0, next, 0).map_err(map_err(names::ACTIVE))?;
+        self.active
+            .set(0, next, 0)
+            .map_err(map_err(names::ACTIVE))?;
         std::thread::sleep(GRACE);
         Ok(ApplyReport {
             version,
@@ -155,9 +162,7 @@ impl Maps {
         }
         for (k, v) in &c.policy {
             if old.get(k) != Some(v) {
-                self.policy[s]
-                    .insert(k, v, 0)
-                    .map_err(map_err(name))?;
+                self.policy[s].insert(k, v, 0).map_err(map_err(name))?;
                 writes += 1;
             }
         }

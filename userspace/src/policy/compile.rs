@@ -351,7 +351,10 @@ fn port_classes(policy: &Policy) -> Result<(Vec<u16>, Vec<Vec<u16>>), CompileErr
             }
             for r in &rule.ports {
                 events.entry(r.first as u32).or_default().push((i, true));
-                events.entry(r.last as u32 + 1).or_default().push((i, false));
+                events
+                    .entry(r.last as u32 + 1)
+                    .or_default()
+                    .push((i, false));
             }
         }
         let mut active: BTreeMap<usize, usize> = BTreeMap::new();
@@ -444,7 +447,11 @@ fn validate(policy: &Policy, max_peers: u32) -> Result<(), CompileError> {
             });
         }
         check_mapped(&format!("peer {}", peer.name), &peer.allowed_ips)?;
-        claimed.extend(peer.allowed_ips.iter().map(|n| (Atom::of(n), peer.name.as_str(), n)));
+        claimed.extend(
+            peer.allowed_ips
+                .iter()
+                .map(|n| (Atom::of(n), peer.name.as_str(), n)),
+        );
     }
     // Sorted by (address, length), an overlap is an enclosing prefix still
     // on the stack when a prefix of another peer arrives.
@@ -454,7 +461,10 @@ fn validate(policy: &Policy, max_peers: u32) -> Result<(), CompileError> {
         while stack.last().is_some_and(|(s, _)| s.last() < a.addr) {
             stack.pop();
         }
-        if let Some((_, other)) = stack.iter().find(|(s, other)| s.contains(a) && other != name) {
+        if let Some((_, other)) = stack
+            .iter()
+            .find(|(s, other)| s.contains(a) && other != name)
+        {
             return Err(CompileError::OverlappingPeers {
                 a: other.to_string(),
                 b: name.to_string(),

@@ -236,7 +236,13 @@ impl Model {
                     dport: t.sport,
                     proto: t.proto,
                 };
-                self.flows.insert(back, FlowState { reply: true, ..state });
+                self.flows.insert(
+                    back,
+                    FlowState {
+                        reply: true,
+                        ..state
+                    },
+                );
             }
         }
         Outcome {
