@@ -95,5 +95,7 @@ pub fn to_meta(p: &Parsed) -> PacketMeta {
         dport: p.dport,
         icmp_type: p.icmp_type,
         icmp_id: p.icmp_id,
+        // Random frames quote nothing that could match a live flow.
+        quoted: None,
     }
 }

@@ -11,9 +11,9 @@
 pub mod names {
     pub const ACTIVE: &str = "WGBPF_ACTIVE";
     pub const SLOT_CONFIG: &str = "WGBPF_SLOT_CONFIG";
-    pub const IPCACHE: [&str; 2] = ["WGBPF_IPCACHE_0", "WGBPF_IPCACHE_1"];
-    pub const POLICY: [&str; 2] = ["WGBPF_POLICY_0", "WGBPF_POLICY_1"];
-    pub const PORT_CLASS: [&str; 2] = ["WGBPF_PORTCLASS_0", "WGBPF_PORTCLASS_1"];
+    pub const IPCACHE: &str = "WGBPF_IPCACHE";
+    pub const POLICY: &str = "WGBPF_POLICY";
+    pub const PORT_CLASS: &str = "WGBPF_PORTCLASS";
     pub const FLOWS: &str = "WGBPF_FLOWS";
     pub const PEER_COUNTERS: &str = "WGBPF_PEER_COUNTERS";
     pub const DENIES: &str = "WGBPF_DENIES";
@@ -30,10 +30,10 @@ pub mod names {
 
 /// Default capacities, overridable by the loader.
 pub mod capacity {
-    /// Policy entries per slot (hash, not preallocated).
-    pub const POLICY: u32 = 1 << 20;
-    /// Prefixes per slot in the address-to-identity trie.
-    pub const IPCACHE: u32 = 1 << 18;
+    /// Policy entries, both slots together (hash, not preallocated).
+    pub const POLICY: u32 = 1 << 21;
+    /// Prefixes in the address-to-identity trie, both slots together.
+    pub const IPCACHE: u32 = 1 << 19;
     /// Tracked flows (LRU: the oldest are evicted, never refused).
     pub const FLOWS: u32 = 1 << 18;
     /// Peers with counters; index 0 is "not a peer".
@@ -89,6 +89,8 @@ pub const PORT_CLASS_FIRST: u16 = 2;
 /// destination port for TCP/UDP/SCTP, the message type for ICMP/ICMPv6.
 /// The port-class array has one 65536-entry block per protocol, in this order.
 pub const PORTED_PROTOS: [u8; 5] = [PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_ICMP, PROTO_ICMPV6];
+/// Port-class entries of one slot; the array holds both slots, slot 1 after
+/// slot 0.
 pub const PORT_CLASS_ENTRIES: u32 = 65536 * PORTED_PROTOS.len() as u32;
 
 /// Block index of a protocol in the port-class array, if it has ports.
@@ -108,9 +110,20 @@ pub fn ported_proto_block(proto: u8) -> Option<u32> {
 /// ::ffff:0:0/96, so one trie serves both families.
 pub type Addr = [u8; 16];
 
-/// Data part of an LPM key in the address-to-identity trie (the `prefix_len`
-/// counts bits of the mapped address: an IPv4 /24 is 96 + 24).
-pub type IpCacheKeyData = Addr;
+/// Data part of an LPM key in the address-to-identity trie: the policy slot
+/// first, then the address. The `prefix_len` always covers the slot byte:
+/// an IPv4 /24 is 8 + 96 + 24 bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpCacheKey {
+    pub slot: u8,
+    pub addr: Addr,
+}
+
+/// Prefix length of an LPM key for a prefix of `bits` mapped-address bits.
+pub const fn ipcache_prefix_len(bits: u32) -> u32 {
+    8 + bits
+}
 
 /// What an address is: its policy identity, and the peer whose AllowedIPs
 /// contain it (0 when it belongs to no peer).
@@ -122,7 +135,8 @@ pub struct Endpoint {
 }
 
 /// Key of the policy hash map. Wildcards: `src_id`/`dst_id` = [`ID_ANY`],
-/// `proto` = [`PROTO_ANY`], `port_class` = [`PORT_CLASS_ANY`].
+/// `proto` = [`PROTO_ANY`], `port_class` = [`PORT_CLASS_ANY`]. Both policy
+/// slots share the map; `slot` says whose entry it is.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyKey {
@@ -130,7 +144,7 @@ pub struct PolicyKey {
     pub dst_id: u32,
     pub port_class: u16,
     pub proto: u8,
-    pub _pad: u8,
+    pub slot: u8,
 }
 
 /// Value of the policy hash map: the verdict already resolved by the compiler
@@ -297,6 +311,7 @@ mod pod {
     use super::*;
     // SAFETY: all these are repr(C) plain data without implicit padding.
     unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for IpCacheKey {}
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyValue {}
     unsafe impl aya::Pod for SlotConfig {}
@@ -320,6 +335,7 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<PolicyKey>(), 12);
+        assert_eq!(size_of::<IpCacheKey>(), 17);
         assert_eq!(size_of::<PolicyValue>(), 8);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowValue>(), 12);

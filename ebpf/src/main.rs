@@ -34,27 +34,20 @@ static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "WGBPF_SLOT_CONFIG")]
 static SLOT_CONFIG: Array<SlotConfig> = Array::with_max_entries(2, 0);
 
-#[map(name = "WGBPF_IPCACHE_0")]
-static IPCACHE_0: LpmTrie<IpCacheKeyData, Endpoint> =
-    LpmTrie::with_max_entries(capacity::IPCACHE, 0);
-#[map(name = "WGBPF_IPCACHE_1")]
-static IPCACHE_1: LpmTrie<IpCacheKeyData, Endpoint> =
-    LpmTrie::with_max_entries(capacity::IPCACHE, 0);
+// Both policy slots live in the same maps, told apart by a slot field in
+// the key: one code path for both, half the work for the verifier.
+#[map(name = "WGBPF_IPCACHE")]
+static IPCACHE: LpmTrie<IpCacheKey, Endpoint> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 /// The controller writes the port-class arrays through mmap.
 const BPF_F_MMAPABLE: u32 = 1024;
-#[map(name = "WGBPF_POLICY_0")]
-static POLICY_0: HashMap<PolicyKey, PolicyValue> =
-    HashMap::with_max_entries(capacity::POLICY, BPF_F_NO_PREALLOC);
-#[map(name = "WGBPF_POLICY_1")]
-static POLICY_1: HashMap<PolicyKey, PolicyValue> =
+#[map(name = "WGBPF_POLICY")]
+static POLICY: HashMap<PolicyKey, PolicyValue> =
     HashMap::with_max_entries(capacity::POLICY, BPF_F_NO_PREALLOC);
 
-#[map(name = "WGBPF_PORTCLASS_0")]
-static PORTCLASS_0: Array<u16> = Array::with_max_entries(PORT_CLASS_ENTRIES, BPF_F_MMAPABLE);
-#[map(name = "WGBPF_PORTCLASS_1")]
-static PORTCLASS_1: Array<u16> = Array::with_max_entries(PORT_CLASS_ENTRIES, BPF_F_MMAPABLE);
+#[map(name = "WGBPF_PORTCLASS")]
+static PORTCLASS: Array<u16> = Array::with_max_entries(2 * PORT_CLASS_ENTRIES, BPF_F_MMAPABLE);
 
 #[map(name = "WGBPF_FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
@@ -94,13 +87,11 @@ pub struct Verdict {
 #[inline(always)]
 fn handle(ctx: &TcContext, dir: usize) -> i32 {
     let l2 = unsafe { core::ptr::read_volatile(&WGBPF_L2_HDR_LEN) } as usize;
-    let pkt = match parse::parse(ctx, l2) {
-        Ok(p) => p,
-        Err(_) => {
-            bump_stat(stat::MALFORMED);
-            return TC_ACT_SHOT;
-        }
-    };
+    let mut pkt = Packet::default();
+    if parse::parse(ctx, l2, &mut pkt).is_err() {
+        bump_stat(stat::MALFORMED);
+        return TC_ACT_SHOT;
+    }
     if pkt.fragment {
         bump_stat(stat::FRAGMENTS);
     }
@@ -112,20 +103,19 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
         Some(c) => *c,
         None => SlotConfig::default(),
     };
-
-    let (src_ep, dst_ep) = if slot == 0 {
-        (lookup_ep(&IPCACHE_0, &pkt.src), lookup_ep(&IPCACHE_0, &pkt.dst))
-    } else {
-        (lookup_ep(&IPCACHE_1, &pkt.src), lookup_ep(&IPCACHE_1, &pkt.dst))
-    };
+    let src_ep = lookup_ep(slot, &pkt.src);
+    let dst_ep = lookup_ep(slot, &pkt.dst);
 
     let (verdict, from_flow) = decide(&pkt, slot, &cfg, &src_ep, &dst_ep);
 
-    let peer = if dir == DIR_INGRESS { src_ep.peer } else { dst_ep.peer };
+    let peer = if dir == DIR_INGRESS {
+        src_ep.peer
+    } else {
+        dst_ep.peer
+    };
     count_peer(peer, dir, verdict.severity, pkt.len);
     if verdict.severity >= severity::AUDIT && !from_flow {
-        count_deny(&pkt, src_ep.peer, verdict.severity);
-        send_event(&pkt, src_ep.peer, &verdict, dir);
+        report_deny(&pkt, src_ep.peer, &verdict, dir);
     }
     if verdict.severity == severity::DENY {
         TC_ACT_SHOT
@@ -135,15 +125,31 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
 }
 
 #[inline(always)]
-fn lookup_ep(trie: &LpmTrie<IpCacheKeyData, Endpoint>, addr: &Addr) -> Endpoint {
-    let key = aya_ebpf::maps::lpm_trie::Key::new(128, *addr);
-    match trie.get(&key) {
+fn lookup_ep(slot: u32, addr: &Addr) -> Endpoint {
+    let key = aya_ebpf::maps::lpm_trie::Key::new(
+        ipcache_prefix_len(128),
+        IpCacheKey {
+            slot: slot as u8,
+            addr: *addr,
+        },
+    );
+    match IPCACHE.get(&key) {
         Some(ep) => *ep,
         None => Endpoint {
             identity: ID_WORLD,
             peer: 0,
         },
     }
+}
+
+/// What the flow table knew of a packet's flow before the policy is asked.
+#[derive(PartialEq, Eq)]
+enum Stale {
+    No,
+    /// An entry from an older policy for the packet's own direction.
+    Forward,
+    /// An entry from an older policy letting replies in.
+    Reply,
 }
 
 /// The verdict for a packet, and whether the flow table gave it.
@@ -155,10 +161,11 @@ fn decide(
     src: &Endpoint,
     dst: &Endpoint,
 ) -> (Verdict, bool) {
-    let flow_key = flow_key(pkt);
-    if let Some(key) = &flow_key {
-        if let Some(entry) = FLOWS.get_ptr_mut(key) {
-            let entry = unsafe { &mut *entry };
+    // An ICMP error about a packet of a live flow, sent back to that
+    // packet's sender, belongs to the flow.
+    if pkt.has_inner && pkt.inner.src == pkt.dst {
+        if let Some(entry) = FLOWS.get_ptr(&pkt.inner) {
+            let entry = unsafe { &*entry };
             if entry.version == cfg.version {
                 bump_stat(stat::FLOW_HITS);
                 return (
@@ -169,36 +176,88 @@ fn decide(
                     true,
                 );
             }
-            // The policy changed since the flow began: the flow lives on only
-            // if its first direction is still allowed.
-            bump_stat(stat::FLOW_RECHECKS);
-            let origin = if entry.reply != 0 {
-                let port = reversed_policy_port(pkt);
-                finish(policy::evaluate(slot, cfg, dst, src, pkt.proto, port, false), cfg)
-            } else {
-                finish(policy::evaluate(slot, cfg, src, dst, pkt.proto, policy_port(pkt), false), cfg)
-            };
-            if origin.severity != severity::DENY {
-                entry.version = cfg.version;
-                entry.severity = origin.severity;
-                entry.rule = origin.rule;
-                return (origin, true);
-            }
-            let _ = FLOWS.remove(key);
         }
+    }
+    let mut key = FlowKey::default();
+    let tracked = flow_key(pkt, &mut key);
+    let mut stale = Stale::No;
+    if tracked {
+        if let Some(entry) = FLOWS.get_ptr(&key) {
+            let entry = unsafe { &*entry };
+            if entry.version == cfg.version {
+                bump_stat(stat::FLOW_HITS);
+                return (
+                    Verdict {
+                        severity: entry.severity,
+                        rule: entry.rule,
+                    },
+                    true,
+                );
+            }
+            // The policy changed since the flow began: the flow lives on
+            // only if its opening direction is still allowed.
+            bump_stat(stat::FLOW_RECHECKS);
+            stale = if entry.reply != 0 {
+                Stale::Reply
+            } else {
+                Stale::Forward
+            };
+        }
+    }
+    if stale == Stale::Reply {
+        let origin = finish(
+            policy::evaluate(
+                slot,
+                cfg,
+                dst,
+                src,
+                pkt.proto,
+                reversed_policy_port(pkt),
+                false,
+            ),
+            cfg,
+        );
+        if origin.severity != severity::DENY {
+            refresh(&key, cfg.version, &origin);
+            return (origin, true);
+        }
+        let _ = FLOWS.remove(&key);
     }
     let v = finish(
-        policy::evaluate(slot, cfg, src, dst, pkt.proto, policy_port(pkt), pkt.fragment),
+        policy::evaluate(
+            slot,
+            cfg,
+            src,
+            dst,
+            pkt.proto,
+            policy_port(pkt),
+            pkt.fragment,
+        ),
         cfg,
     );
-    if v.severity != severity::DENY {
-        if let Some(key) = &flow_key {
-            if opens_flow(pkt) {
-                track(key, cfg.version, &v);
-            }
+    if stale == Stale::Forward {
+        if v.severity != severity::DENY {
+            refresh(&key, cfg.version, &v);
+            return (v, true);
         }
+        let _ = FLOWS.remove(&key);
+        return (v, false);
+    }
+    if v.severity != severity::DENY && tracked && opens_flow(pkt) {
+        track(&key, cfg.version, &v);
     }
     (v, false)
+}
+
+/// A flow entry re-checked under the current policy: keep it, renewed.
+#[inline(always)]
+fn refresh(key: &FlowKey, version: u32, v: &Verdict) {
+    if let Some(entry) = FLOWS.get_ptr_mut(key) {
+        let entry = unsafe { &mut *entry };
+        entry.version = version;
+        entry.severity = v.severity;
+        entry.rule = v.rule;
+    }
 }
 
 /// Default deny, and audit mode for the whole interface.
@@ -241,34 +300,33 @@ fn reversed_policy_port(pkt: &Packet) -> u16 {
     }
 }
 
-/// The packet's flow-table key, for packets that can belong to a flow.
+/// Fills the packet's flow-table key; false for packets that belong to no
+/// flow (fragments, portless protocols, ICMP other than echo).
 #[inline(always)]
-fn flow_key(pkt: &Packet) -> Option<FlowKey> {
+fn flow_key(pkt: &Packet, key: &mut FlowKey) -> bool {
     if pkt.fragment {
-        return None;
+        return false;
     }
     let (sport, dport) = match pkt.proto {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => (pkt.sport, pkt.dport),
         PROTO_ICMP => match pkt.icmp_type {
             ICMP_ECHO_REQUEST => (pkt.icmp_id, 0),
             ICMP_ECHO_REPLY => (0, pkt.icmp_id),
-            _ => return None,
+            _ => return false,
         },
         PROTO_ICMPV6 => match pkt.icmp_type {
             ICMPV6_ECHO_REQUEST => (pkt.icmp_id, 0),
             ICMPV6_ECHO_REPLY => (0, pkt.icmp_id),
-            _ => return None,
+            _ => return false,
         },
-        _ => return None,
+        _ => return false,
     };
-    Some(FlowKey {
-        src: pkt.src,
-        dst: pkt.dst,
-        sport,
-        dport,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    })
+    key.src = pkt.src;
+    key.dst = pkt.dst;
+    key.sport = sport;
+    key.dport = dport;
+    key.proto = pkt.proto;
+    true
 }
 
 /// Packets that, once allowed, let their replies in. Echo replies do not.
@@ -281,7 +339,8 @@ fn opens_flow(pkt: &Packet) -> bool {
     }
 }
 
-#[inline(always)]
+// Separate BPF functions from here on keep the main frame's stack small.
+#[inline(never)]
 fn track(key: &FlowKey, version: u32, v: &Verdict) {
     let mut value = FlowValue {
         version,
@@ -331,6 +390,13 @@ fn count_peer(peer: u32, dir: usize, sev: u8, len: u32) {
             c.allowed_bytes += len;
         }
     }
+}
+
+/// Counts a deny (or audit) in the deny map and sends a deny event.
+#[inline(never)]
+fn report_deny(pkt: &Packet, src_peer: u32, v: &Verdict, dir: usize) {
+    count_deny(pkt, src_peer, v.severity);
+    send_event(pkt, src_peer, v, dir);
 }
 
 #[inline(always)]

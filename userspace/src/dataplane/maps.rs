@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap};
 use wgbpf_common::{
-    names, Addr, DenyKey, DenyValue, Endpoint, EventConfig, FlowKey, FlowValue, PeerCounters,
+    names, DenyKey, DenyValue, Endpoint, EventConfig, FlowKey, FlowValue, IpCacheKey, PeerCounters,
     PolicyKey, PolicyValue, SlotConfig,
 };
 
@@ -15,9 +15,9 @@ use super::{mmap::MmapArray, DataplaneError};
 pub struct Maps {
     pub active: Array<MapData, u32>,
     pub slot_config: Array<MapData, SlotConfig>,
-    pub ipcache: [LpmTrie<MapData, Addr, Endpoint>; 2],
-    pub policy: [HashMap<MapData, PolicyKey, PolicyValue>; 2],
-    pub port_class: [MmapArray; 2],
+    pub ipcache: LpmTrie<MapData, IpCacheKey, Endpoint>,
+    pub policy: HashMap<MapData, PolicyKey, PolicyValue>,
+    pub port_class: MmapArray,
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
     pub peer_counters: PerCpuArray<MapData, PeerCounters>,
     pub denies: PerCpuHashMap<MapData, DenyKey, DenyValue>,
@@ -28,15 +28,12 @@ pub struct Maps {
 }
 
 /// Every map the object defines, in pin order.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 12] = [
     names::ACTIVE,
     names::SLOT_CONFIG,
-    names::IPCACHE[0],
-    names::IPCACHE[1],
-    names::POLICY[0],
-    names::POLICY[1],
-    names::PORT_CLASS[0],
-    names::PORT_CLASS[1],
+    names::IPCACHE,
+    names::POLICY,
+    names::PORT_CLASS,
     names::FLOWS,
     names::PEER_COUNTERS,
     names::DENIES,
@@ -66,12 +63,9 @@ impl Maps {
         Ok(Maps {
             active: typed!(names::ACTIVE),
             slot_config: typed!(names::SLOT_CONFIG),
-            ipcache: [typed!(names::IPCACHE[0]), typed!(names::IPCACHE[1])],
-            policy: [typed!(names::POLICY[0]), typed!(names::POLICY[1])],
-            port_class: [
-                MmapArray::new(names::PORT_CLASS[0], take(names::PORT_CLASS[0])?)?,
-                MmapArray::new(names::PORT_CLASS[1], take(names::PORT_CLASS[1])?)?,
-            ],
+            ipcache: typed!(names::IPCACHE),
+            policy: typed!(names::POLICY),
+            port_class: MmapArray::new(names::PORT_CLASS, take(names::PORT_CLASS)?)?,
             flows: typed!(names::FLOWS),
             peer_counters: typed!(names::PEER_COUNTERS),
             denies: {

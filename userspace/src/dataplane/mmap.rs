@@ -1,4 +1,4 @@
-//! The port-class arrays are BPF_F_MMAPABLE: the controller writes their
+//! The port-class array is BPF_F_MMAPABLE: the controller writes a slot's
 //! 327,680 entries through shared memory instead of one syscall each.
 
 use std::os::fd::{AsFd, AsRawFd};
@@ -25,7 +25,7 @@ impl MmapArray {
         let Map::Array(data) = map else {
             return Err(DataplaneError::Layout(format!("{name} is not an array")));
         };
-        let len = PORT_CLASS_ENTRIES as usize * STRIDE;
+        let len = 2 * PORT_CLASS_ENTRIES as usize * STRIDE;
         let fd = data.fd().as_fd().as_raw_fd();
         // SAFETY: a fresh shared mapping of the map's value area.
         let ptr = unsafe {
@@ -57,10 +57,12 @@ impl MmapArray {
         unsafe { std::ptr::read_volatile(self.ptr.add(index * STRIDE).cast::<u16>()) }
     }
 
-    /// Writes the entries that differ; returns how many did.
-    pub fn write_all(&mut self, values: &[u16]) -> usize {
+    /// Writes one slot's entries where they differ; returns how many did.
+    pub fn write_slot(&mut self, slot: u32, values: &[u16]) -> usize {
+        let base = (slot * PORT_CLASS_ENTRIES) as usize;
         let mut changed = 0;
         for (i, v) in values.iter().enumerate() {
+            let i = base + i;
             if self.get(i) != *v {
                 // SAFETY: as in get().
                 unsafe { std::ptr::write_volatile(self.ptr.add(i * STRIDE).cast::<u16>(), *v) };

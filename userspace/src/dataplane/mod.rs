@@ -40,7 +40,10 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("map {name} is full: the policy needs {needed} entries, the map holds {capacity}")]
+    #[error(
+        "map {name} is too small: the new policy needs {needed} entries and {capacity} are free \
+         beside the running policy (raise the capacity)"
+    )]
     Full {
         name: &'static str,
         needed: usize,
@@ -107,10 +110,8 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .override_global(names::L2_HDR_LEN, &opts.l2_hdr_len, true)
-            .map_max_entries(names::POLICY[0], caps.policy)
-            .map_max_entries(names::POLICY[1], caps.policy)
-            .map_max_entries(names::IPCACHE[0], caps.ipcache)
-            .map_max_entries(names::IPCACHE[1], caps.ipcache)
+            .map_max_entries(names::POLICY, caps.policy)
+            .map_max_entries(names::IPCACHE, caps.ipcache)
             .map_max_entries(names::FLOWS, caps.flows)
             .map_max_entries(names::PEER_COUNTERS, caps.peers)
             .map_max_entries(names::DENIES, caps.denies);

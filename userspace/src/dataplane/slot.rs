@@ -5,7 +5,10 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use aya::maps::{lpm_trie::Key, IterableMap, MapData};
-use wgbpf_common::{names, Addr, Endpoint, PolicyKey, PolicyValue, SlotConfig, SLOT_VALID};
+use wgbpf_common::{
+    ipcache_prefix_len, names, Addr, Endpoint, IpCacheKey, PolicyKey, PolicyValue, SlotConfig,
+    PORT_CLASS_ENTRIES, SLOT_VALID,
+};
 
 use super::{DataplaneError, Maps};
 use crate::policy::compile::Compiled;
@@ -40,22 +43,27 @@ impl Maps {
         Ok((slot, cfg))
     }
 
-    fn read_ipcache(&self, slot: usize) -> Result<BTreeMap<(Addr, u32), Endpoint>, DataplaneError> {
-        let name = names::IPCACHE[slot];
+    /// One slot's trie entries, as (address, prefix bits over 128).
+    fn read_ipcache(&self, slot: u32) -> Result<BTreeMap<(Addr, u32), Endpoint>, DataplaneError> {
         let mut out = BTreeMap::new();
-        for item in self.ipcache[slot].iter() {
-            let (k, v) = item.map_err(map_err(name))?;
-            out.insert((k.data(), k.prefix_len()), v);
+        for item in self.ipcache.iter() {
+            let (k, v) = item.map_err(map_err(names::IPCACHE))?;
+            let data = k.data();
+            if data.slot as u32 == slot {
+                out.insert((data.addr, k.prefix_len() - ipcache_prefix_len(0)), v);
+            }
         }
         Ok(out)
     }
 
-    fn read_policy(&self, slot: usize) -> Result<BTreeMap<PolicyKey, PolicyValue>, DataplaneError> {
-        let name = names::POLICY[slot];
+    /// One slot's policy entries, keyed as the compiler writes them (slot 0).
+    fn read_policy(&self, slot: u32) -> Result<BTreeMap<PolicyKey, PolicyValue>, DataplaneError> {
         let mut out = BTreeMap::new();
-        for item in self.policy[slot].iter() {
-            let (k, v) = item.map_err(map_err(name))?;
-            out.insert(k, v);
+        for item in self.policy.iter() {
+            let (k, v) = item.map_err(map_err(names::POLICY))?;
+            if k.slot as u32 == slot {
+                out.insert(PolicyKey { slot: 0, ..k }, v);
+            }
         }
         Ok(out)
     }
@@ -66,17 +74,17 @@ impl Maps {
         cfg: &SlotConfig,
         c: &Compiled,
     ) -> Result<bool, DataplaneError> {
-        let s = slot as usize;
         if cfg.flags != c.flags | SLOT_VALID {
             return Ok(false);
         }
         let ipcache: BTreeMap<_, _> = c.ipcache.iter().map(|(a, l, e)| ((*a, *l), *e)).collect();
-        Ok(self.read_policy(s)? == c.policy
-            && self.read_ipcache(s)? == ipcache
+        let base = (slot * PORT_CLASS_ENTRIES) as usize;
+        Ok(self.read_policy(slot)? == c.policy
+            && self.read_ipcache(slot)? == ipcache
             && c.port_classes
                 .iter()
                 .enumerate()
-                .all(|(i, v)| self.port_class[s].get(i) == *v))
+                .all(|(i, v)| self.port_class.get(base + i) == *v))
     }
 
     /// Writes `c` into the inactive slot and makes it active. On any error
@@ -95,19 +103,31 @@ impl Maps {
             });
         }
         let next = 1 - active;
-        let s = next as usize;
-        // Refuse a policy that cannot fit before touching anything.
-        check_fits(names::POLICY[s], self.policy[s].map(), c.policy.len())?;
-        check_fits(names::IPCACHE[s], self.ipcache[s].map(), c.ipcache.len())?;
+        // Refuse a policy that cannot fit before touching anything: the
+        // active slot's entries stay, so the new one gets what is left.
+        let live_policy = self.read_policy(active)?.len();
+        let live_ipcache = self.read_ipcache(active)?.len();
+        check_fits(
+            names::POLICY,
+            self.policy.map(),
+            live_policy,
+            c.policy.len(),
+        )?;
+        check_fits(
+            names::IPCACHE,
+            self.ipcache.map(),
+            live_ipcache,
+            c.ipcache.len(),
+        )?;
         let version = if valid { active_cfg.version + 1 } else { 1 };
         // Invalidate first: if we stop half way, the slot says so.
         self.slot_config
             .set(next, SlotConfig::default(), 0)
             .map_err(map_err(names::SLOT_CONFIG))?;
 
-        let ipcache_writes = self.write_ipcache(s, c)?;
-        let policy_writes = self.write_policy(s, c)?;
-        let port_class_writes = self.port_class[s].write_all(&c.port_classes);
+        let ipcache_writes = self.write_ipcache(next, c)?;
+        let policy_writes = self.write_policy(next, c)?;
+        let port_class_writes = self.port_class.write_slot(next, &c.port_classes);
 
         let cfg = SlotConfig {
             version,
@@ -130,21 +150,30 @@ impl Maps {
         })
     }
 
-    fn write_ipcache(&mut self, s: usize, c: &Compiled) -> Result<usize, DataplaneError> {
-        let name = names::IPCACHE[s];
-        let old = self.read_ipcache(s)?;
+    fn write_ipcache(&mut self, slot: u32, c: &Compiled) -> Result<usize, DataplaneError> {
+        let name = names::IPCACHE;
+        let old = self.read_ipcache(slot)?;
         let new: BTreeMap<_, _> = c.ipcache.iter().map(|(a, l, e)| ((*a, *l), *e)).collect();
+        let key = |addr: &Addr, bits: u32| {
+            Key::new(
+                ipcache_prefix_len(bits),
+                IpCacheKey {
+                    slot: slot as u8,
+                    addr: *addr,
+                },
+            )
+        };
         let mut writes = 0;
-        for (addr, len) in old.keys().filter(|k| !new.contains_key(k)) {
-            self.ipcache[s]
-                .remove(&Key::new(*len, *addr))
+        for (addr, bits) in old.keys().filter(|k| !new.contains_key(k)) {
+            self.ipcache
+                .remove(&key(addr, *bits))
                 .map_err(map_err(name))?;
             writes += 1;
         }
-        for ((addr, len), ep) in &new {
-            if old.get(&(*addr, *len)) != Some(ep) {
-                self.ipcache[s]
-                    .insert(&Key::new(*len, *addr), *ep, 0)
+        for ((addr, bits), ep) in &new {
+            if old.get(&(*addr, *bits)) != Some(ep) {
+                self.ipcache
+                    .insert(&key(addr, *bits), *ep, 0)
                     .map_err(map_err(name))?;
                 writes += 1;
             }
@@ -152,17 +181,23 @@ impl Maps {
         Ok(writes)
     }
 
-    fn write_policy(&mut self, s: usize, c: &Compiled) -> Result<usize, DataplaneError> {
-        let name = names::POLICY[s];
-        let old = self.read_policy(s)?;
+    fn write_policy(&mut self, slot: u32, c: &Compiled) -> Result<usize, DataplaneError> {
+        let name = names::POLICY;
+        let old = self.read_policy(slot)?;
+        let in_slot = |k: &PolicyKey| PolicyKey {
+            slot: slot as u8,
+            ..*k
+        };
         let mut writes = 0;
         for k in old.keys().filter(|k| !c.policy.contains_key(k)) {
-            self.policy[s].remove(k).map_err(map_err(name))?;
+            self.policy.remove(&in_slot(k)).map_err(map_err(name))?;
             writes += 1;
         }
         for (k, v) in &c.policy {
             if old.get(k) != Some(v) {
-                self.policy[s].insert(k, v, 0).map_err(map_err(name))?;
+                self.policy
+                    .insert(in_slot(k), v, 0)
+                    .map_err(map_err(name))?;
                 writes += 1;
             }
         }
@@ -170,13 +205,19 @@ impl Maps {
     }
 }
 
-fn check_fits(name: &'static str, map: &MapData, needed: usize) -> Result<(), DataplaneError> {
+/// The map holds both slots: the live one's entries plus the new ones.
+fn check_fits(
+    name: &'static str,
+    map: &MapData,
+    live: usize,
+    needed: usize,
+) -> Result<(), DataplaneError> {
     let capacity = map.info().map_err(map_err(name))?.max_entries();
-    if needed > capacity as usize {
+    if live + needed > capacity as usize {
         return Err(DataplaneError::Full {
             name,
             needed,
-            capacity,
+            capacity: capacity.saturating_sub(live as u32),
         });
     }
     Ok(())

@@ -52,6 +52,7 @@ pub enum CompileError {
 pub struct Compiled {
     /// LPM trie entries: (mapped address, prefix length over 128 bits, value).
     pub ipcache: Vec<(Addr, u32, Endpoint)>,
+    /// Policy entries, keyed with slot 0 (the writer sets the real slot).
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
     /// One class per (ported protocol, port); see `wgbpf_common::PORTED_PROTOS`.
     pub port_classes: Vec<u16>,
@@ -277,7 +278,7 @@ pub fn compile(policy: &Policy, max_peers: u32) -> Result<Compiled, CompileError
             dst_id: *dst,
             port_class,
             proto,
-            _pad: 0,
+            slot: 0,
         };
         let val = |v: Verdict| PolicyValue {
             severity: v.severity,

@@ -19,6 +19,9 @@ pub struct PacketMeta {
     pub dport: u16,
     pub icmp_type: u8,
     pub icmp_id: u16,
+    /// For an ICMP error: the flow tuple of the packet it quotes, as that
+    /// packet travelled (echo requests as (id, 0)).
+    pub quoted: Option<FlowTuple>,
 }
 
 impl PacketMeta {
@@ -130,12 +133,21 @@ pub fn evaluate(policy: &Policy, pkt: &PacketMeta) -> Verdict {
 
 /// A flow as the model tracks it (see `ebpf/src/main.rs` for the kernel's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct FlowTuple {
-    src: IpAddr,
-    dst: IpAddr,
-    sport: u16,
-    dport: u16,
-    proto: u8,
+pub struct FlowTuple {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+/// ICMP errors that quote the packet they are about.
+pub fn is_icmp_error(proto: u8, icmp_type: u8) -> bool {
+    match proto {
+        PROTO_ICMP => matches!(icmp_type, 3 | 11 | 12),
+        PROTO_ICMPV6 => matches!(icmp_type, 1..=4),
+        _ => false,
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -187,6 +199,19 @@ impl Model {
     }
 
     pub fn packet(&mut self, pkt: &PacketMeta) -> Outcome {
+        // An error about a packet of a live flow, back to its sender, is
+        // part of that flow (path MTU discovery needs it).
+        if let Some(q) = pkt
+            .quoted
+            .filter(|q| is_icmp_error(pkt.proto, pkt.icmp_type) && q.src == pkt.dst)
+        {
+            if let Some(state) = self.flows.get(&q).filter(|s| s.version == self.version) {
+                return Outcome {
+                    verdict: state.verdict,
+                    from_flow: true,
+                };
+            }
+        }
         let tuple = flow_tuple(pkt);
         if let Some(t) = tuple {
             if let Some(state) = self.flows.get(&t).copied() {
@@ -300,6 +325,7 @@ fn reversed(pkt: &PacketMeta) -> PacketMeta {
         dport: pkt.sport,
         icmp_type,
         fragment: false,
+        quoted: None,
         ..pkt.clone()
     }
 }
