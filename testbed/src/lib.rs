@@ -31,6 +31,8 @@ mod netns;
 mod traffic;
 
 pub use host::Host;
-pub use meshfile::gateway_mesh_file;
 pub use mesh::{sweep_stale, Mesh, MeshSpec, FAULT_STAGES};
-pub use traffic::{ping, tcp_connect, tcp_listen, udp_echo, udp_roundtrip, udp_send, Listener};
+pub use meshfile::gateway_mesh_file;
+pub use traffic::{
+    ping, tcp_connect, tcp_listen, udp_echo, udp_roundtrip, udp_send, udp_sink, Listener,
+};

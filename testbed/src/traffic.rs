@@ -172,12 +172,33 @@ pub fn udp_echo(host: &Host, port: u16) -> Result<Listener> {
     }))
 }
 
+/// A UDP sink: counts datagrams (see [`Listener::served`]), answers none,
+/// so a test can count packets one way without replies in the other.
+pub fn udp_sink(host: &Host, port: u16) -> Result<Listener> {
+    let socket = in_netns(&host.netns, move || {
+        let s = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port))?;
+        s.set_read_timeout(Some(POLL))?;
+        Ok(s)
+    })
+    .with_context(|| format!("udp_sink on {}:{port}", host.name))?;
+    let port = socket.local_addr()?.port();
+    Ok(Listener::start(port, move |stop, served| {
+        serve_datagrams(socket, stop, served, false)
+    }))
+}
+
 fn echo_datagrams(socket: UdpSocket, stop: Arc<AtomicBool>, served: Arc<AtomicUsize>) {
+    serve_datagrams(socket, stop, served, true)
+}
+
+fn serve_datagrams(socket: UdpSocket, stop: Arc<AtomicBool>, served: Arc<AtomicUsize>, echo: bool) {
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::SeqCst) {
         if let Ok((n, peer)) = socket.recv_from(&mut buf) {
             served.fetch_add(1, Ordering::SeqCst);
-            let _ = socket.send_to(&buf[..n], peer);
+            if echo {
+                let _ = socket.send_to(&buf[..n], peer);
+            }
         }
     }
 }

@@ -8,8 +8,8 @@ use std::{net::IpAddr, path::PathBuf, process::Command, time::Duration};
 
 use serde_json::Value;
 use testbed::{
-    gateway_mesh_file, ping, tcp_connect, tcp_listen, udp_echo, udp_roundtrip, udp_send, Host,
-    Mesh, MeshSpec,
+    gateway_mesh_file, ping, tcp_connect, tcp_listen, udp_echo, udp_roundtrip, udp_send, udp_sink,
+    Host, Mesh, MeshSpec,
 };
 
 const POLICY: &str = r#"
@@ -123,11 +123,10 @@ fn policy_enforced_over_real_wireguard() {
         .map(|p| tcp_listen(gw, *p).unwrap())
         .collect();
     let _bob_udp = udp_echo(bob, 5005).unwrap();
-    // A listener on bob's 5001 too: with none, bob's kernel would answer
-    // alice with ICMP port-unreachable errors, which the policy denies and
-    // which would blur the exact counts below.
-    let bob_sink = udp_echo(bob, 5001).unwrap();
-    let alice_udp = udp_echo(alice, 5001).unwrap();
+    // A silent listener on bob's 5001: no echoes, and no ICMP errors from
+    // a closed port, so the counts below are exactly what we send.
+    let bob_sink = udp_sink(bob, 5001).unwrap();
+    let alice_udp = udp_sink(alice, 5001).unwrap();
     let _alice_udp_echo = udp_echo(alice, 5005).unwrap();
 
     // Before wgbpf: everything flows.
@@ -218,6 +217,18 @@ fn policy_enforced_over_real_wireguard() {
         0,
         "bob's datagrams must never reach alice"
     );
+
+    // bob has nothing on udp/5007: his kernel's port-unreachable error about
+    // alice's allowed datagram belongs to her flow and reaches her.
+    let before = counters(gw, &cfg);
+    assert!(!udp_roundtrip(alice, IpAddr::V4(bob.tunnel_v4), 5007, T).unwrap());
+    let after_icmp = counters(gw, &cfg);
+    let delta = |peer: &str, dir: &str, key: &str| {
+        counter(&after_icmp, peer, dir, key) - counter(&before, peer, dir, key)
+    };
+    assert_eq!(delta("bob", "ingress", "denied_packets"), 0, "ICMP error denied");
+    assert!(delta("bob", "ingress", "allowed_packets") >= 1);
+    assert!(delta("alice", "egress", "allowed_packets") >= 1);
 
     // A second load adopts the pinned data plane: same version, counters kept.
     let (ok, out, err) = wgbpf(gw, &["load", "-c", &cfg, "--json"]);

@@ -7,8 +7,7 @@ use std::{net::IpAddr, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use testbed::{
-    gateway_mesh_file, ping, tcp_connect, tcp_listen, udp_echo, udp_roundtrip, Host, Mesh,
-    MeshSpec,
+    gateway_mesh_file, ping, tcp_connect, tcp_listen, udp_echo, udp_roundtrip, Host, Mesh, MeshSpec,
 };
 
 const T: Duration = Duration::from_millis(1500);
@@ -54,7 +53,10 @@ fn main() -> Result<()> {
 fn demo(mesh: &Mesh) -> Result<()> {
     let (gw, alice, bob) = (&mesh.gateway, mesh.host("alice"), mesh.host("bob"));
     for h in mesh.hosts() {
-        println!("   {:<8} {} {} (tunnel {})", h.name, h.tunnel_v4, h.tunnel_v6, h.wg_if);
+        println!(
+            "   {:<8} {} {} (tunnel {})",
+            h.name, h.tunnel_v4, h.tunnel_v6, h.wg_if
+        );
     }
     let policy = std::fs::read_to_string(root().join("examples/demo-policy.toml"))?;
     let dir = std::env::temp_dir().join(format!("wgbpf-demo-{}", mesh.run_id()));
@@ -96,11 +98,19 @@ fn demo(mesh: &Mesh) -> Result<()> {
             Probe::Ping => ("icmp echo".to_string(), ping(from, to, T)?),
         };
         let verdict = if got { "ALLOWED" } else { "DENIED " };
-        let mark = if got == expect { "" } else { "   <-- not what the policy says!" };
+        let mark = if got == expect {
+            ""
+        } else {
+            "   <-- not what the policy says!"
+        };
         if got != expect {
             surprises += 1;
         }
-        println!("   {verdict} {:<6} -> {:<22} {what}{mark}", from.name, to.to_string());
+        println!(
+            "   {verdict} {:<6} -> {:<22} {what}{mark}",
+            from.name,
+            to.to_string()
+        );
     }
     println!("\n== wgbpf counters -c {cfg}");
     for line in wgbpf(gw, &["counters", "-c", &cfg])?.lines() {
