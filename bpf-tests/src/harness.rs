@@ -24,9 +24,14 @@ pub struct Harness {
 
 impl Harness {
     pub fn new() -> Result<Self> {
+        Self::with_options(LoadOptions::default())
+    }
+
+    /// Loads with `opts`, except that the L2 header is always Ethernet.
+    pub fn with_options(opts: LoadOptions) -> Result<Self> {
         let dp = Dataplane::load(&LoadOptions {
             l2_hdr_len: 14,
-            ..Default::default()
+            ..opts
         })
         .context("loading the eBPF object (are you root?)")?;
         Ok(Self { dp })
