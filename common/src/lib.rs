@@ -21,6 +21,7 @@ pub mod names {
     pub const EVENTS: &str = "WGBPF_EVENTS";
     pub const EVENT_BUCKET: &str = "WGBPF_EVENT_BUCKET";
     pub const EVENT_CONFIG: &str = "WGBPF_EVENT_CONFIG";
+    pub const PEER_NAMES: &str = "WGBPF_PEER_NAMES";
     /// Programs.
     pub const PROG_INGRESS: &str = "wgbpf_ingress";
     pub const PROG_EGRESS: &str = "wgbpf_egress";
@@ -290,6 +291,27 @@ pub struct EventConfig {
     pub burst: u32,
 }
 
+/// Which peer owns a counter slot: kept beside the counters (and pinned with
+/// them) so that a peer keeps its slot, and its counts, across reloads, even
+/// when other peers come and go. Unused by the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerName {
+    pub len: u8,
+    pub bytes: [u8; PEER_NAME_MAX],
+}
+
+pub const PEER_NAME_MAX: usize = 63;
+
+impl Default for PeerName {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            bytes: [0; PEER_NAME_MAX],
+        }
+    }
+}
+
 /// Token bucket state, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -324,6 +346,7 @@ mod pod {
     unsafe impl aya::Pod for DenyEvent {}
     unsafe impl aya::Pod for EventConfig {}
     unsafe impl aya::Pod for EventBucket {}
+    unsafe impl aya::Pod for PeerName {}
 }
 
 #[cfg(test)]

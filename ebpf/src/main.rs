@@ -54,6 +54,8 @@ static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(capa
 
 #[map(name = "WGBPF_PEER_COUNTERS")]
 static PEER_COUNTERS: PerCpuArray<PeerCounters> = PerCpuArray::with_max_entries(capacity::PEERS, 0);
+#[map(name = "WGBPF_PEER_NAMES")]
+static PEER_NAMES: Array<PeerName> = Array::with_max_entries(capacity::PEERS, 0);
 #[map(name = "WGBPF_DENIES")]
 static DENIES: LruPerCpuHashMap<DenyKey, DenyValue> =
     LruPerCpuHashMap::with_max_entries(capacity::DENIES, 0);

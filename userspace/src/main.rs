@@ -51,9 +51,12 @@ enum Command {
     },
     /// Show per-peer allowed, denied and audited counters and the top denies.
     Counters {
-        /// The mesh file, for the interface and the peers' names.
+        /// The interface (or give the mesh file with -c).
+        #[arg(short, long, required_unless_present = "config")]
+        interface: Option<String>,
+        /// The mesh file, to take the interface from.
         #[arg(short, long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -64,7 +67,11 @@ fn main() {
     let result = match cli.command {
         Command::Load { config, json } => load(&config, json),
         Command::Unload { interface, json } => unload(&interface, json),
-        Command::Counters { config, json } => show_counters(&config, json),
+        Command::Counters {
+            interface,
+            config,
+            json,
+        } => interface_of(interface, config).and_then(|i| show_counters(&i, json)),
     };
     if let Err(e) = result {
         eprintln!("wgbpf: error: {e:#}");
@@ -74,7 +81,8 @@ fn main() {
 
 fn load(config: &PathBuf, json: bool) -> Result<()> {
     let mesh = mesh::load(config)?;
-    let compiled = compile(&mesh.policy, capacity::PEERS)
+    // Validate and compile before touching the kernel.
+    compile(&mesh.policy, capacity::PEERS)
         .with_context(|| format!("{}: policy", config.display()))?;
     let opts = LoadOptions {
         events: Some(EventConfig {
@@ -85,6 +93,15 @@ fn load(config: &PathBuf, json: bool) -> Result<()> {
     };
     let (mut maps, installed) = attach::install(&mesh.interface, &opts)
         .with_context(|| format!("installing on {}", mesh.interface))?;
+    // Peers keep the counter slots they had; compile again with them.
+    let names: Vec<String> = mesh.policy.peers.iter().map(|p| p.name.clone()).collect();
+    let plan = maps.plan_peer_slots(&names)?;
+    let mut policy = mesh.policy.clone();
+    for p in &mut policy.peers {
+        p.index = plan.slots[&p.name];
+    }
+    let compiled = compile(&policy, capacity::PEERS)?;
+    maps.commit_peer_slots(&plan)?;
     let report = maps.apply(&compiled).context("writing the policy")?;
     if json {
         println!(
@@ -134,26 +151,37 @@ fn unload(iface: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn show_counters(config: &PathBuf, json: bool) -> Result<()> {
-    let mesh = mesh::load(config)?;
-    let dir = pin_dir(&mesh.interface);
-    if attach::pinned_mode(&mesh.interface).is_none() {
+fn interface_of(interface: Option<String>, config: Option<PathBuf>) -> Result<String> {
+    match (interface, config) {
+        (Some(i), _) => Ok(i),
+        (None, Some(c)) => Ok(mesh::load(&c)?.interface),
+        (None, None) => bail!("give the interface (-i) or the mesh file (-c)"),
+    }
+}
+
+fn show_counters(iface: &str, json: bool) -> Result<()> {
+    let dir = pin_dir(iface);
+    if attach::pinned_mode(iface).is_none() {
         bail!(
-            "no wgbpf data plane is loaded on {} ({})",
-            mesh.interface,
+            "no wgbpf data plane is loaded on {iface} ({})",
             dir.display()
         );
     }
     let maps = Maps::open_pinned(&dir)?;
     let (_, slot) = maps.active_slot()?;
+    let slots = maps.peer_slots()?;
     let name_of = |idx: u32| {
-        mesh.policy
-            .peer_by_index(idx)
-            .map_or_else(|| format!("#{idx}"), |p| p.name.clone())
+        slots.get(&idx).cloned().unwrap_or_else(|| {
+            if idx == 0 {
+                "-".into()
+            } else {
+                format!("#{idx}")
+            }
+        })
     };
     let mut peers = Vec::new();
-    for p in &mesh.policy.peers {
-        peers.push((p.name.clone(), maps.peer_totals(p.index)?));
+    for (idx, name) in &slots {
+        peers.push((name.clone(), maps.peer_totals(*idx)?));
     }
     let denies = maps.denies()?;
     let stats = maps.stats()?;
@@ -171,12 +199,12 @@ fn show_counters(config: &PathBuf, json: bool) -> Result<()> {
             .collect();
         println!(
             "{}",
-            json!({"interface": mesh.interface, "policy_version": slot.version,
+            json!({"interface": iface, "policy_version": slot.version,
                    "peers": peers, "denies": denies, "stats": stats})
         );
         return Ok(());
     }
-    println!("{} (policy version {})", mesh.interface, slot.version);
+    println!("{iface} (policy version {})", slot.version);
     println!(
         "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "peer", "in:allow", "in:deny", "in:audit", "out:allow", "out:deny", "out:audit"

@@ -166,6 +166,15 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
         if name == "gateway" || name == "*" || name.is_empty() {
             return Err(ctx.err(p.name.span(), format!("peer name `{name}` is reserved")));
         }
+        if name.len() > wgbpf_common::PEER_NAME_MAX {
+            return Err(ctx.err(
+                p.name.span(),
+                format!(
+                    "peer name is longer than {} bytes",
+                    wgbpf_common::PEER_NAME_MAX
+                ),
+            ));
+        }
         if by_name.insert(name.clone(), i).is_some() {
             return Err(ctx.err(p.name.span(), format!("peer `{name}` is defined twice")));
         }

@@ -226,7 +226,11 @@ fn policy_enforced_over_real_wireguard() {
     let delta = |peer: &str, dir: &str, key: &str| {
         counter(&after_icmp, peer, dir, key) - counter(&before, peer, dir, key)
     };
-    assert_eq!(delta("bob", "ingress", "denied_packets"), 0, "ICMP error denied");
+    assert_eq!(
+        delta("bob", "ingress", "denied_packets"),
+        0,
+        "ICMP error denied"
+    );
     assert!(delta("bob", "ingress", "allowed_packets") >= 1);
     assert!(delta("alice", "egress", "allowed_packets") >= 1);
 
@@ -242,6 +246,36 @@ fn policy_enforced_over_real_wireguard() {
         counter(&kept, "bob", "ingress", "denied_packets"),
         counter(&after, "bob", "ingress", "denied_packets")
     );
+
+    // A new peer listed first, and a changed policy: the swap is atomic, and
+    // alice and bob keep their counter slots and their counts.
+    let carol = "[[peer]]\nname = \"carol\"\nallowed_ips = [\"10.77.0.99/32\"]\n\n";
+    let text =
+        gateway_mesh_file(&mesh, POLICY).replacen("[[peer]]", &format!("{carol}[[peer]]"), 1);
+    let cfg2 = dir.0.join("mesh2.toml");
+    std::fs::write(&cfg2, text).unwrap();
+    let (ok, out, err) = wgbpf(gw, &["load", "-c", cfg2.to_str().unwrap(), "--json"]);
+    assert!(ok, "load with carol failed: {err}");
+    let third: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(third["policy"]["changed"], true);
+    assert_eq!(third["policy"]["version"], 2);
+    let with_carol = counters(gw, &cfg);
+    for (p, d, k) in [
+        ("bob", "ingress", "denied_packets"),
+        ("alice", "ingress", "allowed_packets"),
+    ] {
+        assert_eq!(
+            counter(&with_carol, p, d, k),
+            counter(&kept, p, d, k),
+            "{p} {d} {k}"
+        );
+    }
+    assert_eq!(
+        counter(&with_carol, "carol", "ingress", "allowed_packets"),
+        0
+    );
+    assert!(tcp_connect(alice, gw4, 22, T).unwrap());
+    assert!(!tcp_connect(bob, gw4, 22, T).unwrap());
 
     // Unload: the programs are gone and traffic flows freely again.
     let (ok, _, err) = wgbpf(gw, &["unload", "-i", &gw.wg_if]);

@@ -6,7 +6,7 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap};
 use wgbpf_common::{
     names, DenyKey, DenyValue, Endpoint, EventConfig, FlowKey, FlowValue, IpCacheKey, PeerCounters,
-    PolicyKey, PolicyValue, SlotConfig,
+    PeerName, PolicyKey, PolicyValue, SlotConfig,
 };
 
 use super::{mmap::MmapArray, DataplaneError};
@@ -20,6 +20,7 @@ pub struct Maps {
     pub port_class: MmapArray,
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
     pub peer_counters: PerCpuArray<MapData, PeerCounters>,
+    pub peer_names: Array<MapData, PeerName>,
     pub denies: PerCpuHashMap<MapData, DenyKey, DenyValue>,
     pub stats: PerCpuArray<MapData, u64>,
     pub event_config: Array<MapData, EventConfig>,
@@ -28,7 +29,7 @@ pub struct Maps {
 }
 
 /// Every map the object defines, in pin order.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     names::ACTIVE,
     names::SLOT_CONFIG,
     names::IPCACHE,
@@ -36,6 +37,7 @@ pub const ALL_MAPS: [&str; 12] = [
     names::PORT_CLASS,
     names::FLOWS,
     names::PEER_COUNTERS,
+    names::PEER_NAMES,
     names::DENIES,
     names::STATS,
     names::EVENTS,
@@ -68,6 +70,7 @@ impl Maps {
             port_class: MmapArray::new(names::PORT_CLASS, take(names::PORT_CLASS)?)?,
             flows: typed!(names::FLOWS),
             peer_counters: typed!(names::PEER_COUNTERS),
+            peer_names: typed!(names::PEER_NAMES),
             denies: {
                 // An LRU per-CPU hash: aya's PerCpuHashMap reads it too.
                 let map = match take(names::DENIES)? {

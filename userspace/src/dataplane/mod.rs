@@ -6,6 +6,7 @@ pub mod attach;
 pub mod counters;
 pub mod maps;
 pub mod mmap;
+pub mod peers;
 pub mod slot;
 
 use std::path::PathBuf;

@@ -1,0 +1,124 @@
+//! Counter slots per peer, stable across reloads: the owner of each slot is
+//! recorded in a pinned map beside the counters. A peer keeps its slot as
+//! long as it stays in the mesh; a new peer gets a free slot, zeroed first,
+//! so it never inherits a departed peer's counts.
+
+use std::collections::BTreeMap;
+
+use aya::maps::PerCpuValues;
+use wgbpf_common::{names, PeerCounters, PeerName, PEER_NAME_MAX};
+
+use super::{DataplaneError, Maps};
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+pub fn encode(name: &str) -> Option<PeerName> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.len() > PEER_NAME_MAX {
+        return None;
+    }
+    let mut out = PeerName {
+        len: b.len() as u8,
+        ..Default::default()
+    };
+    out.bytes[..b.len()].copy_from_slice(b);
+    Some(out)
+}
+
+fn decode(n: &PeerName) -> Option<String> {
+    let len = (n.len as usize).min(PEER_NAME_MAX);
+    (len > 0).then(|| String::from_utf8_lossy(&n.bytes[..len]).into_owned())
+}
+
+/// Slots to write for a new set of peers: every name with its slot.
+#[derive(Debug, Default)]
+pub struct SlotPlan {
+    pub slots: BTreeMap<String, u32>,
+    /// Slots newly given to a peer (their counters are zeroed on commit).
+    fresh: Vec<u32>,
+    /// Slots whose peer left the mesh.
+    freed: Vec<u32>,
+}
+
+impl Maps {
+    /// Who owns which counter slot now.
+    pub fn peer_slots(&self) -> Result<BTreeMap<u32, String>, DataplaneError> {
+        let mut out = BTreeMap::new();
+        for (i, v) in self.peer_names.iter().enumerate() {
+            let v = v.map_err(map_err(names::PEER_NAMES))?;
+            if let Some(name) = decode(&v) {
+                out.insert(i as u32, name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Plans slots for `peers` (names, in mesh order) without writing.
+    pub fn plan_peer_slots(&self, peers: &[String]) -> Result<SlotPlan, DataplaneError> {
+        let capacity = self.peer_names.len();
+        let current = self.peer_slots()?;
+        let by_name: BTreeMap<&str, u32> = current.iter().map(|(i, n)| (n.as_str(), *i)).collect();
+        let mut plan = SlotPlan::default();
+        let mut used: Vec<bool> = vec![false; capacity as usize];
+        used[0] = true;
+        for name in peers {
+            if let Some(&slot) = by_name.get(name.as_str()) {
+                plan.slots.insert(name.clone(), slot);
+                used[slot as usize] = true;
+            }
+        }
+        let mut next = 1usize;
+        for name in peers {
+            if plan.slots.contains_key(name) {
+                continue;
+            }
+            while next < used.len() && used[next] {
+                next += 1;
+            }
+            if next >= used.len() {
+                return Err(DataplaneError::Full {
+                    name: names::PEER_COUNTERS,
+                    needed: peers.len(),
+                    capacity: capacity - 1,
+                });
+            }
+            used[next] = true;
+            plan.slots.insert(name.clone(), next as u32);
+            plan.fresh.push(next as u32);
+        }
+        plan.freed = current
+            .iter()
+            .filter(|(_, n)| !plan.slots.contains_key(*n))
+            .map(|(i, _)| *i)
+            .collect();
+        Ok(plan)
+    }
+
+    /// Records the plan: fresh slots get zeroed counters and their owner.
+    pub fn commit_peer_slots(&mut self, plan: &SlotPlan) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Layout(e.to_string()))?;
+        for &slot in &plan.freed {
+            self.peer_names
+                .set(slot, PeerName::default(), 0)
+                .map_err(map_err(names::PEER_NAMES))?;
+        }
+        for (name, &slot) in &plan.slots {
+            if !plan.fresh.contains(&slot) {
+                continue;
+            }
+            let zero = PerCpuValues::try_from(vec![PeerCounters::default(); cpus])
+                .map_err(|e| DataplaneError::Layout(e.to_string()))?;
+            self.peer_counters
+                .set(slot, zero, 0)
+                .map_err(map_err(names::PEER_COUNTERS))?;
+            let encoded = encode(name)
+                .ok_or_else(|| DataplaneError::Layout(format!("peer name `{name}` too long")))?;
+            self.peer_names
+                .set(slot, encoded, 0)
+                .map_err(map_err(names::PEER_NAMES))?;
+        }
+        Ok(())
+    }
+}
