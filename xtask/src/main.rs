@@ -11,7 +11,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "xtask", about = "wgbpf's build, test, demo and benchmark tasks")]
+#[command(
+    name = "xtask",
+    about = "wgbpf's build, test, demo and benchmark tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -61,7 +64,15 @@ fn main() -> Result<()> {
         Task::Demo => {
             setup()?;
             cargo(&["build", "--release", "-p", "wgbpf", "-p", "testbed"])?;
-            cargo(&["run", "--release", "-q", "-p", "testbed", "--bin", "wgbpf-demo"])
+            cargo(&[
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "testbed",
+                "--bin",
+                "wgbpf-demo",
+            ])
         }
         Task::Bench { which } => {
             setup()?;
@@ -86,9 +97,7 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
 }
 
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
