@@ -336,3 +336,94 @@ fn parse_ports(ctx: &Ctx, p: &Spanned<toml::Value>) -> Result<PortRange, MeshErr
     }
     Ok(range)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "[interface]\nname = \"wg0\"\naddresses = [\"10.0.0.1/24\"]\n\n\
+                        [[peer]]\nname = \"alice\"\nallowed_ips = [\"10.0.0.2/32\"]\n\n";
+
+    fn err(text: &str) -> MeshError {
+        parse("mesh.toml", text).expect_err("must fail")
+    }
+
+    #[test]
+    fn resolves_names_gateway_and_cidrs() {
+        let m = parse(
+            "mesh.toml",
+            &format!(
+                "{HEAD}[[policy.rule]]\naction = \"accept\"\nfrom = [\"alice\", \"192.0.2.0/24\"]\n\
+                 to = [\"gateway\"]\nproto = \"tcp\"\nports = [22, \"80-81\"]\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(m.interface, "wg0");
+        let r = &m.policy.rules[0];
+        assert_eq!(
+            r.src,
+            Selector::Prefixes(vec![
+                "10.0.0.2/32".parse().unwrap(),
+                "192.0.2.0/24".parse().unwrap()
+            ])
+        );
+        assert_eq!(
+            r.dst,
+            Selector::Prefixes(vec!["10.0.0.1/32".parse().unwrap()])
+        );
+        assert_eq!(r.ports, vec![PortRange::single(22), PortRange::new(80, 81)]);
+        assert_eq!(m.policy.peers[0].index, 1);
+    }
+
+    #[test]
+    fn errors_name_line_column_and_cause() {
+        let e = err(&format!(
+            "{HEAD}[[policy.rule]]\naction = \"accept\"\nfrom = [\"mallory\"]\nto = [\"*\"]\n"
+        ));
+        assert_eq!((e.file.as_str(), e.line), ("mesh.toml", 11));
+        assert!(e.message.contains("unknown peer `mallory`"), "{e}");
+
+        let e = err(&format!(
+            "{HEAD}[[policy.rule]]\naction = \"accept\"\nfrom = [\"*\"]\nto = [\"*\"]\n\
+             proto = \"tcp\"\nports = [\"90-80\"]\n"
+        ));
+        assert_eq!(e.line, 14);
+        assert!(e.message.contains("empty"), "{e}");
+
+        let e = err(&format!(
+            "{HEAD}[[policy.rule]]\naction = \"accept\"\nfrom = [\"*\"]\nto = [\"*\"]\nports = [22]\n"
+        ));
+        assert!(e.message.contains("ports need proto"), "{e}");
+
+        let e = err(&format!(
+            "{HEAD}[[policy.rule]]\naction = \"accept\"\nfrom = [\"*\"]\nto = [\"*\"]\n\
+             proto = \"tcp\"\nports = [70000]\n"
+        ));
+        assert!(e.message.contains("70000"), "{e}");
+
+        let e = err(&format!(
+            "{HEAD}[[policy.rule]]\naction = \"allow\"\nfrom = [\"*\"]\nto = [\"*\"]\n"
+        ));
+        assert_eq!((e.line, e.column), (10, 10));
+
+        let e = err("[interface]\nname = \"wg0\"\n[[peer]]\nname = \"a\"\nallowed_ips = [\"10.0.0.300/32\"]\n");
+        assert_eq!((e.line, e.column), (5, 16));
+        assert!(e.message.contains("10.0.0.300/32"), "{e}");
+
+        let e = err("[interface]\nname = \"wg0\"\nmtu = \"x\"\n");
+        assert!(e.message.contains("unknown field"), "{e}");
+        assert_eq!(e.line, 3);
+    }
+
+    #[test]
+    fn accept_rules_cannot_audit_and_keys_are_checked() {
+        let e = err(&format!(
+            "{HEAD}[[policy.rule]]\naction = \"accept\"\naudit = true\nfrom = [\"*\"]\nto = [\"*\"]\n"
+        ));
+        assert!(e.message.contains("audit"), "{e}");
+        let e =
+            err("[interface]\nname = \"wg0\"\n[[peer]]\nname = \"a\"\npublic_key = \"short\"\n");
+        assert!(e.message.contains("public_key"), "{e}");
+        assert_eq!(e.line, 5);
+    }
+}

@@ -491,3 +491,113 @@ fn check_mapped(what: &str, nets: &[IpNet]) -> Result<(), CompileError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::model::{Peer, PortRange, Rule};
+
+    fn peer(i: u32) -> Peer {
+        Peer {
+            name: format!("p{i}"),
+            index: i,
+            allowed_ips: vec![format!("10.1.{}.{}/32", i / 250, i % 250 + 1)
+                .parse()
+                .unwrap()],
+        }
+    }
+
+    fn rule(src: Selector, dst: Selector) -> Rule {
+        Rule {
+            name: "r".into(),
+            action: Action::Accept,
+            audit: false,
+            src,
+            dst,
+            proto: Some(6),
+            ports: vec![PortRange::single(22)],
+        }
+    }
+
+    #[test]
+    fn peers_treated_alike_share_one_identity() {
+        let peers: Vec<Peer> = (1..=100).map(peer).collect();
+        let group = Selector::Prefixes(peers.iter().flat_map(|p| p.allowed_ips.clone()).collect());
+        let server = Selector::Prefixes(vec!["192.0.2.10/32".parse().unwrap()]);
+        let policy = Policy {
+            peers,
+            rules: vec![rule(group, server)],
+            ..Default::default()
+        };
+        let c = compile(&policy, 1000).unwrap();
+        // The group, the server; every peer is in the trie with its own slot.
+        assert_eq!(c.identities, 2);
+        assert_eq!(
+            c.ipcache.iter().filter(|(_, _, e)| e.peer != 0).count(),
+            100
+        );
+        // One pair: its marker, (tcp, any) is not needed, one port class.
+        assert_eq!(c.policy.len(), 2);
+    }
+
+    #[test]
+    fn overlapping_allowed_ips_are_refused_naming_both_peers() {
+        let mut b = peer(2);
+        b.allowed_ips = vec!["10.1.0.0/24".parse().unwrap()];
+        let policy = Policy {
+            peers: vec![peer(1), b],
+            ..Default::default()
+        };
+        let e = compile(&policy, 1000).unwrap_err();
+        assert!(matches!(e, CompileError::OverlappingPeers { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("p1") && text.contains("p2"), "{text}");
+    }
+
+    #[test]
+    fn mapped_prefixes_and_bad_ports_are_refused() {
+        let mapped = Selector::Prefixes(vec!["::ffff:10.0.0.0/104".parse().unwrap()]);
+        let policy = Policy {
+            rules: vec![rule(mapped, Selector::Any)],
+            ..Default::default()
+        };
+        assert!(matches!(
+            compile(&policy, 10),
+            Err(CompileError::MappedPrefix { .. })
+        ));
+        let mut r = rule(Selector::Any, Selector::Any);
+        r.proto = Some(47);
+        let policy = Policy {
+            rules: vec![r],
+            ..Default::default()
+        };
+        assert!(matches!(
+            compile(&policy, 10),
+            Err(CompileError::PortsWithoutPortedProto { .. })
+        ));
+    }
+
+    #[test]
+    fn port_classes_follow_rule_coverage() {
+        let mut a = rule(Selector::Any, Selector::Any);
+        a.ports = vec![PortRange::new(1000, 2000)];
+        let mut b = rule(Selector::Any, Selector::Any);
+        b.ports = vec![PortRange::new(1500, 1500), PortRange::new(3000, 3000)];
+        let policy = Policy {
+            rules: vec![a, b],
+            ..Default::default()
+        };
+        let c = compile(&policy, 10).unwrap();
+        let tcp = |p: usize| c.port_classes[p];
+        assert_eq!(tcp(999), PORT_CLASS_ANY);
+        assert_eq!(tcp(1000), tcp(1499));
+        assert_eq!(tcp(1000), tcp(2000));
+        assert_ne!(tcp(1500), tcp(1000));
+        assert_ne!(tcp(3000), tcp(1500));
+        assert_eq!(tcp(2001), PORT_CLASS_ANY);
+        // UDP's block is untouched.
+        assert!(c.port_classes[65536..2 * 65536]
+            .iter()
+            .all(|c| *c == PORT_CLASS_ANY));
+    }
+}
