@@ -79,7 +79,7 @@ fn main() {
     }
 }
 
-fn load(config: &PathBuf, json: bool) -> Result<()> {
+fn load(config: &std::path::Path, json: bool) -> Result<()> {
     let mesh = mesh::load(config)?;
     // Validate and compile before touching the kernel.
     compile(&mesh.policy, capacity::PEERS)

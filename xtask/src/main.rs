@@ -26,7 +26,10 @@ enum Task {
     Setup,
     /// Build the eBPF programs and the `wgbpf` binary (release).
     Build,
-    /// Run the whole test suite (needs root: it loads BPF, makes netns).
+    /// Check formatting and clippy (-D warnings) over the workspace.
+    Lint,
+    /// Run the whole test suite (needs root: it loads BPF, makes netns),
+    /// after the lint.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
@@ -52,8 +55,13 @@ fn main() -> Result<()> {
             setup()?;
             cargo(&["build", "--release", "-p", "wgbpf"])
         }
+        Task::Lint => {
+            setup()?;
+            lint()
+        }
         Task::Test { args } => {
             setup()?;
+            lint()?;
             let mut a = vec!["test", "--workspace", "--no-fail-fast"];
             if !args.is_empty() {
                 a.push("--");
@@ -86,6 +94,34 @@ fn workspace_root() -> std::path::PathBuf {
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
+}
+
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    run(Command::new("rustfmt")
+        .args(["--edition", "2021", "--check"])
+        .args(glob_rs("ebpf/src")?))?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+/// The .rs files directly in `dir` (the eBPF crate is outside the
+/// workspace, so `cargo fmt --all` does not reach it).
+fn glob_rs(dir: &str) -> Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {dir}"))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 fn setup() -> Result<()> {

@@ -105,7 +105,7 @@ impl Maps {
                 bytes,
             });
         }
-        out.sort_by(|a, b| b.packets.cmp(&a.packets));
+        out.sort_by_key(|d| std::cmp::Reverse(d.packets));
         Ok(out)
     }
 
