@@ -32,7 +32,9 @@ pub fn random_policy(rng: &mut impl Rng, peers: usize, rules: usize) -> Policy {
         ];
         if rng.gen_bool(0.3) {
             allowed.push(IpNet::V4(Ipv4Net::new(v4(n * 4, 1), 30).unwrap().trunc()));
-            allowed.push(IpNet::V6(Ipv6Net::new(v6(n as u16 * 4, 1), 126).unwrap().trunc()));
+            allowed.push(IpNet::V6(
+                Ipv6Net::new(v6(n as u16 * 4, 1), 126).unwrap().trunc(),
+            ));
         }
         ps.push(Peer {
             name: format!("p{i}"),
@@ -70,7 +72,11 @@ fn random_selector(rng: &mut impl Rng, policy: &Policy) -> Selector {
             }
             5 => prefixes.extend(policy.local.iter().copied()),
             6 => prefixes.push("10.77.0.0/24".parse().unwrap()),
-            7 => prefixes.push(format!("10.77.0.{}/29", rng.gen_range(0..32) * 8).parse().unwrap()),
+            7 => prefixes.push(
+                format!("10.77.0.{}/29", rng.gen_range(0..32) * 8)
+                    .parse()
+                    .unwrap(),
+            ),
             8 => prefixes.push("fd77::/64".parse().unwrap()),
             _ => prefixes.push(if rng.gen_bool(0.5) {
                 "0.0.0.0/0".parse().unwrap()
@@ -91,7 +97,12 @@ fn random_rule(rng: &mut impl Rng, policy: &Policy, i: usize) -> Rule {
     let proto = match rng.gen_range(0..10) {
         0..=3 => Some(PROTO_TCP),
         4..=5 => Some(PROTO_UDP),
-        6 => Some([PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP].choose(rng).copied().unwrap()),
+        6 => Some(
+            [PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP]
+                .choose(rng)
+                .copied()
+                .unwrap(),
+        ),
         7 => Some([47u8, 50, 255].choose(rng).copied().unwrap()),
         _ => None,
     };
@@ -99,11 +110,17 @@ fn random_rule(rng: &mut impl Rng, policy: &Policy, i: usize) -> Rule {
     if proto.is_some_and(wgbpf::policy::model::proto_has_ports) && rng.gen_bool(0.7) {
         for _ in 0..rng.gen_range(1..=3) {
             let a = *PORTS.choose(rng).unwrap();
-            let b = if rng.gen_bool(0.5) { a } else { *PORTS.choose(rng).unwrap() };
+            let b = if rng.gen_bool(0.5) {
+                a
+            } else {
+                *PORTS.choose(rng).unwrap()
+            };
             ports.push(PortRange::new(a.min(b), a.max(b)));
         }
         if matches!(proto, Some(PROTO_ICMP) | Some(PROTO_ICMPV6)) && rng.gen_bool(0.5) {
-            ports = vec![PortRange::single([8u16, 128, 0, 129].choose(rng).copied().unwrap())];
+            ports = vec![PortRange::single(
+                [8u16, 128, 0, 129].choose(rng).copied().unwrap(),
+            )];
         }
     }
     Rule {
@@ -136,8 +153,12 @@ pub fn pools_for(policy: &Policy) -> Pools {
             }
         }
     }
-    pools.v4.extend([v4(200, 0), v4(9, 3), Ipv4Addr::new(192, 0, 2, 1)]);
-    pools.v6.extend([v6(200, 0), v6(9, 3), "2001:db8::1".parse().unwrap()]);
+    pools
+        .v4
+        .extend([v4(200, 0), v4(9, 3), Ipv4Addr::new(192, 0, 2, 1)]);
+    pools
+        .v6
+        .extend([v6(200, 0), v6(9, 3), "2001:db8::1".parse().unwrap()]);
     pools.ports.extend([7, 9999]);
     pools
 }

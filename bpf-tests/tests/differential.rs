@@ -18,7 +18,9 @@ use wgbpf_bpf_tests::{
     packets::{random_frame, Frame, Packet},
     policies::{pools_for, random_policy},
 };
-use wgbpf_common::{severity, DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use wgbpf_common::{
+    severity, DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+};
 
 fn peer_of(policy: &Policy, addr: IpAddr) -> u32 {
     policy
@@ -99,20 +101,33 @@ fn kernel_agrees_with_reference_on_random_traffic() {
                 }
                 _ => random_frame(&mut rng, &pools),
             };
-            let dir = if rng.gen_bool(0.5) { DIR_INGRESS } else { DIR_EGRESS };
-            let got = h
-                .run(dir, &frame.bytes)
-                .unwrap_or_else(|e| panic!("test_run {} ({} bytes): {e}", frame.label, frame.bytes.len()));
+            let dir = if rng.gen_bool(0.5) {
+                DIR_INGRESS
+            } else {
+                DIR_EGRESS
+            };
+            let got = h.run(dir, &frame.bytes).unwrap_or_else(|e| {
+                panic!(
+                    "test_run {} ({} bytes): {e}",
+                    frame.label,
+                    frame.bytes.len()
+                )
+            });
             total += 1;
             let Some(m) = meta(&frame.expected) else {
                 malformed += 1;
-                assert_eq!(got, DROP, "malformed frame must drop: {} {:02x?}", frame.label, frame.bytes);
+                assert_eq!(
+                    got, DROP,
+                    "malformed frame must drop: {} {:02x?}",
+                    frame.label, frame.bytes
+                );
                 continue;
             };
             let out = model.packet(&m);
             let want = if out.verdict.passes() { PASS } else { DROP };
             assert_eq!(
-                got, want,
+                got,
+                want,
                 "round {round}, {}: {m:?}\nmodel: {out:?}\npolicy: {:#?}",
                 frame.label,
                 model.policy()
@@ -127,12 +142,26 @@ fn kernel_agrees_with_reference_on_random_traffic() {
                 peer_of(model.policy(), m.dst)
             };
             let t = expected_peers.entry(peer).or_default();
-            add(if dir == DIR_INGRESS { &mut t.ingress } else { &mut t.egress }, out.verdict.severity, len);
+            add(
+                if dir == DIR_INGRESS {
+                    &mut t.ingress
+                } else {
+                    &mut t.egress
+                },
+                out.verdict.severity,
+                len,
+            );
             if out.from_flow {
                 flow_decided += 1;
             } else if out.verdict.severity >= severity::AUDIT {
                 let port = if m.fragment { 0 } else { m.policy_port() };
-                let key = (m.dst, peer_of(model.policy(), m.src), m.proto, port, out.verdict.severity == severity::AUDIT);
+                let key = (
+                    m.dst,
+                    peer_of(model.policy(), m.src),
+                    m.proto,
+                    port,
+                    out.verdict.severity == severity::AUDIT,
+                );
                 let e = expected_denies.entry(key).or_default();
                 e.0 += 1;
                 e.1 += len;
@@ -144,23 +173,32 @@ fn kernel_agrees_with_reference_on_random_traffic() {
             }
         }
     }
-    eprintln!("{total} packets: {malformed} malformed, {denied} denied, {flow_decided} by the flow table");
+    eprintln!(
+        "{total} packets: {malformed} malformed, {denied} denied, {flow_decided} by the flow table"
+    );
     // The run must have exercised every path, or it proves little.
-    assert!(malformed > 500 && denied > 1000 && flow_decided > 500, "weak mix");
+    assert!(
+        malformed > 500 && denied > 1000 && flow_decided > 500,
+        "weak mix"
+    );
 
     for index in 0..=12u32 {
         let got = h.dp.maps.peer_totals(index).expect("counters");
         let want = expected_peers.get(&index).copied().unwrap_or_default();
         assert_eq!(got, want, "counters of peer {index}");
     }
-    let got: HashMap<DenyKey, (u64, u64)> = h
-        .dp
-        .maps
-        .denies()
-        .expect("denies")
-        .into_iter()
-        .map(|d| ((d.dst, d.src_peer, d.proto, d.port, d.audit), (d.packets, d.bytes)))
-        .collect();
+    let got: HashMap<DenyKey, (u64, u64)> =
+        h.dp.maps
+            .denies()
+            .expect("denies")
+            .into_iter()
+            .map(|d| {
+                (
+                    (d.dst, d.src_peer, d.proto, d.port, d.audit),
+                    (d.packets, d.bytes),
+                )
+            })
+            .collect();
     assert_eq!(got, expected_denies, "deny map");
     let stats = h.dp.maps.stats().expect("stats");
     assert_eq!(stats.malformed, malformed as u64);
