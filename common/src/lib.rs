@@ -12,6 +12,7 @@ pub mod names {
     pub const ACTIVE: &str = "WGBPF_ACTIVE";
     pub const SLOT_CONFIG: &str = "WGBPF_SLOT_CONFIG";
     pub const IPCACHE: &str = "WGBPF_IPCACHE";
+    pub const HOSTS: &str = "WGBPF_HOSTS";
     pub const POLICY: &str = "WGBPF_POLICY";
     pub const PORT_CLASS: &str = "WGBPF_PORTCLASS";
     pub const FLOWS: &str = "WGBPF_FLOWS";
@@ -35,6 +36,9 @@ pub mod capacity {
     pub const POLICY: u32 = 1 << 21;
     /// Prefixes in the address-to-identity trie, both slots together.
     pub const IPCACHE: u32 = 1 << 19;
+    /// Single addresses (/32, /128), both slots together: a hash lookup is
+    /// several times cheaper than the trie's walk.
+    pub const HOSTS: u32 = 1 << 19;
     /// Tracked flows (LRU: the oldest are evicted, never refused).
     pub const FLOWS: u32 = 1 << 18;
     /// Peers with counters; index 0 is "not a peer".
@@ -155,8 +159,29 @@ pub struct PolicyKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyValue {
     pub severity: u8,
-    pub _pad: [u8; 3],
+    /// Marker entries only: protocols (see [`proto_bit`]) for which the pair
+    /// has port-class entries, so lookups that must miss are skipped.
+    pub class_protos: u8,
+    /// Marker entries only: protocols for which the pair has a
+    /// (protocol, any port) entry.
+    pub any_port_protos: u8,
+    pub _pad: u8,
     pub rule: u32,
+}
+
+/// A protocol's bit in [`PolicyValue::class_protos`] and
+/// [`PolicyValue::any_port_protos`]; protocols without a bit of their own
+/// share the last one.
+#[inline(always)]
+pub fn proto_bit(proto: u8) -> u8 {
+    match proto {
+        PROTO_TCP => 1,
+        PROTO_UDP => 2,
+        PROTO_SCTP => 4,
+        PROTO_ICMP => 8,
+        PROTO_ICMPV6 => 16,
+        _ => 32,
+    }
 }
 
 /// Per-slot settings, written before the slot becomes active.
@@ -202,6 +227,10 @@ pub struct FlowValue {
     pub version: u32,
     /// The rule that allowed the flow's first packet.
     pub rule: u32,
+    /// Counter slots of the key's source and destination, so packets of a
+    /// flow are counted without looking their addresses up again.
+    pub src_peer: u32,
+    pub dst_peer: u32,
     /// [`severity::ALLOW`] or [`severity::AUDIT`]: how packets of the flow count.
     pub severity: u8,
     /// 1 when this entry lets replies in (the key is the reversed tuple).
@@ -361,7 +390,7 @@ mod tests {
         assert_eq!(size_of::<IpCacheKey>(), 17);
         assert_eq!(size_of::<PolicyValue>(), 8);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<FlowValue>(), 12);
+        assert_eq!(size_of::<FlowValue>(), 20);
         assert_eq!(size_of::<DenyKey>(), 24);
         assert_eq!(size_of::<DenyEvent>(), 8 + 32 + 8 + 4 + 4);
         assert_eq!(size_of::<PeerCounters>(), 2 * 6 * 8);

@@ -38,6 +38,11 @@ static SLOT_CONFIG: Array<SlotConfig> = Array::with_max_entries(2, 0);
 // the key: one code path for both, half the work for the verifier.
 #[map(name = "WGBPF_IPCACHE")]
 static IPCACHE: LpmTrie<IpCacheKey, Endpoint> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
+/// The trie's full-length entries (/32, /128) live here instead: a hash
+/// lookup costs a fraction of the trie's walk, and peers are mostly hosts.
+#[map(name = "WGBPF_HOSTS")]
+static HOSTS: HashMap<IpCacheKey, Endpoint> =
+    HashMap::with_max_entries(capacity::HOSTS, BPF_F_NO_PREALLOC);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 /// The controller writes the port-class arrays through mmap.
@@ -105,10 +110,43 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
         Some(c) => *c,
         None => SlotConfig::default(),
     };
+    // Fast path: a packet of a flow allowed under the current policy needs
+    // neither identities nor policy.
+    let mut key = FlowKey::default();
+    let tracked = flow_key(&pkt, &mut key);
+    let mut stale = Stale::No;
+    if tracked {
+        if let Some(entry) = FLOWS.get_ptr(&key) {
+            let entry = unsafe { &*entry };
+            if entry.version == cfg.version {
+                bump_stat(stat::FLOW_HITS);
+                let peer = if dir == DIR_INGRESS {
+                    entry.src_peer
+                } else {
+                    entry.dst_peer
+                };
+                count_peer(peer, dir, entry.severity, pkt.len);
+                return TC_ACT_UNSPEC;
+            }
+            // The policy changed since the flow began: the flow lives on
+            // only if its opening direction is still allowed.
+            bump_stat(stat::FLOW_RECHECKS);
+            stale = if entry.reply != 0 {
+                Stale::Reply
+            } else {
+                Stale::Forward
+            };
+        }
+    }
+
     let src_ep = lookup_ep(slot, &pkt.src);
     let dst_ep = lookup_ep(slot, &pkt.dst);
-
-    let (verdict, from_flow) = decide(&pkt, slot, &cfg, &src_ep, &dst_ep);
+    let flow = FlowCtx {
+        key: &key,
+        tracked,
+        stale,
+    };
+    let (verdict, from_flow) = decide(&pkt, &flow, slot, &cfg, &src_ep, &dst_ep);
 
     let peer = if dir == DIR_INGRESS {
         src_ep.peer
@@ -128,13 +166,14 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
 
 #[inline(always)]
 fn lookup_ep(slot: u32, addr: &Addr) -> Endpoint {
-    let key = aya_ebpf::maps::lpm_trie::Key::new(
-        ipcache_prefix_len(128),
-        IpCacheKey {
-            slot: slot as u8,
-            addr: *addr,
-        },
-    );
+    let host = IpCacheKey {
+        slot: slot as u8,
+        addr: *addr,
+    };
+    if let Some(ep) = unsafe { HOSTS.get(&host) } {
+        return *ep;
+    }
+    let key = aya_ebpf::maps::lpm_trie::Key::new(ipcache_prefix_len(128), host);
     match IPCACHE.get(&key) {
         Some(ep) => *ep,
         None => Endpoint {
@@ -154,10 +193,19 @@ enum Stale {
     Reply,
 }
 
-/// The verdict for a packet, and whether the flow table gave it.
+/// The packet's flow key, and what the fast path learnt of its entry.
+struct FlowCtx<'a> {
+    key: &'a FlowKey,
+    tracked: bool,
+    stale: Stale,
+}
+
+/// The verdict for a packet the fast path did not settle, and whether the
+/// flow table gave it.
 #[inline(always)]
 fn decide(
     pkt: &Packet,
+    flow: &FlowCtx,
     slot: u32,
     cfg: &SlotConfig,
     src: &Endpoint,
@@ -180,33 +228,8 @@ fn decide(
             }
         }
     }
-    let mut key = FlowKey::default();
-    let tracked = flow_key(pkt, &mut key);
-    let mut stale = Stale::No;
-    if tracked {
-        if let Some(entry) = FLOWS.get_ptr(&key) {
-            let entry = unsafe { &*entry };
-            if entry.version == cfg.version {
-                bump_stat(stat::FLOW_HITS);
-                return (
-                    Verdict {
-                        severity: entry.severity,
-                        rule: entry.rule,
-                    },
-                    true,
-                );
-            }
-            // The policy changed since the flow began: the flow lives on
-            // only if its opening direction is still allowed.
-            bump_stat(stat::FLOW_RECHECKS);
-            stale = if entry.reply != 0 {
-                Stale::Reply
-            } else {
-                Stale::Forward
-            };
-        }
-    }
-    if stale == Stale::Reply {
+    let peers = (src.peer, dst.peer);
+    if flow.stale == Stale::Reply {
         let origin = finish(
             policy::evaluate(
                 slot,
@@ -220,10 +243,10 @@ fn decide(
             cfg,
         );
         if origin.severity != severity::DENY {
-            refresh(&key, cfg.version, &origin);
+            refresh(flow.key, cfg.version, &origin, peers);
             return (origin, true);
         }
-        let _ = FLOWS.remove(&key);
+        let _ = FLOWS.remove(flow.key);
     }
     let v = finish(
         policy::evaluate(
@@ -237,28 +260,30 @@ fn decide(
         ),
         cfg,
     );
-    if stale == Stale::Forward {
+    if flow.stale == Stale::Forward {
         if v.severity != severity::DENY {
-            refresh(&key, cfg.version, &v);
+            refresh(flow.key, cfg.version, &v, peers);
             return (v, true);
         }
-        let _ = FLOWS.remove(&key);
+        let _ = FLOWS.remove(flow.key);
         return (v, false);
     }
-    if v.severity != severity::DENY && tracked && opens_flow(pkt) {
-        track(&key, cfg.version, &v);
+    if v.severity != severity::DENY && flow.tracked && opens_flow(pkt) {
+        track(flow.key, cfg.version, &v, peers);
     }
     (v, false)
 }
 
 /// A flow entry re-checked under the current policy: keep it, renewed.
 #[inline(always)]
-fn refresh(key: &FlowKey, version: u32, v: &Verdict) {
+fn refresh(key: &FlowKey, version: u32, v: &Verdict, (src_peer, dst_peer): (u32, u32)) {
     if let Some(entry) = FLOWS.get_ptr_mut(key) {
         let entry = unsafe { &mut *entry };
         entry.version = version;
         entry.severity = v.severity;
         entry.rule = v.rule;
+        entry.src_peer = src_peer;
+        entry.dst_peer = dst_peer;
     }
 }
 
@@ -343,10 +368,12 @@ fn opens_flow(pkt: &Packet) -> bool {
 
 // Separate BPF functions from here on keep the main frame's stack small.
 #[inline(never)]
-fn track(key: &FlowKey, version: u32, v: &Verdict) {
+fn track(key: &FlowKey, version: u32, v: &Verdict, (src_peer, dst_peer): (u32, u32)) {
     let mut value = FlowValue {
         version,
         rule: v.rule,
+        src_peer,
+        dst_peer,
         severity: v.severity,
         reply: 0,
         _pad: [0; 2],
@@ -361,6 +388,8 @@ fn track(key: &FlowKey, version: u32, v: &Verdict) {
         _pad: [0; 3],
     };
     value.reply = 1;
+    value.src_peer = dst_peer;
+    value.dst_peer = src_peer;
     let _ = FLOWS.insert(&reverse, &value, 0);
 }
 

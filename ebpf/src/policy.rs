@@ -74,8 +74,10 @@ fn layer(slot: u8, src_id: u32, dst_id: u32, proto: u8, class: u16) -> Verdict {
         };
     };
     let marker = *marker;
+    // The marker says which lookups can hit; the others are skipped.
+    let bit = proto_bit(proto);
     key.proto = proto;
-    if class != PORT_CLASS_ANY {
+    if class != PORT_CLASS_ANY && marker.class_protos & bit != 0 {
         key.port_class = class;
         if let Some(v) = unsafe { POLICY.get(&key) } {
             return Verdict {
@@ -85,7 +87,7 @@ fn layer(slot: u8, src_id: u32, dst_id: u32, proto: u8, class: u16) -> Verdict {
         }
         key.port_class = PORT_CLASS_ANY;
     }
-    if proto != PROTO_ANY {
+    if marker.any_port_protos & bit != 0 {
         if let Some(v) = unsafe { POLICY.get(&key) } {
             return Verdict {
                 severity: v.severity,

@@ -16,6 +16,7 @@ pub struct Maps {
     pub active: Array<MapData, u32>,
     pub slot_config: Array<MapData, SlotConfig>,
     pub ipcache: LpmTrie<MapData, IpCacheKey, Endpoint>,
+    pub hosts: HashMap<MapData, IpCacheKey, Endpoint>,
     pub policy: HashMap<MapData, PolicyKey, PolicyValue>,
     pub port_class: MmapArray,
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
@@ -29,10 +30,11 @@ pub struct Maps {
 }
 
 /// Every map the object defines, in pin order.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 14] = [
     names::ACTIVE,
     names::SLOT_CONFIG,
     names::IPCACHE,
+    names::HOSTS,
     names::POLICY,
     names::PORT_CLASS,
     names::FLOWS,
@@ -66,6 +68,7 @@ impl Maps {
             active: typed!(names::ACTIVE),
             slot_config: typed!(names::SLOT_CONFIG),
             ipcache: typed!(names::IPCACHE),
+            hosts: typed!(names::HOSTS),
             policy: typed!(names::POLICY),
             port_class: MmapArray::new(names::PORT_CLASS, take(names::PORT_CLASS)?)?,
             flows: typed!(names::FLOWS),

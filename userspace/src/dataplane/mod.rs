@@ -69,6 +69,7 @@ pub enum DataplaneError {
 pub struct Capacities {
     pub policy: u32,
     pub ipcache: u32,
+    pub hosts: u32,
     pub flows: u32,
     pub peers: u32,
     pub denies: u32,
@@ -79,6 +80,7 @@ impl Default for Capacities {
         Self {
             policy: capacity::POLICY,
             ipcache: capacity::IPCACHE,
+            hosts: capacity::HOSTS,
             flows: capacity::FLOWS,
             peers: capacity::PEERS,
             denies: capacity::DENIES,
@@ -113,6 +115,7 @@ impl Dataplane {
             .override_global(names::L2_HDR_LEN, &opts.l2_hdr_len, true)
             .map_max_entries(names::POLICY, caps.policy)
             .map_max_entries(names::IPCACHE, caps.ipcache)
+            .map_max_entries(names::HOSTS, caps.hosts)
             .map_max_entries(names::FLOWS, caps.flows)
             .map_max_entries(names::PEER_COUNTERS, caps.peers)
             .map_max_entries(names::DENIES, caps.denies);

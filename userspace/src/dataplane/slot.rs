@@ -13,6 +13,9 @@ use wgbpf_common::{
 use super::{DataplaneError, Maps};
 use crate::policy::compile::Compiled;
 
+/// Prefix length of a single address in the mapped space.
+const HOST_BITS: u32 = 128;
+
 /// Programs run for microseconds under RCU; after a switch we wait this long
 /// before anyone may rewrite the slot just left.
 const GRACE: Duration = Duration::from_millis(5);
@@ -51,6 +54,12 @@ impl Maps {
             let data = k.data();
             if data.slot as u32 == slot {
                 out.insert((data.addr, k.prefix_len() - ipcache_prefix_len(0)), v);
+            }
+        }
+        for item in self.hosts.iter() {
+            let (k, v) = item.map_err(map_err(names::HOSTS))?;
+            if k.slot as u32 == slot {
+                out.insert((k.addr, HOST_BITS), v);
             }
         }
         Ok(out)
@@ -106,18 +115,25 @@ impl Maps {
         // Refuse a policy that cannot fit before touching anything: the
         // active slot's entries stay, so the new one gets what is left.
         let live_policy = self.read_policy(active)?.len();
-        let live_ipcache = self.read_ipcache(active)?.len();
+        let live = self.read_ipcache(active)?;
+        let live_hosts = live.keys().filter(|(_, bits)| *bits == HOST_BITS).count();
+        let new_hosts = c
+            .ipcache
+            .iter()
+            .filter(|(_, bits, _)| *bits == HOST_BITS)
+            .count();
         check_fits(
             names::POLICY,
             self.policy.map(),
             live_policy,
             c.policy.len(),
         )?;
+        check_fits(names::HOSTS, self.hosts.map(), live_hosts, new_hosts)?;
         check_fits(
             names::IPCACHE,
             self.ipcache.map(),
-            live_ipcache,
-            c.ipcache.len(),
+            live.len() - live_hosts,
+            c.ipcache.len() - new_hosts,
         )?;
         let version = if valid { active_cfg.version + 1 } else { 1 };
         // Invalidate first: if we stop half way, the slot says so.
@@ -150,33 +166,41 @@ impl Maps {
         })
     }
 
+    /// Single addresses go to the hosts hash, prefixes to the trie.
     fn write_ipcache(&mut self, slot: u32, c: &Compiled) -> Result<usize, DataplaneError> {
-        let name = names::IPCACHE;
         let old = self.read_ipcache(slot)?;
         let new: BTreeMap<_, _> = c.ipcache.iter().map(|(a, l, e)| ((*a, *l), *e)).collect();
-        let key = |addr: &Addr, bits: u32| {
-            Key::new(
-                ipcache_prefix_len(bits),
-                IpCacheKey {
-                    slot: slot as u8,
-                    addr: *addr,
-                },
-            )
+        let key = |addr: &Addr| IpCacheKey {
+            slot: slot as u8,
+            addr: *addr,
         };
         let mut writes = 0;
         for (addr, bits) in old.keys().filter(|k| !new.contains_key(k)) {
-            self.ipcache
-                .remove(&key(addr, *bits))
-                .map_err(map_err(name))?;
+            if *bits == HOST_BITS {
+                self.hosts
+                    .remove(&key(addr))
+                    .map_err(map_err(names::HOSTS))?;
+            } else {
+                let k = Key::new(ipcache_prefix_len(*bits), key(addr));
+                self.ipcache.remove(&k).map_err(map_err(names::IPCACHE))?;
+            }
             writes += 1;
         }
         for ((addr, bits), ep) in &new {
-            if old.get(&(*addr, *bits)) != Some(ep) {
-                self.ipcache
-                    .insert(&key(addr, *bits), *ep, 0)
-                    .map_err(map_err(name))?;
-                writes += 1;
+            if old.get(&(*addr, *bits)) == Some(ep) {
+                continue;
             }
+            if *bits == HOST_BITS {
+                self.hosts
+                    .insert(key(addr), *ep, 0)
+                    .map_err(map_err(names::HOSTS))?;
+            } else {
+                let k = Key::new(ipcache_prefix_len(*bits), key(addr));
+                self.ipcache
+                    .insert(&k, *ep, 0)
+                    .map_err(map_err(names::IPCACHE))?;
+            }
+            writes += 1;
         }
         Ok(writes)
     }

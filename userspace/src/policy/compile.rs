@@ -17,9 +17,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use ipnet::IpNet;
 use thiserror::Error;
 use wgbpf_common::{
-    severity, Addr, Endpoint, PolicyKey, PolicyValue, ID_ANY, ID_FIRST, ID_WORLD, PORTED_PROTOS,
-    PORT_CLASS_ANY, PORT_CLASS_ENTRIES, PORT_CLASS_FIRST, PORT_CLASS_FRAG, PROTO_ANY,
-    SLOT_AUDIT_ALL, SLOT_HAS_ANY_ANY, SLOT_HAS_ANY_DST, SLOT_HAS_ANY_SRC,
+    proto_bit, severity, Addr, Endpoint, PolicyKey, PolicyValue, ID_ANY, ID_FIRST, ID_WORLD,
+    PORTED_PROTOS, PORT_CLASS_ANY, PORT_CLASS_ENTRIES, PORT_CLASS_FIRST, PORT_CLASS_FRAG,
+    PROTO_ANY, SLOT_AUDIT_ALL, SLOT_HAS_ANY_ANY, SLOT_HAS_ANY_DST, SLOT_HAS_ANY_SRC,
 };
 
 use super::{
@@ -33,6 +33,8 @@ pub enum CompileError {
     PortsWithoutPortedProto { rule: String, proto: String },
     #[error("rule {rule}: port range {first}-{last} is empty")]
     EmptyPortRange { rule: String, first: u16, last: u16 },
+    #[error("rule {rule}: protocol 0 cannot be named (leave the protocol out for any)")]
+    ProtocolZero { rule: String },
     #[error("rule {rule}: accept rules cannot be in audit mode (audit applies to denies)")]
     AuditAccept { rule: String },
     #[error("{what}: IPv4-mapped IPv6 prefix {prefix} is not supported (use the IPv4 form)")]
@@ -282,11 +284,21 @@ pub fn compile(policy: &Policy, max_peers: u32) -> Result<Compiled, CompileError
         };
         let val = |v: Verdict| PolicyValue {
             severity: v.severity,
-            _pad: [0; 3],
             rule: v.rule,
+            ..Default::default()
         };
         let pair_any = pair.any.unwrap_or(none);
-        entries.insert(key(PROTO_ANY, PORT_CLASS_ANY), val(pair_any));
+        // The marker also tells the kernel which other lookups can hit.
+        let mut marker = val(pair_any);
+        for (proto, table) in &pair.protos {
+            if table.frag.is_some() || !table.classes.is_empty() {
+                marker.class_protos |= proto_bit(*proto);
+            }
+            if table.any.is_some() {
+                marker.any_port_protos |= proto_bit(*proto);
+            }
+        }
+        entries.insert(key(PROTO_ANY, PORT_CLASS_ANY), marker);
         for (proto, table) in &pair.protos {
             let proto_any = table.any.map_or(pair_any, |v| pair_any.better(v));
             if table.any.is_some() {
@@ -406,6 +418,13 @@ fn port_classes(policy: &Policy) -> Result<(Vec<u16>, Vec<Vec<u16>>), CompileErr
 
 fn validate(policy: &Policy, max_peers: u32) -> Result<(), CompileError> {
     for rule in &policy.rules {
+        // Protocol 0 in a key is the wildcard: a rule naming it would
+        // collide with the pair's marker.
+        if rule.proto == Some(PROTO_ANY) {
+            return Err(CompileError::ProtocolZero {
+                rule: rule.name.clone(),
+            });
+        }
         if rule.audit && rule.action == Action::Accept {
             return Err(CompileError::AuditAccept {
                 rule: rule.name.clone(),
