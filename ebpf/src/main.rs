@@ -55,7 +55,7 @@ static POLICY: HashMap<PolicyKey, PolicyValue> =
 static PORTCLASS: Array<u16> = Array::with_max_entries(2 * PORT_CLASS_ENTRIES, BPF_F_MMAPABLE);
 
 #[map(name = "WGBPF_FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
 
 #[map(name = "WGBPF_PEER_COUNTERS")]
 static PEER_COUNTERS: PerCpuArray<PeerCounters> = PerCpuArray::with_max_entries(capacity::PEERS, 0);
@@ -94,11 +94,13 @@ pub struct Verdict {
 #[inline(always)]
 fn handle(ctx: &TcContext, dir: usize) -> i32 {
     let l2 = unsafe { core::ptr::read_volatile(&WGBPF_L2_HDR_LEN) } as usize;
-    let mut pkt = Packet::default();
-    if parse::parse(ctx, l2, &mut pkt).is_err() {
+    let mut slot_for_pkt = core::mem::MaybeUninit::<Packet>::uninit();
+    if !parse::parse(ctx, l2, &mut slot_for_pkt) {
         bump_stat(stat::MALFORMED);
         return TC_ACT_SHOT;
     }
+    // SAFETY: parse() wrote the whole packet when it returned true.
+    let pkt = unsafe { slot_for_pkt.assume_init_ref() };
     if pkt.fragment {
         bump_stat(stat::FRAGMENTS);
     }
@@ -112,8 +114,7 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
     };
     // Fast path: a packet of a flow allowed under the current policy needs
     // neither identities nor policy.
-    let mut key = FlowKey::default();
-    let tracked = flow_key(&pkt, &mut key);
+    let (tracked, key) = flow_key(pkt);
     let mut stale = Stale::No;
     if tracked {
         if let Some(entry) = FLOWS.get_ptr(&key) {
@@ -146,7 +147,7 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
         tracked,
         stale,
     };
-    let (verdict, from_flow) = decide(&pkt, &flow, slot, &cfg, &src_ep, &dst_ep);
+    let (verdict, from_flow) = decide(pkt, &flow, slot, &cfg, &src_ep, &dst_ep);
 
     let peer = if dir == DIR_INGRESS {
         src_ep.peer
@@ -155,7 +156,7 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
     };
     count_peer(peer, dir, verdict.severity, pkt.len);
     if verdict.severity >= severity::AUDIT && !from_flow {
-        report_deny(&pkt, src_ep.peer, &verdict, dir);
+        report_deny(pkt, src_ep.peer, &verdict, dir);
     }
     if verdict.severity == severity::DENY {
         TC_ACT_SHOT
@@ -213,20 +214,15 @@ fn decide(
 ) -> (Verdict, bool) {
     // An ICMP error about a packet of a live flow, sent back to that
     // packet's sender, belongs to the flow.
-    if pkt.has_inner && pkt.inner.src == pkt.dst {
-        if let Some(entry) = FLOWS.get_ptr(&pkt.inner) {
-            let entry = unsafe { &*entry };
-            if entry.version == cfg.version {
-                bump_stat(stat::FLOW_HITS);
-                return (
-                    Verdict {
-                        severity: entry.severity,
-                        rule: entry.rule,
-                    },
-                    true,
-                );
-            }
-        }
+    if pkt.related && pkt.related_entry.version == cfg.version {
+        bump_stat(stat::FLOW_HITS);
+        return (
+            Verdict {
+                severity: pkt.related_entry.severity,
+                rule: pkt.related_entry.rule,
+            },
+            true,
+        );
     }
     let peers = (src.peer, dst.peer);
     if flow.stale == Stale::Reply {
@@ -327,33 +323,35 @@ fn reversed_policy_port(pkt: &Packet) -> u16 {
     }
 }
 
-/// Fills the packet's flow-table key; false for packets that belong to no
-/// flow (fragments, portless protocols, ICMP other than echo).
+/// The packet's flow-table key, and whether it has one (fragments,
+/// portless protocols and ICMP other than echo belong to no flow; their key
+/// is all zeros and never looked up).
 #[inline(always)]
-fn flow_key(pkt: &Packet, key: &mut FlowKey) -> bool {
-    if pkt.fragment {
-        return false;
-    }
-    let (sport, dport) = match pkt.proto {
-        PROTO_TCP | PROTO_UDP | PROTO_SCTP => (pkt.sport, pkt.dport),
+fn flow_key(pkt: &Packet) -> (bool, FlowKey) {
+    let (tracked, sport, dport) = match pkt.proto {
+        _ if pkt.fragment => (false, 0, 0),
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => (true, pkt.sport, pkt.dport),
         PROTO_ICMP => match pkt.icmp_type {
-            ICMP_ECHO_REQUEST => (pkt.icmp_id, 0),
-            ICMP_ECHO_REPLY => (0, pkt.icmp_id),
-            _ => return false,
+            ICMP_ECHO_REQUEST => (true, pkt.icmp_id, 0),
+            ICMP_ECHO_REPLY => (true, 0, pkt.icmp_id),
+            _ => (false, 0, 0),
         },
         PROTO_ICMPV6 => match pkt.icmp_type {
-            ICMPV6_ECHO_REQUEST => (pkt.icmp_id, 0),
-            ICMPV6_ECHO_REPLY => (0, pkt.icmp_id),
-            _ => return false,
+            ICMPV6_ECHO_REQUEST => (true, pkt.icmp_id, 0),
+            ICMPV6_ECHO_REPLY => (true, 0, pkt.icmp_id),
+            _ => (false, 0, 0),
         },
-        _ => return false,
+        _ => (false, 0, 0),
     };
-    key.src = pkt.src;
-    key.dst = pkt.dst;
-    key.sport = sport;
-    key.dport = dport;
-    key.proto = pkt.proto;
-    true
+    let key = FlowKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        sport,
+        dport,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    };
+    (tracked, key)
 }
 
 /// Packets that, once allowed, let their replies in. Echo replies do not.
