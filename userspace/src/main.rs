@@ -38,6 +38,10 @@ enum Command {
         /// The mesh file (TOML).
         #[arg(short, long)]
         config: PathBuf,
+        /// How to attach when nothing is pinned yet (default: tcx where the
+        /// kernel has it, clsact otherwise).
+        #[arg(long, value_enum)]
+        attach: Option<attach::AttachMode>,
         /// Print a JSON report instead of text.
         #[arg(long)]
         json: bool,
@@ -65,7 +69,15 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Load { config, json } => load(&config, json),
+        Command::Load {
+            config,
+            attach,
+            json,
+        } => load(
+            &config,
+            attach.unwrap_or_else(attach::AttachMode::best),
+            json,
+        ),
         Command::Unload { interface, json } => unload(&interface, json),
         Command::Counters {
             interface,
@@ -79,7 +91,7 @@ fn main() {
     }
 }
 
-fn load(config: &std::path::Path, json: bool) -> Result<()> {
+fn load(config: &std::path::Path, mode: attach::AttachMode, json: bool) -> Result<()> {
     let mesh = mesh::load(config)?;
     // Validate and compile before touching the kernel.
     compile(&mesh.policy, capacity::PEERS)
@@ -91,7 +103,7 @@ fn load(config: &std::path::Path, json: bool) -> Result<()> {
         }),
         ..Default::default()
     };
-    let (mut maps, installed) = attach::install(&mesh.interface, &opts)
+    let (mut maps, installed) = attach::install(&mesh.interface, &opts, mode)
         .with_context(|| format!("installing on {}", mesh.interface))?;
     // Peers keep the counter slots they had; compile again with them.
     let names: Vec<String> = mesh.policy.peers.iter().map(|p| p.name.clone()).collect();

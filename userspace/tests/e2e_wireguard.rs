@@ -284,3 +284,68 @@ fn policy_enforced_over_real_wireguard() {
     assert!(tcp_connect(bob, gw4, 80, T).unwrap());
     assert!(tcp_connect(alice, gw4, 2222, T).unwrap());
 }
+
+/// The clsact fallback (what kernels before 6.6 get), forced on this kernel:
+/// the netlink filters enforce after the controller exits, a reload adopts
+/// them, and unload removes exactly our filters.
+#[test]
+fn clsact_fallback_enforces_adopts_and_unloads() {
+    let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
+    let (gw, alice, bob) = (&mesh.gateway, mesh.host("alice"), mesh.host("bob"));
+    let dir = TempDir(std::env::temp_dir().join(format!("wgbpf-e2e-{}", mesh.run_id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let cfg = dir.0.join("mesh.toml");
+    std::fs::write(&cfg, gateway_mesh_file(&mesh, POLICY)).unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let gw4 = IpAddr::V4(gw.tunnel_v4);
+    let _listeners: Vec<_> = [22, 80]
+        .iter()
+        .map(|p| tcp_listen(gw, *p).unwrap())
+        .collect();
+    let filters = |parent: &str| {
+        gw.run(&["tc", "-j", "filter", "show", "dev", &gw.wg_if, parent])
+            .unwrap()
+    };
+
+    let (ok, out, err) = wgbpf(gw, &["load", "-c", &cfg, "--attach", "clsact", "--json"]);
+    assert!(ok, "load failed: {err}");
+    let _unload = Unload(gw);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["attach"]["mode"], "clsact");
+    assert!(
+        filters("ingress").contains("wgbpf_ingress"),
+        "{}",
+        filters("ingress")
+    );
+    assert!(
+        filters("egress").contains("wgbpf_egress"),
+        "{}",
+        filters("egress")
+    );
+
+    assert!(tcp_connect(alice, gw4, 22, T).unwrap());
+    assert!(!tcp_connect(alice, gw4, 80, T).unwrap());
+    assert!(!tcp_connect(bob, gw4, 22, T).unwrap());
+    let c = counters(gw, &cfg);
+    assert!(counter(&c, "bob", "ingress", "denied_packets") >= 1);
+
+    let (ok, out, err) = wgbpf(gw, &["load", "-c", &cfg, "--json"]);
+    assert!(ok, "reload failed: {err}");
+    let again: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(again["attach"]["adopted"], true);
+    assert_eq!(again["attach"]["mode"], "clsact");
+
+    let (ok, _, err) = wgbpf(gw, &["unload", "-i", &gw.wg_if]);
+    assert!(ok, "unload failed: {err}");
+    assert!(
+        !filters("ingress").contains("wgbpf"),
+        "{}",
+        filters("ingress")
+    );
+    assert!(
+        !filters("egress").contains("wgbpf"),
+        "{}",
+        filters("egress")
+    );
+    assert!(tcp_connect(bob, gw4, 22, T).unwrap());
+}

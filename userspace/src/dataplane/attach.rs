@@ -17,11 +17,24 @@ use wgbpf_common::names;
 
 use super::{pin_dir, Dataplane, DataplaneError, LoadOptions, Maps};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
+    /// tcx links (kernel 6.6 and later), pinned.
     Tcx,
+    /// clsact direct-action filters over netlink (any kernel).
     Clsact,
+}
+
+impl AttachMode {
+    /// tcx where the kernel has it, clsact otherwise.
+    pub fn best() -> Self {
+        if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+            AttachMode::Tcx
+        } else {
+            AttachMode::Clsact
+        }
+    }
 }
 
 /// The programs of both directions, and the pin names of their links.
@@ -51,8 +64,12 @@ pub fn pinned_mode(iface: &str) -> Option<AttachMode> {
 
 /// Makes sure the programs guard `iface`, and returns the map handles. A
 /// data plane already pinned for the interface is adopted as it is: no
-/// detach, no gap, counters kept.
-pub fn install(iface: &str, opts: &LoadOptions) -> Result<(Maps, Installed), DataplaneError> {
+/// detach, no gap, counters kept. `mode` applies to a new attachment only.
+pub fn install(
+    iface: &str,
+    opts: &LoadOptions,
+    mode: AttachMode,
+) -> Result<(Maps, Installed), DataplaneError> {
     let dir = pin_dir(iface);
     if let Some(mode) = pinned_mode(iface) {
         let maps = Maps::open_pinned(&dir)?;
@@ -70,12 +87,6 @@ pub fn install(iface: &str, opts: &LoadOptions) -> Result<(Maps, Installed), Dat
         ..opts.clone()
     };
     let mut dp = Dataplane::load(&opts)?;
-    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-    let mode = if tcx {
-        AttachMode::Tcx
-    } else {
-        AttachMode::Clsact
-    };
     if let Err(e) = attach_all(&mut dp, iface, &dir, mode) {
         // Leave nothing half-attached behind.
         let _ = remove(iface);
