@@ -1,0 +1,4 @@
+//! One module per subcommand: its arguments and what it does.
+pub mod counters;
+pub mod load;
+pub mod unload;

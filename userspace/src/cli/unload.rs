@@ -1,0 +1,32 @@
+//! `wgbpf unload`: detach and remove everything pinned for an interface.
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+use wgbpf::dataplane::attach;
+
+/// Detach the programs from IFACE and remove their pins and maps.
+#[derive(Args)]
+pub struct UnloadArgs {
+    #[arg(short, long)]
+    interface: String,
+    /// Print a JSON report instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: UnloadArgs) -> Result<()> {
+    unload(&a.interface, a.json)
+}
+
+fn unload(iface: &str, json: bool) -> Result<()> {
+    let removed = attach::remove(iface)?;
+    if json {
+        println!("{}", json!({"interface": iface, "removed": removed}));
+    } else if removed {
+        println!("{iface}: programs detached, pins removed");
+    } else {
+        println!("{iface}: nothing loaded");
+    }
+    Ok(())
+}
