@@ -57,6 +57,14 @@ pub struct InterfaceSection {
     pub name: Spanned<String>,
     #[serde(default)]
     pub addresses: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub private_key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub listen_port: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub mtu: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub fwmark: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +75,12 @@ pub struct PeerSection {
     pub public_key: Option<Spanned<String>>,
     #[serde(default)]
     pub allowed_ips: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub endpoint: Option<Spanned<String>>,
+    #[serde(default)]
+    pub persistent_keepalive: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub preshared_key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +113,34 @@ pub struct RuleSection {
 pub struct Mesh {
     pub interface: String,
     pub policy: Policy,
+    /// The WireGuard side. Without a private key file the interface is
+    /// managed elsewhere (wg-quick, another tool) and only the policy is
+    /// enforced.
+    pub wg: WgSpec,
+}
+
+/// The interface's WireGuard configuration as the mesh file gives it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WgSpec {
+    pub private_key_file: Option<std::path::PathBuf>,
+    pub listen_port: Option<u16>,
+    pub mtu: Option<u32>,
+    pub fwmark: Option<u32>,
+    /// The interface's addresses with their prefix length, as written.
+    pub addresses: Vec<IpNet>,
+    pub peers: Vec<WgPeerSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgPeerSpec {
+    pub name: String,
+    /// Base64, checked to be 32 bytes.
+    pub public_key: Option<String>,
+    pub allowed_ips: Vec<IpNet>,
+    /// `host:port` or `[v6]:port`; the host may be a DNS name.
+    pub endpoint: Option<String>,
+    pub persistent_keepalive: Option<u16>,
+    pub preshared_key_file: Option<std::path::PathBuf>,
 }
 
 struct Ctx<'a> {
@@ -159,6 +201,28 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
         .iter()
         .map(|a| parse_net(ctx, a, true))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut wg = WgSpec {
+        private_key_file: raw
+            .interface
+            .private_key_file
+            .as_ref()
+            .map(|f| f.get_ref().into()),
+        listen_port: raw.interface.listen_port.as_ref().map(|p| *p.get_ref()),
+        mtu: raw.interface.mtu.as_ref().map(|m| *m.get_ref()),
+        fwmark: raw.interface.fwmark.as_ref().map(|m| *m.get_ref()),
+        addresses: raw
+            .interface
+            .addresses
+            .iter()
+            .map(|a| parse_net(ctx, a, false))
+            .collect::<Result<Vec<_>, _>>()?,
+        peers: Vec::new(),
+    };
+    if let Some(m) = &raw.interface.mtu {
+        if !(1280..=65535).contains(m.get_ref()) {
+            return Err(ctx.err(m.span(), "mtu: expected 1280-65535"));
+        }
+    }
     let mut peers = Vec::new();
     let mut by_name: HashMap<String, usize> = HashMap::new();
     for (i, p) in raw.peers.iter().enumerate() {
@@ -186,6 +250,17 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
             .iter()
             .map(|a| parse_net(ctx, a, false))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(e) = &p.endpoint {
+            check_endpoint(ctx, e)?;
+        }
+        wg.peers.push(WgPeerSpec {
+            name: name.clone(),
+            public_key: p.public_key.as_ref().map(|k| k.get_ref().clone()),
+            allowed_ips: allowed_ips.clone(),
+            endpoint: p.endpoint.as_ref().map(|e| e.get_ref().clone()),
+            persistent_keepalive: p.persistent_keepalive.as_ref().map(|k| *k.get_ref()),
+            preshared_key_file: p.preshared_key_file.as_ref().map(|f| f.get_ref().into()),
+        });
         peers.push(Peer {
             name,
             index: i as u32 + 1,
@@ -266,7 +341,36 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
             rules,
             audit: raw.policy.audit,
         },
+        wg,
     })
+}
+
+/// `host:port`, `a.b.c.d:port` or `[v6]:port` with a port 1-65535.
+fn check_endpoint(ctx: &Ctx, e: &Spanned<String>) -> Result<(), MeshError> {
+    let v = e.get_ref();
+    let bad = || {
+        ctx.err(
+            e.span(),
+            format!("endpoint `{v}`: expected host:port, a.b.c.d:port or [v6]:port"),
+        )
+    };
+    let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    let _ = port;
+    let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        inner.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && !host.contains(':')
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    };
+    if host_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
 }
 
 fn check_key(ctx: &Ctx, k: &Spanned<String>) -> Result<(), MeshError> {
@@ -410,9 +514,22 @@ mod tests {
         assert_eq!((e.line, e.column), (5, 16));
         assert!(e.message.contains("10.0.0.300/32"), "{e}");
 
-        let e = err("[interface]\nname = \"wg0\"\nmtu = \"x\"\n");
+        let e = err("[interface]\nname = \"wg0\"\nmtux = 1420\n");
         assert!(e.message.contains("unknown field"), "{e}");
         assert_eq!(e.line, 3);
+
+        let e = err("[interface]\nname = \"wg0\"\nmtu = \"x\"\n");
+        assert!(e.message.contains("expected u32"), "{e}");
+        assert_eq!((e.line, e.column), (3, 7));
+
+        let e = err("[interface]\nname = \"wg0\"\nlisten_port = 70000\n");
+        assert_eq!(e.line, 3);
+
+        let e = err(
+            "[interface]\nname = \"wg0\"\n[[peer]]\nname = \"a\"\nendpoint = \"gw.example:0\"\n",
+        );
+        assert!(e.message.contains("endpoint"), "{e}");
+        assert_eq!(e.line, 5);
     }
 
     #[test]

@@ -4,13 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde_json::json;
-use wgbpf::{
-    dataplane::{attach, LoadOptions},
-    mesh,
-    policy::compile::compile,
-};
-use wgbpf_common::{capacity, EventConfig};
+use wgbpf::{dataplane::attach, enforce::enforce, mesh};
 
 /// Compile the mesh file's policy and enforce it on its interface.
 ///
@@ -42,60 +36,24 @@ pub fn run(a: LoadArgs) -> Result<()> {
 
 fn load(config: &std::path::Path, mode: attach::AttachMode, json: bool) -> Result<()> {
     let mesh = mesh::load(config)?;
-    // Validate and compile before touching the kernel.
-    compile(&mesh.policy, capacity::PEERS)
-        .with_context(|| format!("{}: policy", config.display()))?;
-    let opts = LoadOptions {
-        events: Some(EventConfig {
-            per_second: 100,
-            burst: 200,
-        }),
-        ..Default::default()
-    };
-    let (mut maps, installed) = attach::install(&mesh.interface, &opts, mode)
-        .with_context(|| format!("installing on {}", mesh.interface))?;
-    // Peers keep the counter slots they had; compile again with them.
-    let names: Vec<String> = mesh.policy.peers.iter().map(|p| p.name.clone()).collect();
-    let plan = maps.plan_peer_slots(&names)?;
-    let mut policy = mesh.policy.clone();
-    for p in &mut policy.peers {
-        p.index = plan.slots[&p.name];
-    }
-    let compiled = compile(&policy, capacity::PEERS)?;
-    maps.commit_peer_slots(&plan)?;
-    let report = maps.apply(&compiled).context("writing the policy")?;
+    let (_, e) = enforce(&mesh, mode).with_context(|| config.display().to_string())?;
     if json {
-        println!(
-            "{}",
-            json!({
-                "interface": mesh.interface,
-                "attach": installed,
-                "policy": report,
-                "rules": mesh.policy.rules.len(),
-                "identities": compiled.identities,
-                "policy_entries": compiled.policy.len(),
-            })
-        );
-    } else {
-        let how = if installed.adopted {
-            "adopted the pinned data plane"
-        } else {
-            "attached"
-        };
-        println!(
-            "{}: {how} ({:?}); policy version {} {} ({} rules, {} identities, {} entries)",
-            mesh.interface,
-            installed.mode,
-            report.version,
-            if report.changed {
-                "active"
-            } else {
-                "unchanged"
-            },
-            mesh.policy.rules.len(),
-            compiled.identities,
-            compiled.policy.len()
-        );
+        println!("{}", serde_json::to_string(&e)?);
+        return Ok(());
     }
+    let how = if e.attach.adopted {
+        "adopted the pinned data plane"
+    } else {
+        "attached"
+    };
+    let state = if e.policy.changed {
+        "active"
+    } else {
+        "unchanged"
+    };
+    println!(
+        "{}: {how} ({:?}); policy version {} {state} ({} rules, {} identities, {} entries)",
+        e.interface, e.attach.mode, e.policy.version, e.rules, e.identities, e.policy_entries
+    );
     Ok(())
 }
