@@ -7,11 +7,15 @@ use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use wgbpf::{
     dataplane::{slot::ApplyReport, Dataplane, LoadOptions},
-    policy::{compile::compile, model::Policy, reference::PacketMeta},
+    policy::{
+        compile::compile,
+        model::Policy,
+        reference::{is_icmp_error, FlowTuple, PacketMeta},
+    },
 };
 use wgbpf_common::{capacity, names, DIR_INGRESS};
 
-use crate::packets::{Expected, Parsed};
+use crate::packets::{Expected, Frame, Parsed};
 
 /// What TC returns for a packet that passes: TC_ACT_UNSPEC (-1).
 pub const PASS: u32 = u32::MAX;
@@ -76,18 +80,23 @@ impl Harness {
     }
 }
 
-/// The reference evaluator's view of a parsed frame; `None` when the data
-/// plane must drop it as malformed (including IPv4-mapped IPv6 addresses,
-/// which the programs refuse).
-pub fn meta(expected: &Expected) -> Option<PacketMeta> {
-    let Expected::Packet(p) = expected else {
+/// The reference evaluator's view of a frame; `None` when the data plane
+/// must drop it as malformed (including IPv4-mapped IPv6 addresses, which
+/// the programs refuse). For ICMP errors the quoted packet's flow tuple is
+/// read from the frame's bytes, by the same rules as the programs.
+pub fn meta(frame: &Frame) -> Option<PacketMeta> {
+    let Expected::Packet(p) = &frame.expected else {
         return None;
     };
     let mapped = |a: &IpAddr| matches!(a, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
     if p.src.is_ipv6() && (mapped(&p.src) || mapped(&p.dst)) {
         return None;
     }
-    Some(to_meta(p))
+    let mut m = to_meta(p);
+    if is_icmp_error(p.proto, p.icmp_type) && !p.fragment {
+        m.quoted = quoted_tuple(&frame.bytes[14..], p.len as usize);
+    }
+    Some(m)
 }
 
 pub fn to_meta(p: &Parsed) -> PacketMeta {
@@ -100,7 +109,64 @@ pub fn to_meta(p: &Parsed) -> PacketMeta {
         dport: p.dport,
         icmp_type: p.icmp_type,
         icmp_id: p.icmp_id,
-        // Random frames quote nothing that could match a live flow.
         quoted: None,
     }
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// Where the L4 header of a well-formed IP packet starts.
+fn l4_offset(ip: &[u8]) -> Option<usize> {
+    if ip.first()? >> 4 == 4 {
+        return Some(((ip[0] & 0x0f) as usize) * 4);
+    }
+    let (mut nh, mut off) = (*ip.get(6)?, 40);
+    for _ in 0..6 {
+        match nh {
+            0 | 43 | 60 => (nh, off) = (*ip.get(off)?, off + (*ip.get(off + 1)? as usize + 1) * 8),
+            51 => (nh, off) = (*ip.get(off)?, off + (*ip.get(off + 1)? as usize + 2) * 4),
+            _ => return Some(off),
+        }
+    }
+    None
+}
+
+/// The flow tuple of the packet an ICMP error quotes (see the programs'
+/// `quoted()` in ebpf/src/parse.rs): its IP header in full, no fragment
+/// offset, and 8 bytes of a TCP/UDP/SCTP header or an echo request.
+fn quoted_tuple(ip: &[u8], ip_len: usize) -> Option<FlowTuple> {
+    let ip = &ip[..ip_len.min(ip.len())];
+    let q = l4_offset(ip)? + 8;
+    let quoted = ip.get(q..)?;
+    let (src, dst, proto, hlen): (IpAddr, IpAddr, u8, usize) = match quoted.first()? >> 4 {
+        4 => {
+            let ihl = ((quoted[0] & 0x0f) as usize) * 4;
+            if ihl < 20 || quoted.len() < 20 || be16(quoted, 6)? & 0x1fff != 0 {
+                return None;
+            }
+            let a = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&quoted[at..at + 4]).unwrap());
+            (a(12), a(16), quoted[9], ihl)
+        }
+        6 if quoted.len() >= 40 => {
+            let a = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&quoted[at..at + 16]).unwrap());
+            (a(8), a(24), quoted[6], 40)
+        }
+        _ => return None,
+    };
+    let l4 = quoted.get(hlen..hlen + 8)?;
+    let (sport, dport) = match proto {
+        6 | 17 | 132 => (be16(l4, 0)?, be16(l4, 2)?),
+        1 if l4[0] == 8 => (be16(l4, 4)?, 0),
+        58 if l4[0] == 128 => (be16(l4, 4)?, 0),
+        _ => return None,
+    };
+    Some(FlowTuple {
+        src,
+        dst,
+        sport,
+        dport,
+        proto,
+    })
 }

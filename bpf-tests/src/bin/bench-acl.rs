@@ -233,14 +233,11 @@ fn setup(n: usize, peers: usize) -> Result<Case> {
     // The probes, checked against the reference evaluator and the kernel.
     let verdict = Packet::tcp(src, dst, 40000, DENIED_PORT).build();
     let established = Packet::tcp(src, dst, 40001, ALLOWED_PORT).build();
-    let v = reference::evaluate(&policy, &meta(&verdict.expected).context("probe parse")?);
+    let v = reference::evaluate(&policy, &meta(&verdict).context("probe parse")?);
     if v.severity != severity::DENY || v.rule != rule_id::DEFAULT {
         bail!("rules={n}: the verdict probe is not default-denied by the reference ({v:?})");
     }
-    let v = reference::evaluate(
-        &policy,
-        &meta(&established.expected).context("probe parse")?,
-    );
+    let v = reference::evaluate(&policy, &meta(&established).context("probe parse")?);
     if v.severity != severity::ALLOW {
         bail!("rules={n}: the established probe is not allowed by the reference ({v:?})");
     }

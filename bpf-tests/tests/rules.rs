@@ -1,0 +1,876 @@
+//! One named scenario per rule kind, each on IPv4 and IPv6: the packets a
+//! rule must let through and their closest neighbours that it must not
+//! (the next port, another peer, another protocol, the address just outside
+//! a CIDR). Every probe runs through both real programs (ingress and egress)
+//! and through the reference evaluator, so each case documents the kernel
+//! and the policy's written meaning at once.
+//!
+//! Each probe gets a fresh source port (and ICMP identifier), so no probe is
+//! ever the reply to an earlier one: the verdicts here are the policy's, not
+//! the flow table's.
+
+use std::{
+    cell::Cell,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use ipnet::IpNet;
+use wgbpf::policy::{
+    compile::{compile, CompileError},
+    model::{Action, Peer, Policy, PortRange, Rule, Selector},
+    reference::{evaluate, Verdict},
+};
+use wgbpf_bpf_tests::{
+    harness::{meta, Harness, DROP, PASS},
+    packets::Packet,
+};
+use wgbpf_common::{
+    capacity, rule_id, DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP,
+};
+
+const GRE: u8 = 47;
+const ESP: u8 = 50;
+
+// ---------------------------------------------------------------------------
+// Addresses: gateway .1 / ::1, peer n at .(1+n) / ::(1+n), subnets
+// 10.0.<net>.0/24 and fd00:0:0:<net>::/64, and a "world" address in no prefix.
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fam {
+    V4,
+    V6,
+}
+
+const FAMS: [Fam; 2] = [Fam::V4, Fam::V6];
+
+impl Fam {
+    /// Host `host` of subnet `net`.
+    fn host(self, net: u8, host: u16) -> IpAddr {
+        match self {
+            Fam::V4 => IpAddr::V4(Ipv4Addr::new(10, 0, net, host as u8)),
+            Fam::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, net as u16, 0, 0, 0, host)),
+        }
+    }
+    fn gw(self) -> IpAddr {
+        self.host(0, 1)
+    }
+    fn peer(self, n: u8) -> IpAddr {
+        self.host(0, 1 + n as u16)
+    }
+    fn world(self) -> IpAddr {
+        match self {
+            Fam::V4 => "192.0.2.7".parse().unwrap(),
+            Fam::V6 => "2001:db8::7".parse().unwrap(),
+        }
+    }
+    /// 10.0.<net>.0/24 or fd00:0:0:<net>::/64.
+    fn subnet(self, net: u8) -> IpNet {
+        match self {
+            Fam::V4 => format!("10.0.{net}.0/24").parse().unwrap(),
+            Fam::V6 => format!("fd00:0:0:{net:x}::/64").parse().unwrap(),
+        }
+    }
+    fn echo_request(self) -> u8 {
+        match self {
+            Fam::V4 => 8,
+            Fam::V6 => 128,
+        }
+    }
+    fn echo_reply(self) -> u8 {
+        match self {
+            Fam::V4 => 0,
+            Fam::V6 => 129,
+        }
+    }
+}
+
+/// The address `delta` away from `a` (to step just outside a prefix).
+fn step(a: IpAddr, delta: i64) -> IpAddr {
+    match a {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from((u32::from(a) as i64 + delta) as u32)),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(
+            (u128::from(a) as i128 + delta as i128) as u128,
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Policies.
+// ---------------------------------------------------------------------------
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn peer(n: u8) -> Peer {
+    Peer {
+        name: format!("p{n}"),
+        index: n as u32,
+        allowed_ips: vec![
+            net(&format!("10.0.0.{}/32", 1 + n)),
+            net(&format!("fd00::{:x}/128", 1 + n)),
+        ],
+    }
+}
+
+/// Peers p1..p3 and the gateway, with these rules.
+fn policy(rules: Vec<Rule>) -> Policy {
+    Policy {
+        peers: (1..=3).map(peer).collect(),
+        local: vec![net("10.0.0.1/32"), net("fd00::1/128")],
+        rules,
+        audit: false,
+    }
+}
+
+fn sel_peer(n: u8) -> Selector {
+    Selector::Prefixes(peer(n).allowed_ips)
+}
+
+fn sel_gw() -> Selector {
+    Selector::Prefixes(vec![net("10.0.0.1/32"), net("fd00::1/128")])
+}
+
+fn sel(nets: &[&str]) -> Selector {
+    Selector::Prefixes(nets.iter().map(|s| net(s)).collect())
+}
+
+fn rule(
+    action: Action,
+    src: Selector,
+    dst: Selector,
+    proto: Option<u8>,
+    ports: &[(u16, u16)],
+) -> Rule {
+    Rule {
+        name: format!("{action:?} {src:?} -> {dst:?} {proto:?} {ports:?}"),
+        action,
+        audit: false,
+        src,
+        dst,
+        proto,
+        ports: ports.iter().map(|&(a, b)| PortRange::new(a, b)).collect(),
+    }
+}
+
+fn accept(src: Selector, dst: Selector, proto: Option<u8>, ports: &[(u16, u16)]) -> Rule {
+    rule(Action::Accept, src, dst, proto, ports)
+}
+
+fn deny(src: Selector, dst: Selector, proto: Option<u8>, ports: &[(u16, u16)]) -> Rule {
+    rule(Action::Deny, src, dst, proto, ports)
+}
+
+/// Accepts everything (any source, destination and protocol).
+fn permit_all() -> Policy {
+    policy(vec![accept(Selector::Any, Selector::Any, None, &[])])
+}
+
+// ---------------------------------------------------------------------------
+// The bench: one harness with one policy, probes checked against the kernel
+// (both directions) and the reference evaluator.
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    Pass,
+    Drop,
+    /// Unparseable: dropped whatever the policy, and outside the reference.
+    Malformed,
+}
+use Want::{Drop, Malformed, Pass};
+
+/// `Pass` when `cond`, else `Drop`.
+fn pass_if(cond: bool) -> Want {
+    if cond {
+        Pass
+    } else {
+        Drop
+    }
+}
+
+struct Bench {
+    h: Harness,
+    policy: Policy,
+    next: Cell<u16>,
+    malformed: Cell<u64>,
+}
+
+impl Bench {
+    fn new(policy: Policy) -> Bench {
+        let mut h = Harness::new().expect("load the programs (are you root?)");
+        h.apply(&policy).expect("apply");
+        Bench {
+            h,
+            policy,
+            next: Cell::new(40000),
+            malformed: Cell::new(0),
+        }
+    }
+
+    /// A source port (or ICMP identifier) no earlier probe used.
+    fn fresh(&self) -> u16 {
+        let n = self.next.get();
+        self.next.set(n + 1);
+        n
+    }
+
+    fn tcp(&self, s: IpAddr, d: IpAddr, dport: u16) -> Packet {
+        Packet::tcp(s, d, self.fresh(), dport)
+    }
+    fn udp(&self, s: IpAddr, d: IpAddr, dport: u16) -> Packet {
+        Packet::udp(s, d, self.fresh(), dport)
+    }
+    fn sctp(&self, s: IpAddr, d: IpAddr, dport: u16) -> Packet {
+        Packet::sctp(s, d, self.fresh(), dport)
+    }
+    /// ICMP (v4) or ICMPv6 (v6) of the given type, fresh identifier.
+    fn icmp(&self, s: IpAddr, d: IpAddr, icmp_type: u8) -> Packet {
+        Packet::icmp(s, d, icmp_type, 0, u32::from(self.fresh()) << 16 | 1)
+    }
+
+    /// Checks a probe on the reference evaluator and on both programs;
+    /// returns the reference verdict (None when malformed).
+    fn expect(&self, want: Want, p: Packet) -> Option<Verdict> {
+        let f = p.build();
+        let verdict = match meta(&f) {
+            None => {
+                assert_eq!(want, Malformed, "{}: the packet is malformed", f.label);
+                self.malformed.set(self.malformed.get() + 2);
+                None
+            }
+            Some(m) => {
+                assert_ne!(
+                    want, Malformed,
+                    "{}: the packet is well formed: {m:?}",
+                    f.label
+                );
+                let v = evaluate(&self.policy, &m);
+                assert_eq!(
+                    v.passes(),
+                    want == Pass,
+                    "reference evaluator on {}: {v:?} for {m:?}",
+                    f.label
+                );
+                Some(v)
+            }
+        };
+        let code = if want == Pass { PASS } else { DROP };
+        for dir in [DIR_INGRESS, DIR_EGRESS] {
+            let got = self.h.run(dir, &f.bytes).expect("test_run");
+            assert_eq!(
+                got,
+                code,
+                "kernel, {} on {}: want {want:?}",
+                f.label,
+                if dir == DIR_INGRESS {
+                    "ingress"
+                } else {
+                    "egress"
+                }
+            );
+        }
+        verdict
+    }
+
+    /// Like `expect`, and the reference names `rule` as the deciding one.
+    fn expect_rule(&self, want: Want, rule: u32, p: Packet) {
+        let label = p.clone().build().label;
+        let v = self.expect(want, p).expect("well formed");
+        assert_eq!(v.rule, rule, "{label}: deciding rule ({v:?})");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rule kinds.
+// ---------------------------------------------------------------------------
+
+/// accept p1 -> gateway tcp 22: only that peer, port, protocol and direction.
+#[test]
+fn peer_to_gateway_single_port() {
+    let b = Bench::new(policy(vec![accept(
+        sel_peer(1),
+        sel_gw(),
+        Some(PROTO_TCP),
+        &[(22, 22)],
+    )]));
+    for f in FAMS {
+        let (p1, p2, gw) = (f.peer(1), f.peer(2), f.gw());
+        b.expect_rule(Pass, 0, b.tcp(p1, gw, 22));
+        b.expect(Drop, b.tcp(p1, gw, 21));
+        b.expect(Drop, b.tcp(p1, gw, 23));
+        b.expect_rule(Drop, rule_id::DEFAULT, b.tcp(p2, gw, 22));
+        b.expect(Drop, b.tcp(f.world(), gw, 22));
+        b.expect(Drop, b.udp(p1, gw, 22));
+        b.expect(Drop, b.sctp(p1, gw, 22));
+        b.expect(Drop, b.tcp(p1, f.peer(2), 22));
+        // The rule has a direction: the gateway may not open port 22 on p1.
+        b.expect(Drop, b.tcp(gw, p1, 22));
+    }
+}
+
+/// Ranges match their first and last port and nothing beside them; ranges
+/// touching port 0 and 65535 included.
+#[test]
+fn port_ranges_and_their_boundaries() {
+    let b = Bench::new(policy(vec![
+        accept(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[(1000, 2000)]),
+        accept(
+            sel_peer(1),
+            sel_gw(),
+            Some(PROTO_UDP),
+            &[(0, 10), (65530, 65535)],
+        ),
+        accept(
+            sel_peer(1),
+            sel_gw(),
+            Some(PROTO_SCTP),
+            &[(0, 0), (65535, 65535)],
+        ),
+        accept(sel_peer(2), sel_gw(), Some(PROTO_SCTP), &[(0, 65535)]),
+    ]));
+    for f in FAMS {
+        let (p1, p2, gw) = (f.peer(1), f.peer(2), f.gw());
+        for (port, want) in [
+            (999, Drop),
+            (1000, Pass),
+            (1500, Pass),
+            (2000, Pass),
+            (2001, Drop),
+        ] {
+            b.expect(want, b.tcp(p1, gw, port));
+        }
+        b.expect(Drop, b.tcp(p2, gw, 1500));
+        b.expect(Drop, b.udp(p1, gw, 1500));
+        for (port, want) in [
+            (0, Pass),
+            (10, Pass),
+            (11, Drop),
+            (65529, Drop),
+            (65530, Pass),
+            (65535, Pass),
+        ] {
+            b.expect(want, b.udp(p1, gw, port));
+        }
+        b.expect(Drop, b.tcp(p1, gw, 0));
+        b.expect(Drop, b.tcp(p1, gw, 65535));
+        for (port, want) in [(0, Pass), (1, Drop), (65534, Drop), (65535, Pass)] {
+            b.expect(want, b.sctp(p1, gw, port));
+        }
+        // 0-65535 is every port of its protocol, and only of it.
+        for port in [0, 1, 22, 65534, 65535] {
+            b.expect(Pass, b.sctp(p2, gw, port));
+        }
+        b.expect(Drop, b.udp(p2, gw, 0));
+        b.expect(Drop, b.sctp(f.peer(3), gw, 0));
+    }
+}
+
+/// No ports: every port of that protocol, no other protocol.
+#[test]
+fn any_port() {
+    let b = Bench::new(policy(vec![accept(
+        sel_peer(1),
+        sel_gw(),
+        Some(PROTO_UDP),
+        &[],
+    )]));
+    for f in FAMS {
+        let (p1, gw) = (f.peer(1), f.gw());
+        for port in [0, 1, 53, 4500, 65535] {
+            b.expect(Pass, b.udp(p1, gw, port));
+        }
+        b.expect(Drop, b.tcp(p1, gw, 53));
+        b.expect(Drop, b.sctp(p1, gw, 53));
+        b.expect(Drop, b.icmp(p1, gw, f.echo_request()));
+        b.expect(Drop, b.udp(f.peer(2), gw, 53));
+        b.expect(Drop, b.udp(gw, p1, 53));
+    }
+}
+
+/// No protocol: everything between that source and destination.
+#[test]
+fn any_protocol() {
+    let b = Bench::new(policy(vec![accept(sel_peer(1), sel_gw(), None, &[])]));
+    for f in FAMS {
+        let (p1, gw) = (f.peer(1), f.gw());
+        b.expect(Pass, b.tcp(p1, gw, 22));
+        b.expect(Pass, b.tcp(p1, gw, 65535));
+        b.expect(Pass, b.udp(p1, gw, 0));
+        b.expect(Pass, b.sctp(p1, gw, 9));
+        b.expect(Pass, b.icmp(p1, gw, f.echo_request()));
+        b.expect(Pass, b.icmp(p1, gw, 3));
+        b.expect(Pass, Packet::raw_proto(p1, gw, GRE));
+        b.expect(Pass, Packet::raw_proto(p1, gw, ESP));
+        b.expect(Drop, b.tcp(f.peer(2), gw, 22));
+        b.expect(Drop, Packet::raw_proto(f.peer(2), gw, GRE));
+        b.expect(Drop, b.tcp(p1, f.peer(2), 22));
+        b.expect(Drop, b.tcp(gw, p1, 22));
+    }
+}
+
+/// Any source: peers and unknown ("world") addresses alike.
+#[test]
+fn any_source() {
+    let b = Bench::new(policy(vec![accept(
+        Selector::Any,
+        sel_gw(),
+        Some(PROTO_TCP),
+        &[(443, 443)],
+    )]));
+    for f in FAMS {
+        let gw = f.gw();
+        for src in [f.peer(1), f.peer(2), f.peer(3), f.world(), f.host(9, 9)] {
+            b.expect(Pass, b.tcp(src, gw, 443));
+            b.expect(Drop, b.tcp(src, gw, 80));
+            b.expect(Drop, b.udp(src, gw, 443));
+        }
+        b.expect(Drop, b.tcp(f.peer(1), f.peer(2), 443));
+        b.expect(Drop, b.tcp(gw, f.world(), 443));
+    }
+}
+
+/// Any destination: the gateway, other peers, the world.
+#[test]
+fn any_destination() {
+    let b = Bench::new(policy(vec![accept(
+        sel_peer(1),
+        Selector::Any,
+        Some(PROTO_UDP),
+        &[(53, 53)],
+    )]));
+    for f in FAMS {
+        let p1 = f.peer(1);
+        for dst in [f.gw(), f.peer(2), f.world(), f.host(9, 9)] {
+            b.expect(Pass, b.udp(p1, dst, 53));
+            b.expect(Drop, b.udp(p1, dst, 54));
+            b.expect(Drop, b.tcp(p1, dst, 53));
+        }
+        b.expect(Drop, b.udp(f.peer(2), f.gw(), 53));
+        b.expect(Drop, b.udp(f.world(), f.gw(), 53));
+    }
+}
+
+/// A CIDR destination: its first, last and a middle host; the addresses
+/// just outside it on both sides.
+#[test]
+fn cidr_destination() {
+    let b = Bench::new(policy(vec![accept(
+        sel_peer(1),
+        sel(&["10.0.8.0/24", "fd00:0:0:8::/64"]),
+        Some(PROTO_TCP),
+        &[(80, 80)],
+    )]));
+    for f in FAMS {
+        let p1 = f.peer(1);
+        let n = f.subnet(8);
+        for inside in [n.network(), step(n.network(), 77), n.broadcast()] {
+            b.expect(Pass, b.tcp(p1, inside, 80));
+            b.expect(Drop, b.tcp(p1, inside, 81));
+            b.expect(Drop, b.tcp(f.peer(2), inside, 80));
+        }
+        for outside in [
+            step(n.network(), -1),
+            step(n.broadcast(), 1),
+            f.gw(),
+            f.world(),
+        ] {
+            b.expect(Drop, b.tcp(p1, outside, 80));
+        }
+    }
+}
+
+/// A /24 accept with a /32 (/128) deny inside it: the hole is denied, its
+/// neighbours still accepted, whatever the rule order.
+#[test]
+fn overlapping_cidrs() {
+    let wide = || sel(&["10.0.8.0/24", "fd00:0:0:8::/64"]);
+    let hole = || sel(&["10.0.8.5/32", "fd00:0:0:8::5/128"]);
+    for rules in [
+        vec![
+            accept(sel_peer(1), wide(), Some(PROTO_TCP), &[]),
+            deny(sel_peer(1), hole(), Some(PROTO_TCP), &[]),
+        ],
+        vec![
+            deny(sel_peer(1), hole(), Some(PROTO_TCP), &[]),
+            accept(sel_peer(1), wide(), Some(PROTO_TCP), &[]),
+        ],
+    ] {
+        let deny_index = rules.iter().position(|r| r.action == Action::Deny).unwrap() as u32;
+        let b = Bench::new(policy(rules));
+        for f in FAMS {
+            let p1 = f.peer(1);
+            let hole = f.host(8, 5);
+            b.expect(Pass, b.tcp(p1, step(hole, -1), 22));
+            b.expect_rule(Drop, deny_index, b.tcp(p1, hole, 22));
+            b.expect(Pass, b.tcp(p1, step(hole, 1), 22));
+            b.expect(Pass, b.tcp(p1, f.subnet(8).network(), 22));
+            b.expect(Pass, b.tcp(p1, f.subnet(8).broadcast(), 22));
+            // The deny is tcp only: the hole still has nothing else allowed.
+            b.expect(Drop, b.udp(p1, hole, 22));
+            b.expect(Drop, b.tcp(p1, step(f.subnet(8).broadcast(), 1), 22));
+        }
+    }
+}
+
+/// Deny wins over accept, wherever the accept is in the rule list.
+#[test]
+fn deny_wins_over_earlier_and_later_accept() {
+    let acc = || accept(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[(22, 22)]);
+    let den = || deny(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[]);
+    for (rules, deny_index) in [(vec![acc(), den()], 1), (vec![den(), acc()], 0)] {
+        let b = Bench::new(policy(rules));
+        for f in FAMS {
+            b.expect_rule(Drop, deny_index, b.tcp(f.peer(1), f.gw(), 22));
+            b.expect(Drop, b.tcp(f.peer(1), f.gw(), 23));
+        }
+    }
+    // A broad accept with a narrow deny: only the narrow case drops.
+    let b = Bench::new(policy(vec![
+        accept(Selector::Any, Selector::Any, None, &[]),
+        deny(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[(22, 22)]),
+    ]));
+    for f in FAMS {
+        b.expect_rule(Drop, 1, b.tcp(f.peer(1), f.gw(), 22));
+        b.expect_rule(Pass, 0, b.tcp(f.peer(1), f.gw(), 23));
+        b.expect_rule(Pass, 0, b.tcp(f.peer(1), f.gw(), 21));
+        b.expect(Pass, b.udp(f.peer(1), f.gw(), 22));
+        b.expect(Pass, b.tcp(f.peer(2), f.gw(), 22));
+        b.expect(Pass, b.tcp(f.peer(1), f.peer(2), 22));
+    }
+}
+
+/// ICMP rules match message types: echo request (8, ICMPv6 128) only, and
+/// ICMP (1) and ICMPv6 (58) are distinct protocols.
+#[test]
+fn icmp_echo_by_type() {
+    let b = Bench::new(policy(vec![
+        accept(sel_peer(1), sel_gw(), Some(PROTO_ICMP), &[(8, 8)]),
+        accept(sel_peer(1), sel_gw(), Some(PROTO_ICMPV6), &[(128, 128)]),
+        accept(sel_peer(2), sel_gw(), Some(PROTO_ICMP), &[(8, 8)]),
+    ]));
+    for f in FAMS {
+        let (p1, p2, gw) = (f.peer(1), f.peer(2), f.gw());
+        b.expect(Pass, b.icmp(p1, gw, f.echo_request()));
+        // An echo reply nobody asked for, and other message types.
+        b.expect(Drop, b.icmp(p1, gw, f.echo_reply()));
+        for t in [3, 11, 13, 135, 136] {
+            b.expect(Drop, b.icmp(p1, gw, t));
+        }
+        b.expect(Drop, b.icmp(f.peer(3), gw, f.echo_request()));
+        b.expect(Drop, b.icmp(gw, p1, f.echo_request()));
+        // "Port" 8 of an ICMP rule is a type, not a TCP or UDP port.
+        b.expect(Drop, b.tcp(p1, gw, 8));
+        b.expect(Drop, b.udp(p1, gw, 128));
+        // p2 only has the ICMP (v4) rule.
+        b.expect(pass_if(f == Fam::V4), b.icmp(p2, gw, f.echo_request()));
+    }
+    // The wrong ICMP for the family: protocol 58 over IPv4, 1 over IPv6,
+    // with the other family's echo type.
+    for f in FAMS {
+        let (proto, t) = match f {
+            Fam::V4 => (PROTO_ICMPV6, 128),
+            Fam::V6 => (PROTO_ICMP, 8),
+        };
+        let body = vec![t, 0, 0, 0, 0x12, 0x34, 0, 1];
+        b.expect(Pass, Packet::raw_l4(f.peer(1), f.gw(), proto, body.clone()));
+        // p2's only rule is ICMP (1) type 8.
+        b.expect(
+            pass_if(f == Fam::V6),
+            Packet::raw_l4(f.peer(2), f.gw(), proto, body),
+        );
+    }
+}
+
+/// Portless protocols (GRE) match protocol rules and any-protocol rules,
+/// never rules of another protocol, and cannot be given ports.
+#[test]
+fn portless_protocol() {
+    let b = Bench::new(policy(vec![
+        accept(sel_peer(1), sel_gw(), Some(GRE), &[]),
+        accept(sel_peer(2), sel_gw(), None, &[]),
+        accept(sel_peer(3), sel_gw(), Some(PROTO_TCP), &[]),
+        accept(sel_peer(3), sel_gw(), Some(PROTO_UDP), &[(0, 65535)]),
+    ]));
+    for f in FAMS {
+        let gw = f.gw();
+        b.expect_rule(Pass, 0, Packet::raw_proto(f.peer(1), gw, GRE));
+        b.expect(Drop, Packet::raw_proto(f.peer(1), gw, ESP));
+        b.expect(Drop, b.tcp(f.peer(1), gw, 47));
+        b.expect(Drop, Packet::raw_proto(gw, f.peer(1), GRE));
+        b.expect_rule(Pass, 1, Packet::raw_proto(f.peer(2), gw, GRE));
+        b.expect(Pass, Packet::raw_proto(f.peer(2), gw, ESP));
+        b.expect(Drop, Packet::raw_proto(f.peer(3), gw, GRE));
+        b.expect(Pass, b.tcp(f.peer(3), gw, 47));
+    }
+    let with_ports = policy(vec![accept(sel_peer(1), sel_gw(), Some(GRE), &[(1, 1)])]);
+    assert!(matches!(
+        compile(&with_ports, capacity::PEERS),
+        Err(CompileError::PortsWithoutPortedProto { .. })
+    ));
+}
+
+/// No rules: everything is denied, in both directions, and so is everything
+/// before any policy was ever applied.
+#[test]
+fn default_deny() {
+    let probes = |b: &Bench| {
+        for f in FAMS {
+            let (p1, gw) = (f.peer(1), f.gw());
+            for (s, d) in [(p1, gw), (gw, p1), (p1, f.peer(2)), (f.world(), gw)] {
+                b.expect_rule(Drop, rule_id::DEFAULT, b.tcp(s, d, 22));
+                b.expect(Drop, b.udp(s, d, 53));
+                b.expect(Drop, b.sctp(s, d, 9));
+                b.expect(Drop, b.icmp(s, d, f.echo_request()));
+                b.expect(Drop, Packet::raw_proto(s, d, GRE));
+            }
+        }
+    };
+    probes(&Bench::new(policy(vec![])));
+    probes(&Bench::new(Policy::default()));
+    // A fresh data plane, no policy applied at all.
+    let unapplied = Bench {
+        h: Harness::new().expect("load"),
+        policy: Policy::default(),
+        next: Cell::new(40000),
+        malformed: Cell::new(0),
+    };
+    probes(&unapplied);
+}
+
+/// ::/0 is IPv6 only and 0.0.0.0/0 IPv4 only, as sources and destinations,
+/// although the kernel keeps both families in one (mapped) address space.
+#[test]
+fn family_wildcard_prefixes_do_not_cross_families() {
+    let b = Bench::new(policy(vec![
+        accept(sel(&["::/0"]), sel_gw(), Some(PROTO_TCP), &[(22, 22)]),
+        accept(sel(&["0.0.0.0/0"]), sel_gw(), Some(PROTO_UDP), &[(53, 53)]),
+        accept(sel_peer(1), sel(&["::/0"]), Some(PROTO_SCTP), &[(9, 9)]),
+        accept(
+            sel_peer(1),
+            sel(&["0.0.0.0/0"]),
+            Some(PROTO_SCTP),
+            &[(10, 10)],
+        ),
+    ]));
+    for f in FAMS {
+        let v6 = f == Fam::V6;
+        for src in [f.peer(1), f.peer(2), f.world()] {
+            b.expect(pass_if(v6), b.tcp(src, f.gw(), 22));
+            b.expect(pass_if(!v6), b.udp(src, f.gw(), 53));
+        }
+        for dst in [f.gw(), f.peer(2), f.world()] {
+            b.expect(pass_if(v6), b.sctp(f.peer(1), dst, 9));
+            b.expect(pass_if(!v6), b.sctp(f.peer(1), dst, 10));
+        }
+    }
+}
+
+/// Fragments carry no trustworthy ports: they match port-wildcard rules
+/// only, and any port-specific deny of their protocol drops them.
+#[test]
+fn fragments() {
+    let frags = |b: &Bench, s: IpAddr, d: IpAddr, want: Want| {
+        b.expect(want, b.tcp(s, d, 22).as_fragment(true));
+        b.expect(want, b.tcp(s, d, 22).as_fragment(false));
+        b.expect(want, b.tcp(s, d, 9999).as_fragment(false));
+    };
+    // A port-wildcard accept lets fragments through; a port-specific accept
+    // does not, though it lets the unfragmented packet through.
+    let b = Bench::new(policy(vec![
+        accept(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[]),
+        accept(sel_peer(2), sel_gw(), Some(PROTO_TCP), &[(22, 22)]),
+        accept(sel_peer(3), sel_gw(), None, &[]),
+    ]));
+    for f in FAMS {
+        let gw = f.gw();
+        frags(&b, f.peer(1), gw, Pass);
+        b.expect(Pass, b.tcp(f.peer(1), gw, 22));
+        frags(&b, f.peer(2), gw, Drop);
+        b.expect(Pass, b.tcp(f.peer(2), gw, 22));
+        frags(&b, f.peer(3), gw, Pass);
+        b.expect(Pass, b.udp(f.peer(3), gw, 53).as_fragment(true));
+        b.expect(Pass, b.udp(f.peer(3), gw, 53).as_fragment(false));
+        // p1's accept is tcp only.
+        b.expect(Drop, b.udp(f.peer(1), gw, 53).as_fragment(true));
+        frags(&b, f.world(), gw, Drop);
+    }
+    // A port-specific deny of the same protocol drops every fragment, even
+    // one whose (untrusted) port is another; a deny of another protocol
+    // does not.
+    let b = Bench::new(policy(vec![
+        accept(sel_peer(1), sel_gw(), None, &[]),
+        deny(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[(23, 23)]),
+        accept(sel_peer(2), sel_gw(), None, &[]),
+        deny(sel_peer(2), sel_gw(), Some(PROTO_UDP), &[(53, 53)]),
+    ]));
+    for f in FAMS {
+        let gw = f.gw();
+        b.expect(Pass, b.tcp(f.peer(1), gw, 22));
+        b.expect(Drop, b.tcp(f.peer(1), gw, 23));
+        frags(&b, f.peer(1), gw, Drop);
+        b.expect(Pass, b.udp(f.peer(1), gw, 23).as_fragment(true));
+        frags(&b, f.peer(2), gw, Pass);
+        b.expect(Drop, b.udp(f.peer(2), gw, 9999).as_fragment(false));
+        b.expect(Pass, b.udp(f.peer(2), gw, 9999));
+    }
+}
+
+/// IPv4 options and IPv6 extension headers are skipped, not judged: the
+/// verdict is that of the same packet without them.
+#[test]
+fn ipv4_options_and_ipv6_extension_headers_keep_the_verdict() {
+    let b = Bench::new(policy(vec![
+        accept(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[(22, 22)]),
+        accept(sel_peer(1), sel_gw(), Some(PROTO_ICMPV6), &[(128, 128)]),
+    ]));
+    let (p1, gw) = (Fam::V4.peer(1), Fam::V4.gw());
+    for n in [4, 8, 20, 40] {
+        b.expect(Pass, b.tcp(p1, gw, 22).with_ipv4_options(n));
+        b.expect(Drop, b.tcp(p1, gw, 23).with_ipv4_options(n));
+        b.expect(Drop, b.tcp(Fam::V4.peer(2), gw, 22).with_ipv4_options(n));
+    }
+    let (p1, gw) = (Fam::V6.peer(1), Fam::V6.gw());
+    let chains: [&[u8]; 6] = [
+        &[0],
+        &[60],
+        &[43],
+        &[51],
+        &[0, 60, 43],
+        &[0, 43, 60, 51, 60],
+    ];
+    for chain in chains {
+        b.expect(Pass, b.tcp(p1, gw, 22).with_ipv6_ext_headers(chain));
+        b.expect(Drop, b.tcp(p1, gw, 23).with_ipv6_ext_headers(chain));
+        b.expect(
+            Drop,
+            b.tcp(Fam::V6.peer(2), gw, 22).with_ipv6_ext_headers(chain),
+        );
+        b.expect(Pass, b.icmp(p1, gw, 128).with_ipv6_ext_headers(chain));
+        b.expect(Drop, b.icmp(p1, gw, 129).with_ipv6_ext_headers(chain));
+    }
+    // Longer extension headers (len byte > 0) move the L4 header further.
+    for (kind, len) in [(0, 3), (60, 1), (51, 6)] {
+        b.expect(Pass, b.tcp(p1, gw, 22).with_ipv6_ext_header(kind, len));
+        b.expect(Drop, b.tcp(p1, gw, 23).with_ipv6_ext_header(kind, len));
+    }
+}
+
+/// Headers that cannot be parsed are dropped even when everything is
+/// allowed: truncated L4 headers, bad IHL, lengths that lie, bad versions,
+/// extension chains that run off the packet or never end.
+#[test]
+fn malformed_packets_drop_under_permit_all() {
+    let b = Bench::new(permit_all());
+    for f in FAMS {
+        let (p1, gw) = (f.peer(1), f.gw());
+        let hdr = if f == Fam::V4 { 20 } else { 40 };
+        // Controls: the well-formed packets pass.
+        b.expect(Pass, b.tcp(p1, gw, 22));
+        b.expect(Pass, b.udp(p1, gw, 53));
+        // L4 headers shorter than their protocol's minimum.
+        b.expect(Malformed, b.tcp(p1, gw, 22).truncated_to(hdr + 19));
+        b.expect(Malformed, b.tcp(p1, gw, 22).truncated_to(hdr + 4));
+        b.expect(Malformed, b.tcp(p1, gw, 22).truncated_to(hdr));
+        b.expect(Malformed, b.udp(p1, gw, 53).truncated_to(hdr + 7));
+        b.expect(Malformed, b.sctp(p1, gw, 9).truncated_to(hdr + 11));
+        b.expect(
+            Malformed,
+            b.icmp(p1, gw, f.echo_request()).truncated_to(hdr + 7),
+        );
+        // Bytes missing that the length field claims.
+        b.expect(Malformed, b.tcp(p1, gw, 22).cut_to(hdr + 10));
+        b.expect(Malformed, b.tcp(p1, gw, 22).cut_to(hdr - 1));
+        // Length fields that lie: longer than the packet, or too short for
+        // the TCP header they announce.
+        let real = if f == Fam::V4 { 40 } else { 20 };
+        b.expect(Malformed, b.tcp(p1, gw, 22).with_len_field(real + 1));
+        b.expect(Malformed, b.tcp(p1, gw, 22).with_len_field(65535));
+        b.expect(Malformed, b.tcp(p1, gw, 22).with_len_field(real - 10));
+        b.expect(
+            Malformed,
+            b.tcp(p1, gw, 22).with_padding(30).with_len_field(real + 31),
+        );
+        // Padding after an honest length is fine.
+        b.expect(Pass, b.tcp(p1, gw, 22).with_padding(30));
+        b.expect(Malformed, b.tcp(p1, gw, 22).with_version(5));
+        b.expect(Malformed, b.tcp(p1, gw, 22).with_version(0));
+        match f {
+            Fam::V4 => {
+                b.expect(Malformed, b.tcp(p1, gw, 22).with_len_field(19));
+                for ihl in [0, 4] {
+                    b.expect(Malformed, b.tcp(p1, gw, 22).with_ihl(ihl));
+                }
+                // 60 header bytes announced in a 40-byte packet.
+                b.expect(Malformed, b.tcp(p1, gw, 22).with_ihl(15));
+                // 24 header bytes leave 16 for a 20-byte TCP header.
+                b.expect(Malformed, b.tcp(p1, gw, 22).with_ihl(6));
+            }
+            Fam::V6 => {
+                // Zero payload length: a jumbogram, never valid here.
+                b.expect(Malformed, b.tcp(p1, gw, 22).with_len_field(0));
+                // An extension header (24 bytes) longer than the payload
+                // length says the packet is (16).
+                b.expect(
+                    Malformed,
+                    b.tcp(p1, gw, 22)
+                        .with_ipv6_ext_header(0, 2)
+                        .with_len_field(16),
+                );
+                // More extension headers than the program walks.
+                b.expect(
+                    Malformed,
+                    b.tcp(p1, gw, 22)
+                        .with_ipv6_ext_headers(&[0, 60, 43, 60, 43, 60]),
+                );
+            }
+        }
+    }
+    let stats = b.h.dp.maps.stats().expect("stats");
+    assert_eq!(stats.malformed, b.malformed.get(), "malformed counter");
+    for index in 0..=3 {
+        let t = b.h.dp.maps.peer_totals(index).expect("counters");
+        assert_eq!(
+            t.ingress.denied_packets + t.egress.denied_packets,
+            0,
+            "malformed packets are not counted per peer"
+        );
+    }
+}
+
+/// IPv6 packets with an IPv4-mapped source or destination would alias IPv4
+/// identities in the kernel's shared address space: always dropped.
+#[test]
+fn ipv4_mapped_ipv6_addresses_drop() {
+    let mapped = |a: IpAddr| match a {
+        IpAddr::V4(a) => IpAddr::V6(a.to_ipv6_mapped()),
+        IpAddr::V6(_) => unreachable!(),
+    };
+    let (p1, gw) = (Fam::V4.peer(1), Fam::V4.gw());
+    let (p1_6, gw_6) = (Fam::V6.peer(1), Fam::V6.gw());
+    for b in [
+        Bench::new(permit_all()),
+        Bench::new(policy(vec![accept(
+            sel_peer(1),
+            sel_gw(),
+            Some(PROTO_TCP),
+            &[(22, 22)],
+        )])),
+    ] {
+        // The IPv4 packet itself passes under both policies.
+        b.expect(Pass, b.tcp(p1, gw, 22));
+        b.expect(Pass, b.tcp(p1_6, gw_6, 22));
+        b.expect(Malformed, b.tcp(mapped(p1), mapped(gw), 22));
+        b.expect(Malformed, b.tcp(mapped(p1), gw_6, 22));
+        b.expect(Malformed, b.tcp(p1_6, mapped(gw), 22));
+        b.expect(Malformed, b.udp(mapped(p1), gw_6, 53));
+        b.expect(Malformed, b.icmp(p1_6, mapped(gw), 128));
+        b.expect(Malformed, Packet::raw_proto(mapped(p1), gw_6, GRE));
+        b.expect(
+            Malformed,
+            b.tcp(mapped("0.0.0.0".parse().unwrap()), gw_6, 22),
+        );
+    }
+}
