@@ -2,7 +2,7 @@
 //! `wgbpf run` both do. Validation and compilation happen before the kernel
 //! is touched; the policy swap is atomic; peers keep their counter slots.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use wgbpf_common::{capacity, EventConfig};
 
@@ -13,7 +13,7 @@ use crate::{
         LoadOptions, Maps,
     },
     mesh::Mesh,
-    policy::compile::compile,
+    policy::{check::run_tests, compile::compile},
 };
 
 /// Deny events per second and burst, per CPU, unless told otherwise.
@@ -37,6 +37,16 @@ pub struct Enforced {
 /// for callers that keep running.
 pub fn enforce(mesh: &Mesh, mode: AttachMode) -> Result<(Maps, Enforced)> {
     compile(&mesh.policy, capacity::PEERS).context("policy")?;
+    // The policy's own tests gate every apply.
+    let (_, failures) = run_tests(mesh);
+    if !failures.is_empty() {
+        let lines: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
+        bail!(
+            "{} policy test(s) failed, nothing applied:\n{}",
+            failures.len(),
+            lines.join("\n")
+        );
+    }
     let opts = LoadOptions {
         events: Some(DEFAULT_EVENTS),
         ..Default::default()

@@ -23,6 +23,8 @@ enum Command {
     Load(cli::load::LoadArgs),
     Unload(cli::unload::UnloadArgs),
     Counters(cli::counters::CountersArgs),
+    /// Check a policy and its tests, or explain a verdict (no kernel needed).
+    Policy(cli::policy::PolicyArgs),
 }
 
 fn main() {
@@ -30,6 +32,7 @@ fn main() {
         Command::Load(a) => cli::load::run(a),
         Command::Unload(a) => cli::unload::run(a),
         Command::Counters(a) => cli::counters::run(a),
+        Command::Policy(a) => cli::policy::run(a),
     };
     if let Err(e) = result {
         eprintln!("wgbpf: error: {e:#}");

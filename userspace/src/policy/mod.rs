@@ -1,5 +1,6 @@
 //! The policy: its resolved model, the reference evaluator that defines its
 //! meaning, and the compiler to kernel maps.
+pub mod check;
 pub mod compile;
 pub mod model;
 pub mod reference;

@@ -23,12 +23,18 @@
 //! ports = ["22", "8000-8080"]
 //! ```
 
+mod names;
+mod raw;
+
+pub use names::{Directory, Resolved};
+
 use std::{collections::HashMap, ops::Range, path::Path};
 
 use ipnet::IpNet;
-use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
+
+use raw::MeshFile;
 
 use crate::policy::model::{Action, Peer, Policy, PortRange, Rule, Selector};
 
@@ -41,82 +47,42 @@ pub struct MeshError {
     pub message: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MeshFile {
-    pub interface: InterfaceSection,
-    #[serde(default, rename = "peer")]
-    pub peers: Vec<PeerSection>,
-    #[serde(default)]
-    pub policy: PolicySection,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InterfaceSection {
-    pub name: Spanned<String>,
-    #[serde(default)]
-    pub addresses: Vec<Spanned<String>>,
-    #[serde(default)]
-    pub private_key_file: Option<Spanned<String>>,
-    #[serde(default)]
-    pub listen_port: Option<Spanned<u16>>,
-    #[serde(default)]
-    pub mtu: Option<Spanned<u32>>,
-    #[serde(default)]
-    pub fwmark: Option<Spanned<u32>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerSection {
-    pub name: Spanned<String>,
-    #[serde(default)]
-    pub public_key: Option<Spanned<String>>,
-    #[serde(default)]
-    pub allowed_ips: Vec<Spanned<String>>,
-    #[serde(default)]
-    pub endpoint: Option<Spanned<String>>,
-    #[serde(default)]
-    pub persistent_keepalive: Option<Spanned<u16>>,
-    #[serde(default)]
-    pub preshared_key_file: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicySection {
-    #[serde(default)]
-    pub audit: bool,
-    #[serde(default, rename = "rule")]
-    pub rules: Vec<RuleSection>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleSection {
-    #[serde(default)]
-    pub name: Option<String>,
-    pub action: Spanned<String>,
-    #[serde(default)]
-    pub audit: bool,
-    pub from: Vec<Spanned<String>>,
-    pub to: Vec<Spanned<String>>,
-    #[serde(default)]
-    pub proto: Option<Spanned<toml::Value>>,
-    #[serde(default)]
-    pub ports: Vec<Spanned<toml::Value>>,
-}
-
 /// A mesh file, resolved.
 #[derive(Debug, Clone)]
 pub struct Mesh {
     pub interface: String,
     pub policy: Policy,
+    /// The policy's tests, run before any apply.
+    pub tests: Vec<PolicyTest>,
+    /// Every name the file defines, for `policy explain`.
+    pub directory: Directory,
     /// The WireGuard side. Without a private key file the interface is
     /// managed elsewhere (wg-quick, another tool) and only the policy is
     /// enforced.
     pub wg: WgSpec,
+}
+
+/// A `[[policy.test]]` block, resolved to addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyTest {
+    /// `file:line` of the block.
+    pub at: String,
+    pub src: String,
+    pub src_addrs: Vec<std::net::IpAddr>,
+    pub proto: u8,
+    pub expect: Vec<Expectation>,
+}
+
+/// One `destination:port` of a test that must be reachable (`accept`) or
+/// must not (`deny`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expectation {
+    /// `file:line:column` of the entry.
+    pub at: String,
+    pub accept: bool,
+    pub target: String,
+    pub addrs: Vec<std::net::IpAddr>,
+    pub port: u16,
 }
 
 /// The interface's WireGuard configuration as the mesh file gives it.
@@ -150,15 +116,25 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> MeshError {
-        let before = &self.text[..span.start.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        let (line, column) = self.position(span);
         MeshError {
             file: self.file.to_string(),
             line,
             column,
             message: message.into(),
         }
+    }
+
+    fn position(&self, span: Range<usize>) -> (usize, usize) {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line, column)
+    }
+
+    fn at(&self, span: Range<usize>) -> String {
+        let (line, column) = self.position(span);
+        format!("{}:{line}:{column}", self.file)
     }
 }
 
@@ -267,24 +243,14 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
             allowed_ips,
         });
     }
+    let directory = directory(ctx, &raw, &peers, &local)?;
     let selector = |items: &[Spanned<String>]| -> Result<Selector, MeshError> {
         let mut prefixes = Vec::new();
         for item in items {
-            match item.get_ref().as_str() {
-                "*" => return Ok(Selector::Any),
-                "gateway" => prefixes.extend(local.iter().copied()),
-                name if by_name.contains_key(name) => {
-                    prefixes.extend(peers[by_name[name]].allowed_ips.iter().copied())
-                }
-                other if other.contains('.') || other.contains(':') => {
-                    prefixes.push(parse_net(ctx, item, false)?)
-                }
-                other => {
-                    return Err(ctx.err(
-                        item.span(),
-                        format!("unknown peer `{other}` (expected a peer name, \"gateway\", \"*\" or a CIDR)"),
-                    ))
-                }
+            match directory.resolve(item.get_ref()) {
+                Ok(Resolved::Any) => return Ok(Selector::Any),
+                Ok(Resolved::Prefixes(p)) => prefixes.extend(p),
+                Err(e) => return Err(ctx.err(item.span(), e)),
             }
         }
         Ok(Selector::Prefixes(prefixes))
@@ -341,8 +307,127 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
             rules,
             audit: raw.policy.audit,
         },
+        tests: tests(ctx, &raw, &directory)?,
+        directory,
         wg,
     })
+}
+
+/// The names the file defines. Group members are checked here, so a typo
+/// in a group is reported where it is written.
+fn directory(
+    ctx: &Ctx,
+    raw: &MeshFile,
+    peers: &[Peer],
+    local: &[IpNet],
+) -> Result<Directory, MeshError> {
+    let mut d = Directory {
+        gateway: local.to_vec(),
+        ..Default::default()
+    };
+    for (p, section) in peers.iter().zip(&raw.peers) {
+        d.peers.insert(p.name.clone(), p.allowed_ips.clone());
+        if let Some(u) = &section.user {
+            d.users
+                .entry(u.get_ref().clone())
+                .or_default()
+                .insert(p.name.clone());
+        }
+        for t in &section.tags {
+            d.tags
+                .entry(t.get_ref().clone())
+                .or_default()
+                .insert(p.name.clone());
+        }
+        for g in &section.groups {
+            d.groups
+                .entry(g.get_ref().clone())
+                .or_default()
+                .push(p.name.clone());
+        }
+    }
+    for (name, h) in &raw.policy.hosts {
+        if d.peers.contains_key(name) || name == "gateway" {
+            return Err(ctx.err(h.span(), format!("host `{name}` has the name of a peer")));
+        }
+        d.hosts.insert(name.clone(), parse_net(ctx, h, false)?);
+    }
+    for (name, members) in &raw.policy.groups {
+        let entry = d.groups.entry(name.clone()).or_default();
+        entry.extend(members.iter().map(|m| m.get_ref().clone()));
+    }
+    for members in raw.policy.groups.values() {
+        for m in members {
+            d.resolve(m.get_ref()).map_err(|e| ctx.err(m.span(), e))?;
+        }
+    }
+    for (section, p) in raw.peers.iter().zip(peers) {
+        for g in &section.groups {
+            d.resolve(&format!("group:{}", g.get_ref()))
+                .map_err(|e| ctx.err(g.span(), format!("peer {}: {e}", p.name)))?;
+        }
+    }
+    Ok(d)
+}
+
+/// `[[policy.test]]` blocks resolved to addresses.
+fn tests(ctx: &Ctx, raw: &MeshFile, d: &Directory) -> Result<Vec<PolicyTest>, MeshError> {
+    let mut out = Vec::new();
+    for t in &raw.policy.tests {
+        let src_addrs = d
+            .addresses(t.src.get_ref())
+            .map_err(|e| ctx.err(t.src.span(), e))?;
+        let proto = match &t.proto {
+            None => wgbpf_common::PROTO_TCP,
+            Some(p) => parse_proto(ctx, p)?
+                .ok_or_else(|| ctx.err(p.span(), "a test needs one protocol, not any"))?,
+        };
+        let mut expect = Vec::new();
+        for (accept, list) in [(true, &t.accept), (false, &t.deny)] {
+            for item in list {
+                let (target, port) =
+                    split_target(item.get_ref()).map_err(|e| ctx.err(item.span(), e))?;
+                let addrs = d.addresses(target).map_err(|e| ctx.err(item.span(), e))?;
+                expect.push(Expectation {
+                    at: ctx.at(item.span()),
+                    accept,
+                    target: target.to_string(),
+                    addrs,
+                    port,
+                });
+            }
+        }
+        let (line, _) = ctx.position(t.src.span());
+        out.push(PolicyTest {
+            at: format!("{}:{line}", ctx.file),
+            src: t.src.get_ref().clone(),
+            src_addrs,
+            proto,
+            expect,
+        });
+    }
+    Ok(out)
+}
+
+/// `name:port`, `a.b.c.d:port` or `[v6]:port` (for ICMP the "port" is the
+/// message type).
+fn split_target(s: &str) -> Result<(&str, u16), String> {
+    let (name, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}`: expected destination:port"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("`{s}`: `{port}` is not a port number 0-65535"))?;
+    let name = match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(inner) => inner,
+        None if name.contains(':') && name.parse::<std::net::IpAddr>().is_ok() => {
+            return Err(format!(
+                "`{s}`: write IPv6 addresses in brackets, [addr]:port"
+            ))
+        }
+        None => name,
+    };
+    Ok((name, port))
 }
 
 /// `host:port`, `a.b.c.d:port` or `[v6]:port` with a port 1-65535.
@@ -485,7 +570,7 @@ mod tests {
             "{HEAD}[[policy.rule]]\naction = \"accept\"\nfrom = [\"mallory\"]\nto = [\"*\"]\n"
         ));
         assert_eq!((e.file.as_str(), e.line), ("mesh.toml", 11));
-        assert!(e.message.contains("unknown peer `mallory`"), "{e}");
+        assert!(e.message.contains("unknown name `mallory`"), "{e}");
 
         let e = err(&format!(
             "{HEAD}[[policy.rule]]\naction = \"accept\"\nfrom = [\"*\"]\nto = [\"*\"]\n\
@@ -542,5 +627,159 @@ mod tests {
             err("[interface]\nname = \"wg0\"\n[[peer]]\nname = \"a\"\npublic_key = \"short\"\n");
         assert!(e.message.contains("public_key"), "{e}");
         assert_eq!(e.line, 5);
+    }
+}
+
+#[cfg(test)]
+mod language_tests {
+    use super::*;
+    use crate::policy::check::{explain, run_tests};
+
+    const MESH: &str = r#"
+[interface]
+name = "wg0"
+addresses = ["10.0.0.1/24", "fd00::1/64"]
+
+[[peer]]
+name = "alice"
+user = "alice@example.com"
+groups = ["eng"]
+allowed_ips = ["10.0.0.2/32", "fd00::2/128"]
+
+[[peer]]
+name = "bob"
+user = "bob@example.com"
+allowed_ips = ["10.0.0.3/32"]
+
+[[peer]]
+name = "db1"
+tags = ["db"]
+allowed_ips = ["10.0.1.10/32"]
+
+[policy.groups]
+ops = ["user:bob@example.com"]
+staff = ["group:eng", "group:ops"]
+
+[policy.hosts]
+office = "192.0.2.0/24"
+
+[[policy.rule]]
+name = "staff-ssh"
+action = "accept"
+from = ["group:staff"]
+to = ["gateway", "tag:db"]
+proto = "tcp"
+ports = [22]
+
+[[policy.rule]]
+name = "eng-db"
+action = "accept"
+from = ["group:eng", "host:office"]
+to = ["tag:db"]
+proto = "tcp"
+ports = [5432]
+
+[[policy.test]]
+src = "alice"
+accept = ["tag:db:5432", "gateway:22", "db1:22"]
+deny = ["tag:db:80"]
+
+[[policy.test]]
+src = "user:bob@example.com"
+accept = ["db1:22"]
+deny = ["db1:5432"]
+"#;
+
+    #[test]
+    fn groups_tags_users_hosts_resolve() {
+        let m = parse("m.toml", MESH).unwrap();
+        let d = &m.directory;
+        let prefixes = |n: &str| match d.resolve(n).unwrap() {
+            Resolved::Prefixes(p) => p.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            Resolved::Any => vec!["*".into()],
+        };
+        assert_eq!(
+            prefixes("group:staff"),
+            ["10.0.0.2/32", "fd00::2/128", "10.0.0.3/32"]
+        );
+        assert_eq!(prefixes("tag:db"), ["10.0.1.10/32"]);
+        assert_eq!(prefixes("user:bob@example.com"), ["10.0.0.3/32"]);
+        assert_eq!(prefixes("office"), ["192.0.2.0/24"]);
+        assert_eq!(
+            d.addresses("office").unwrap(),
+            ["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        let (checked, failures) = run_tests(&m);
+        assert!(failures.is_empty(), "{failures:?}");
+        assert_eq!(checked, 7);
+        let e = explain(
+            &m.policy,
+            "192.0.2.7".parse().unwrap(),
+            "10.0.1.10".parse().unwrap(),
+            6,
+            5432,
+        );
+        assert_eq!((e.verdict, e.rule.as_str()), ("accept", "eng-db"));
+        let e = explain(
+            &m.policy,
+            "10.0.0.3".parse().unwrap(),
+            "10.0.1.10".parse().unwrap(),
+            6,
+            5432,
+        );
+        assert_eq!((e.verdict, e.rule.as_str()), ("deny", "default deny"));
+    }
+
+    #[test]
+    fn failing_tests_are_named_with_their_line() {
+        let text = MESH.replace("deny = [\"db1:5432\"]", "deny = [\"db1:22\"]");
+        let m = parse("m.toml", &text).unwrap();
+        let (_, failures) = run_tests(&m);
+        assert_eq!(failures.len(), 1);
+        let f = failures[0].to_string();
+        let line = text
+            .lines()
+            .position(|l| l.contains("deny = [\"db1:22\"]"))
+            .unwrap()
+            + 1;
+        assert!(f.starts_with(&format!("m.toml:{line}:")), "{f}");
+        assert!(f.contains("staff-ssh"), "{f}");
+    }
+
+    #[test]
+    fn unknown_names_are_errors_where_written() {
+        for (from, to, what) in [
+            ("group:staff", "group:nope", "unknown group `nope`"),
+            ("tag:dbx", "gateway", "unknown tag `dbx`"),
+            ("user:eve@example.com", "gateway", "unknown user"),
+            ("host:lab", "gateway", "unknown host `lab`"),
+        ] {
+            let text = MESH.replace(
+                "from = [\"group:staff\"]\nto = [\"gateway\", \"tag:db\"]",
+                &format!("from = [\"{from}\"]\nto = [\"{to}\"]"),
+            );
+            let e = parse("m.toml", &text).unwrap_err();
+            assert!(e.message.contains(what), "{e}");
+            let line = text
+                .lines()
+                .position(|l| {
+                    l.contains(&format!("\"{from}\""))
+                        || l.contains(&format!("\"{to}\"")) && l.starts_with("to")
+                })
+                .unwrap();
+            assert!(e.line >= line, "{e}");
+        }
+        let bad_group = MESH.replace("ops = [\"user:bob@example.com\"]", "ops = [\"mallory\"]");
+        let e = parse("m.toml", &bad_group).unwrap_err();
+        assert!(e.message.contains("mallory"), "{e}");
+        let cycle = MESH.replace(
+            "ops = [\"user:bob@example.com\"]",
+            "ops = [\"group:staff\"]",
+        );
+        let e = parse("m.toml", &cycle).unwrap_err();
+        assert!(e.message.contains("contains itself"), "{e}");
+        let v6 = MESH.replace("\"gateway:22\"", "\"fd00::1:22\"");
+        let e = parse("m.toml", &v6).unwrap_err();
+        assert!(e.message.contains("brackets"), "{e}");
     }
 }

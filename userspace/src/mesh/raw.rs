@@ -1,0 +1,100 @@
+//! The mesh file as TOML says it, with spans for error messages.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshFile {
+    pub interface: InterfaceSection,
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerSection>,
+    #[serde(default)]
+    pub policy: PolicySection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceSection {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub addresses: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub private_key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub listen_port: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub mtu: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub fwmark: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub public_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allowed_ips: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub endpoint: Option<Spanned<String>>,
+    #[serde(default)]
+    pub persistent_keepalive: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub preshared_key_file: Option<Spanned<String>>,
+    /// Identity for the policy: who uses this peer, its groups and tags.
+    #[serde(default)]
+    pub user: Option<Spanned<String>>,
+    #[serde(default)]
+    pub groups: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub tags: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    #[serde(default)]
+    pub audit: bool,
+    /// Group name -> members: peer names, `user:U`, `tag:T`, `group:G`.
+    #[serde(default)]
+    pub groups: std::collections::BTreeMap<String, Vec<Spanned<String>>>,
+    /// Host name -> address or CIDR.
+    #[serde(default)]
+    pub hosts: std::collections::BTreeMap<String, Spanned<String>>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleSection>,
+    #[serde(default, rename = "test")]
+    pub tests: Vec<TestSection>,
+}
+
+/// A policy test, with Tailscale's meaning: from `src`, every `accept`
+/// destination must be reachable and every `deny` one must not.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestSection {
+    pub src: Spanned<String>,
+    #[serde(default)]
+    pub proto: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub accept: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub action: Spanned<String>,
+    #[serde(default)]
+    pub audit: bool,
+    pub from: Vec<Spanned<String>>,
+    pub to: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub proto: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub ports: Vec<Spanned<toml::Value>>,
+}
