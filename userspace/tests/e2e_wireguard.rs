@@ -153,6 +153,45 @@ fn policy_enforced_over_real_wireguard() {
     for (from, to, port, want) in matrix {
         let got = tcp_connect(from, to, port, T).unwrap();
         assert_eq!(got, want, "tcp {} -> {to}:{port}", from.name);
+        // What the kernel did is what `policy explain` says.
+        let (ok, out, err) = wgbpf(
+            gw,
+            &[
+                "policy",
+                "explain",
+                "-c",
+                &cfg,
+                "--from",
+                &from.name,
+                "--to",
+                &to.to_string(),
+                "--port",
+                &port.to_string(),
+                "--json",
+            ],
+        );
+        assert!(ok, "explain failed: {err}");
+        let answers: Value = serde_json::from_str(&out).unwrap();
+        let said = answers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| {
+                a["src"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<IpAddr>()
+                    .unwrap()
+                    .is_ipv4()
+                    == to.is_ipv4()
+            })
+            .unwrap();
+        assert_eq!(
+            said["verdict"] == "accept",
+            got,
+            "explain {said} vs tcp {} -> {to}:{port}",
+            from.name
+        );
     }
     // UDP through the gateway: alice may reach bob, not the other way; the
     // reply to alice passes as part of her flow.
