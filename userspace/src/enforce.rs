@@ -30,6 +30,9 @@ pub struct Enforced {
     pub rules: usize,
     pub identities: u32,
     pub policy_entries: usize,
+    /// The WireGuard step: `None` when the mesh file has no
+    /// `private_key_file` (the device is managed elsewhere).
+    pub wireguard: Option<crate::wg::WgReport>,
 }
 
 /// Checks `mesh`'s policy compiles, then installs or adopts the data plane
@@ -37,6 +40,10 @@ pub struct Enforced {
 /// for callers that keep running.
 pub fn enforce(mesh: &Mesh, mode: AttachMode) -> Result<(Maps, Enforced)> {
     compile(&mesh.policy, capacity::PEERS).context("policy")?;
+    // --- WireGuard step 1/2 (crate::wg): validate it all (key files,
+    // peers, the device's state); nothing is sent. None without
+    // private_key_file. ---
+    let wg_plan = crate::wg::plan_for_mesh(mesh).context("WireGuard")?;
     // The policy's own tests gate every apply.
     let (_, failures) = run_tests(mesh);
     if !failures.is_empty() {
@@ -47,6 +54,13 @@ pub fn enforce(mesh: &Mesh, mode: AttachMode) -> Result<(Maps, Enforced)> {
             lines.join("\n")
         );
     }
+    // --- WireGuard step 2/2: everything is checked; configure the device
+    // (the least change set; nothing when unchanged), then the data plane.
+    let wireguard = wg_plan
+        .map(|plan| plan.apply())
+        .transpose()
+        .context("configuring WireGuard")?;
+    // --- end of the WireGuard step ---
     let opts = LoadOptions {
         events: Some(DEFAULT_EVENTS),
         ..Default::default()
@@ -70,6 +84,7 @@ pub fn enforce(mesh: &Mesh, mode: AttachMode) -> Result<(Maps, Enforced)> {
         rules: mesh.policy.rules.len(),
         identities: compiled.identities,
         policy_entries: compiled.policy.len(),
+        wireguard,
     };
     Ok((maps, enforced))
 }

@@ -3,3 +3,4 @@ pub mod dataplane;
 pub mod enforce;
 pub mod mesh;
 pub mod policy;
+pub mod wg;

@@ -23,6 +23,7 @@ enum Command {
     Load(cli::load::LoadArgs),
     Unload(cli::unload::UnloadArgs),
     Counters(cli::counters::CountersArgs),
+    Show(cli::show::ShowArgs),
     /// Check a policy and its tests, or explain a verdict (no kernel needed).
     Policy(cli::policy::PolicyArgs),
 }
@@ -32,6 +33,7 @@ fn main() {
         Command::Load(a) => cli::load::run(a),
         Command::Unload(a) => cli::unload::run(a),
         Command::Counters(a) => cli::counters::run(a),
+        Command::Show(a) => cli::show::run(a),
         Command::Policy(a) => cli::policy::run(a),
     };
     if let Err(e) = result {

@@ -41,6 +41,10 @@ fn load(config: &std::path::Path, mode: attach::AttachMode, json: bool) -> Resul
         println!("{}", serde_json::to_string(&e)?);
         return Ok(());
     }
+    // WireGuard step: which backend, what changed.
+    if let Some(w) = &e.wireguard {
+        println!("{}: WireGuard {} via {}", e.interface, w.summary(), w.via);
+    }
     let how = if e.attach.adopted {
         "adopted the pinned data plane"
     } else {

@@ -2,4 +2,5 @@
 pub mod counters;
 pub mod load;
 pub mod policy;
+pub mod show;
 pub mod unload;
