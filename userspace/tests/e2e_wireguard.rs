@@ -106,15 +106,21 @@ impl Drop for TempDir {
     }
 }
 
-#[test]
-fn policy_enforced_over_real_wireguard() {
+/// A gateway and two peers, and the gateway's mesh file in a temp dir.
+fn setup() -> (Mesh, TempDir, String) {
     let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
-    let (gw, alice, bob) = (&mesh.gateway, mesh.host("alice"), mesh.host("bob"));
     let dir = TempDir(std::env::temp_dir().join(format!("wgbpf-e2e-{}", mesh.run_id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let cfg = dir.0.join("mesh.toml");
     std::fs::write(&cfg, gateway_mesh_file(&mesh, POLICY)).unwrap();
     let cfg = cfg.to_str().unwrap().to_string();
+    (mesh, dir, cfg)
+}
+
+#[test]
+fn policy_enforced_over_real_wireguard() {
+    let (mesh, dir, cfg) = setup();
+    let (gw, alice, bob) = (&mesh.gateway, mesh.host("alice"), mesh.host("bob"));
     let gw4 = IpAddr::V4(gw.tunnel_v4);
     let gw6 = IpAddr::V6(gw.tunnel_v6);
 
@@ -329,13 +335,8 @@ fn policy_enforced_over_real_wireguard() {
 /// them, and unload removes exactly our filters.
 #[test]
 fn clsact_fallback_enforces_adopts_and_unloads() {
-    let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
+    let (mesh, dir, cfg) = setup();
     let (gw, alice, bob) = (&mesh.gateway, mesh.host("alice"), mesh.host("bob"));
-    let dir = TempDir(std::env::temp_dir().join(format!("wgbpf-e2e-{}", mesh.run_id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let cfg = dir.0.join("mesh.toml");
-    std::fs::write(&cfg, gateway_mesh_file(&mesh, POLICY)).unwrap();
-    let cfg = cfg.to_str().unwrap().to_string();
     let gw4 = IpAddr::V4(gw.tunnel_v4);
     let _listeners: Vec<_> = [22, 80]
         .iter()
