@@ -162,6 +162,11 @@ impl Mesh {
         &self.run_id
     }
 
+    /// The private key file (mode 0600) of one of this mesh's hosts.
+    pub fn private_key_file(&self, host: &Host) -> PathBuf {
+        key_path(&Path::new(STATE_ROOT).join(&self.run_id), &host.wg_if)
+    }
+
     /// Tears everything down, reporting what could not be removed.
     pub fn down(mut self) -> Result<()> {
         self.cleanup.run()

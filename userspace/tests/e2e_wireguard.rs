@@ -335,7 +335,7 @@ fn policy_enforced_over_real_wireguard() {
 /// them, and unload removes exactly our filters.
 #[test]
 fn clsact_fallback_enforces_adopts_and_unloads() {
-    let (mesh, dir, cfg) = setup();
+    let (mesh, _dir, cfg) = setup();
     let (gw, alice, bob) = (&mesh.gateway, mesh.host("alice"), mesh.host("bob"));
     let gw4 = IpAddr::V4(gw.tunnel_v4);
     let _listeners: Vec<_> = [22, 80]

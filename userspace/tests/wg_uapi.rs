@@ -534,9 +534,7 @@ impl Drop for Unload<'_> {
 
 /// Where the testbed keeps the gateway's private key (mode 0600).
 fn testbed_key_file(mesh: &Mesh) -> PathBuf {
-    let p = Path::new("/run/wgbpf-testbed")
-        .join(mesh.run_id())
-        .join(format!("{}.key", mesh.gateway.wg_if));
+    let p = mesh.private_key_file(&mesh.gateway);
     assert!(p.exists(), "the testbed keeps no key at {}", p.display());
     p
 }
