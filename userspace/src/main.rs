@@ -24,6 +24,7 @@ enum Command {
     Unload(cli::unload::UnloadArgs),
     Counters(cli::counters::CountersArgs),
     Show(cli::show::ShowArgs),
+    Audit(cli::audit::AuditArgs),
     /// Check a policy and its tests, or explain a verdict (no kernel needed).
     Policy(cli::policy::PolicyArgs),
 }
@@ -34,6 +35,7 @@ fn main() {
         Command::Unload(a) => cli::unload::run(a),
         Command::Counters(a) => cli::counters::run(a),
         Command::Show(a) => cli::show::run(a),
+        Command::Audit(a) => cli::audit::run(a),
         Command::Policy(a) => cli::policy::run(a),
     };
     if let Err(e) = result {

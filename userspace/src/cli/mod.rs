@@ -1,4 +1,5 @@
 //! One module per subcommand: its arguments and what it does.
+pub mod audit;
 pub mod counters;
 pub mod load;
 pub mod policy;

@@ -96,6 +96,16 @@ impl Maps {
                 .all(|(i, v)| self.port_class.get(base + i) == *v))
     }
 
+    /// True when the active slot holds exactly `c` (what `apply` would
+    /// leave unchanged).
+    pub fn active_holds(&self, c: &Compiled) -> Result<bool, DataplaneError> {
+        let (active, cfg) = self.active_slot()?;
+        if cfg.flags & SLOT_VALID == 0 {
+            return Ok(false);
+        }
+        self.slot_holds(active, &cfg, c)
+    }
+
     /// Writes `c` into the inactive slot and makes it active. On any error
     /// the active slot, and so enforcement, is untouched.
     pub fn apply(&mut self, c: &Compiled) -> Result<ApplyReport, DataplaneError> {
