@@ -22,23 +22,23 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use ipnet::IpNet;
 use wgbpf::{
     dataplane::{slot::ApplyReport, Capacities, Dataplane, DataplaneError, LoadOptions},
     policy::{
         compile::{compile, Compiled},
-        model::{Action, Peer, Policy, PortRange, Rule, Selector},
+        model::{Policy, Rule, Selector},
         reference::{evaluate, PacketMeta},
     },
 };
 use wgbpf_bpf_tests::{
+    fixtures::{accept, addr, deny, sel, Fam, Layout, Named, EG, FAMS, IN},
     harness::{meta, Harness, DROP, PASS},
     packets::Packet,
 };
 use wgbpf_common::{
-    capacity, map_v4, names, ported_proto_block, rule_id, severity, Addr, Endpoint, DIR_EGRESS,
-    DIR_INGRESS, ID_ANY, ID_WORLD, PORT_CLASS_ANY, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
-    PROTO_UDP, SLOT_HAS_ANY_ANY, SLOT_HAS_ANY_DST, SLOT_HAS_ANY_SRC,
+    capacity, names, ported_proto_block, rule_id, severity, Endpoint, ID_ANY, ID_WORLD,
+    PORT_CLASS_ANY, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SLOT_HAS_ANY_ANY,
+    SLOT_HAS_ANY_DST, SLOT_HAS_ANY_SRC,
 };
 
 /// Policy switches while the probes run.
@@ -50,74 +50,20 @@ const SWAPS: usize = 300;
 
 const PEERS: u8 = 40;
 
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap()
-}
-
-fn peer(i: u8) -> Peer {
-    Peer {
-        name: format!("p{i}"),
-        index: i as u32,
-        allowed_ips: vec![
-            net(&format!("10.1.0.{i}/32")),
-            net(&format!("fd01::{i:x}/128")),
-        ],
-    }
-}
-
-fn peer_addr(i: u8, v6: bool) -> IpAddr {
-    if v6 {
-        IpAddr::V6(Ipv6Addr::new(0xfd01, 0, 0, 0, 0, 0, 0, i as u16))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(10, 1, 0, i))
-    }
-}
-
-fn gw_addr(v6: bool) -> IpAddr {
-    if v6 {
-        "fd01::ff:1".parse().unwrap()
-    } else {
-        "10.1.255.1".parse().unwrap()
-    }
-}
+const NET: Layout = Layout {
+    v4: [10, 1, 0],
+    v6: 0xfd01,
+    first_peer: 0,
+    gw_v4: Ipv4Addr::new(10, 1, 255, 1),
+    gw_v6: Ipv6Addr::new(0xfd01, 0, 0, 0, 0, 0, 0xff, 1),
+};
 
 fn sel_peer(i: u8) -> Selector {
-    Selector::Prefixes(peer(i).allowed_ips)
+    NET.sel_peer(i)
 }
 
 fn sel_gw() -> Selector {
-    Selector::Prefixes(vec![net("10.1.255.1/32"), net("fd01::ff:1/128")])
-}
-
-fn sel(nets: &[&str]) -> Selector {
-    Selector::Prefixes(nets.iter().map(|s| net(s)).collect())
-}
-
-fn rule(
-    name: &str,
-    action: Action,
-    src: Selector,
-    dst: Selector,
-    proto: u8,
-    ports: &[(u16, u16)],
-) -> Rule {
-    Rule {
-        name: name.into(),
-        action,
-        audit: false,
-        src,
-        dst,
-        proto: Some(proto),
-        ports: ports.iter().map(|&(a, b)| PortRange::new(a, b)).collect(),
-    }
-}
-
-fn accept(name: &str, src: Selector, dst: Selector, proto: u8, ports: &[(u16, u16)]) -> Rule {
-    rule(name, Action::Accept, src, dst, proto, ports)
-}
-
-fn deny(name: &str, src: Selector, dst: Selector, proto: u8, ports: &[(u16, u16)]) -> Rule {
-    rule(name, Action::Deny, src, dst, proto, ports)
+    NET.sel_gw()
 }
 
 /// Every peer may reach the gateway on its own UDP port: every peer gets
@@ -126,23 +72,27 @@ fn per_peer_udp(base: u16) -> Vec<Rule> {
     (1..=PEERS)
         .map(|i| {
             accept(
-                &format!("p{i} udp"),
                 sel_peer(i),
                 sel_gw(),
                 PROTO_UDP,
                 &[(base + i as u16, base + i as u16)],
             )
+            .named(&format!("p{i} udp"))
         })
         .collect()
 }
 
-fn with_rules(peers: impl Iterator<Item = u8>, rules: Vec<Rule>) -> Policy {
-    Policy {
-        peers: peers.map(peer).collect(),
-        local: vec![net("10.1.255.1/32"), net("fd01::ff:1/128")],
-        rules,
-        audit: false,
-    }
+/// `tag: net <n>`: 10.0.<n>.0/24 may reach the gateway on UDP port n, for
+/// each n of `nets`; outside networks sort before the peers and shift every
+/// identity by one each.
+fn outside_nets(tag: &str, nets: impl IntoIterator<Item = u8>) -> Vec<Rule> {
+    nets.into_iter()
+        .map(|n| {
+            let net = format!("10.0.{n}.0/24");
+            let ports = [(n as u16, n as u16)];
+            accept(sel(&[&net]), sel_gw(), PROTO_UDP, &ports).named(&format!("{tag}: net {n}"))
+        })
+        .collect()
 }
 
 /// The probes' protocols: TCP's port classes come first in the kernel's
@@ -154,44 +104,23 @@ const PROTOS: [u8; 3] = [PROTO_TCP, PROTO_ICMP, PROTO_ICMPV6];
 fn policy_a() -> Policy {
     let mut rules: Vec<Rule> = PROTOS
         .iter()
-        .map(|&proto| accept("a: p3 22", sel_peer(3), sel_gw(), proto, &[(22, 22)]))
+        .map(|&proto| accept(sel_peer(3), sel_gw(), proto, &[(22, 22)]).named("a: p3 22"))
         .collect();
     rules.extend(per_peer_udp(2000));
-    with_rules(1..=PEERS, rules)
+    NET.policy(1..=PEERS, rules)
 }
 
 /// B: any source -> gateway 20-30 (class 3; class 2 is a deny of 7); two
 /// outside networks sort before the peers and shift every identity by
 /// two; peers listed in reverse order.
 fn policy_b() -> Policy {
-    let mut rules = vec![
-        accept(
-            "b: net 9",
-            sel(&["10.0.9.0/24"]),
-            sel_gw(),
-            PROTO_UDP,
-            &[(9, 9)],
-        ),
-        accept(
-            "b: net 10",
-            sel(&["10.0.10.0/24"]),
-            sel_gw(),
-            PROTO_UDP,
-            &[(10, 10)],
-        ),
-    ];
+    let mut rules = outside_nets("b", 9..=10);
     for proto in PROTOS {
-        rules.push(deny("b: no 7", Selector::Any, sel_gw(), proto, &[(7, 7)]));
-        rules.push(accept(
-            "b: 20-30",
-            Selector::Any,
-            sel_gw(),
-            proto,
-            &[(20, 30)],
-        ));
+        rules.push(deny(Selector::Any, sel_gw(), proto, &[(7, 7)]).named("b: no 7"));
+        rules.push(accept(Selector::Any, sel_gw(), proto, &[(20, 30)]).named("b: 20-30"));
     }
     rules.extend(per_peer_udp(3000));
-    with_rules((1..=PEERS).rev(), rules)
+    NET.policy((1..=PEERS).rev(), rules)
 }
 
 /// C: p3 -> the gateway's /28 (/124) 22 (class 4; classes 2 and 3 are
@@ -199,43 +128,18 @@ fn policy_b() -> Policy {
 /// shift identities by three, and the CIDR atom adds one before the
 /// gateway.
 fn policy_c() -> Policy {
-    let mut rules = vec![
-        accept(
-            "c: net 11",
-            sel(&["10.0.11.0/24"]),
-            sel_gw(),
-            PROTO_UDP,
-            &[(11, 11)],
-        ),
-        accept(
-            "c: net 12",
-            sel(&["10.0.12.0/24"]),
-            sel_gw(),
-            PROTO_UDP,
-            &[(12, 12)],
-        ),
-        accept(
-            "c: net 13",
-            sel(&["10.0.13.0/24"]),
-            sel_gw(),
-            PROTO_UDP,
-            &[(13, 13)],
-        ),
-    ];
+    let mut rules = outside_nets("c", 11..=13);
     let gw_net = || sel(&["10.1.255.0/28", "fd01::ff:0/124"]);
     for proto in PROTOS {
-        rules.push(deny("c: no 5", sel_peer(3), sel_gw(), proto, &[(5, 5)]));
-        rules.push(deny("c: no 10", sel_peer(3), sel_gw(), proto, &[(10, 10)]));
-        rules.push(accept(
-            "c: gw net 22",
-            sel_peer(3),
-            gw_net(),
-            proto,
-            &[(22, 22)],
-        ));
+        for port in [5, 10] {
+            rules.push(
+                deny(sel_peer(3), sel_gw(), proto, &[(port, port)]).named(&format!("c: no {port}")),
+            );
+        }
+        rules.push(accept(sel_peer(3), gw_net(), proto, &[(22, 22)]).named("c: gw net 22"));
     }
     rules.extend(per_peer_udp(4000));
-    with_rules(1..=PEERS, rules)
+    NET.policy(1..=PEERS, rules)
 }
 
 fn compiled(p: &Policy) -> Compiled {
@@ -246,7 +150,7 @@ fn compiled(p: &Policy) -> Compiled {
 /// `port`; these ICMP types open no flows.
 #[derive(Clone, Copy, Debug)]
 struct Probe {
-    v6: bool,
+    fam: Fam,
     icmp: bool,
     port: u16,
 }
@@ -258,8 +162,8 @@ fn probes() -> Vec<Probe> {
     let mut out = Vec::new();
     for port in [ALLOWED, DENIED] {
         for icmp in [false, true] {
-            for v6 in [false, true] {
-                out.push(Probe { v6, icmp, port });
+            for fam in FAMS {
+                out.push(Probe { fam, icmp, port });
             }
         }
     }
@@ -267,23 +171,23 @@ fn probes() -> Vec<Probe> {
 }
 
 impl Probe {
-    fn tcp(v6: bool, port: u16) -> Probe {
+    fn tcp(fam: Fam, port: u16) -> Probe {
         Probe {
-            v6,
+            fam,
             icmp: false,
             port,
         }
     }
     fn proto(&self) -> u8 {
-        match (self.icmp, self.v6) {
-            (false, _) => PROTO_TCP,
-            (true, false) => PROTO_ICMP,
-            (true, true) => PROTO_ICMPV6,
+        if self.icmp {
+            self.fam.icmp_proto()
+        } else {
+            PROTO_TCP
         }
     }
     /// The packet; `sport` is the TCP source port or the ICMP identifier.
     fn packet(&self, sport: u16) -> Packet {
-        let (src, dst) = (peer_addr(3, self.v6), gw_addr(self.v6));
+        let (src, dst) = (NET.peer_addr(self.fam, 3), NET.gw_addr(self.fam));
         if self.icmp {
             Packet::icmp(src, dst, self.port as u8, 0, u32::from(sport) << 16 | 1)
         } else {
@@ -292,11 +196,7 @@ impl Probe {
     }
     /// Where the TCP source port is in the frame.
     fn sport_offset(&self) -> Option<usize> {
-        match (self.icmp, self.v6) {
-            (true, _) => None,
-            (false, false) => Some(14 + 20),
-            (false, true) => Some(14 + 40),
-        }
+        (!self.icmp).then(|| 14 + self.fam.ip_hdr() as usize)
     }
     fn meta(&self) -> PacketMeta {
         meta(&self.packet(40000).build()).expect("well formed")
@@ -310,13 +210,6 @@ impl Probe {
 // The kernel's lookup (ebpf/src/main.rs, policy.rs), over compiled maps that
 // may come from different policies.
 // ---------------------------------------------------------------------------
-
-fn addr(a: IpAddr) -> Addr {
-    match a {
-        IpAddr::V4(a) => map_v4(a.octets()),
-        IpAddr::V6(a) => a.octets(),
-    }
-}
 
 fn lpm(trie: &Compiled, a: IpAddr) -> Endpoint {
     let a = u128::from_be_bytes(addr(a));
@@ -380,8 +273,8 @@ fn mixed_passes(
     probe: Probe,
 ) -> bool {
     let (src, dst) = (
-        lpm(trie, peer_addr(3, probe.v6)),
-        lpm(trie, gw_addr(probe.v6)),
+        lpm(trie, NET.peer_addr(probe.fam, 3)),
+        lpm(trie, NET.gw_addr(probe.fam)),
     );
     let proto = probe.proto();
     let block = ported_proto_block(proto).unwrap() as usize;
@@ -409,12 +302,15 @@ fn premise_mixed_slot_parts_would_change_verdicts() {
     const NAMES: [&str; 3] = ["A", "B", "C"];
 
     // Different numbering: p3's identity, the gateway's, port 22's class.
-    for v6 in [false, true] {
+    for fam in FAMS {
         let p3: Vec<u32> = c
             .iter()
-            .map(|c| lpm(c, peer_addr(3, v6)).identity)
+            .map(|c| lpm(c, NET.peer_addr(fam, 3)).identity)
             .collect();
-        let gw: Vec<u32> = c.iter().map(|c| lpm(c, gw_addr(v6)).identity).collect();
+        let gw: Vec<u32> = c
+            .iter()
+            .map(|c| lpm(c, NET.gw_addr(fam)).identity)
+            .collect();
         for (i, j) in [(0, 1), (0, 2), (1, 2)] {
             assert_ne!(
                 p3[i], p3[j],
@@ -428,7 +324,7 @@ fn premise_mixed_slot_parts_would_change_verdicts() {
             );
         }
         // Peer numbering is the counter index, whatever the list order.
-        assert!(c.iter().all(|c| lpm(c, peer_addr(3, v6)).peer == 3));
+        assert!(c.iter().all(|c| lpm(c, NET.peer_addr(fam, 3)).peer == 3));
     }
     for proto in PROTOS {
         let at = ported_proto_block(proto).unwrap() as usize * 65536 + ALLOWED as usize;
@@ -614,10 +510,10 @@ fn no_packet_sees_a_half_written_policy() {
 /// Runs probe `port` (fresh source port) on both programs.
 fn verdicts(h: &Harness, port: u16, sport: &mut u16) -> Vec<u32> {
     let mut out = Vec::new();
-    for v6 in [false, true] {
-        for dir in [DIR_INGRESS, DIR_EGRESS] {
+    for fam in FAMS {
+        for dir in [IN, EG] {
             *sport += 1;
-            let f = Probe::tcp(v6, port).packet(*sport).build();
+            let f = Probe::tcp(fam, port).packet(*sport).build();
             out.push(h.run(dir, &f.bytes).expect("test_run"));
         }
     }
@@ -626,9 +522,9 @@ fn verdicts(h: &Harness, port: u16, sport: &mut u16) -> Vec<u32> {
 
 /// Only p3 and the gateway (few trie entries), p3 -> gateway tcp `ports`.
 fn small(ports: (u16, u16)) -> Policy {
-    with_rules(
+    NET.policy(
         3..=3,
-        vec![accept("small", sel_peer(3), sel_gw(), PROTO_TCP, &[ports])],
+        vec![accept(sel_peer(3), sel_gw(), PROTO_TCP, &[ports]).named("small")],
     )
 }
 
@@ -672,13 +568,8 @@ impl Overflow {
         if let Overflow::Trie = self {
             for i in 0..20u8 {
                 let net = format!("10.2.{i}.0/24");
-                p.rules.push(accept(
-                    "cidr",
-                    sel(&[&net]),
-                    sel_gw(),
-                    PROTO_UDP,
-                    &[(53, 53)],
-                ));
+                p.rules
+                    .push(accept(sel(&[&net]), sel_gw(), PROTO_UDP, &[(53, 53)]).named("cidr"));
             }
         }
         p
@@ -740,8 +631,9 @@ fn failed_apply_keeps_the_previous_policy() {
         assert_eq!(verdicts(&h, ALLOWED, &mut sport), [PASS; 4]);
         assert_eq!(verdicts(&h, DENIED, &mut sport), [DROP; 4]);
         // What only the big policy allows is still denied.
-        let p4 = Packet::udp(peer_addr(4, false), gw_addr(false), 5000, 2004).build();
-        assert_eq!(h.run(DIR_INGRESS, &p4.bytes).unwrap(), DROP);
+        let (p4, gw) = (NET.peer_addr(Fam::V4, 4), NET.gw_addr(Fam::V4));
+        let p4 = Packet::udp(p4, gw, 5000, 2004).build();
+        assert_eq!(h.run(IN, &p4.bytes).unwrap(), DROP);
 
         // The data plane is not wedged: the next update that fits applies.
         let next = h.apply(&small((5, 6))).expect("a fitting policy applies");

@@ -6,127 +6,22 @@
 //! Counters are checked exactly (`peer_totals`, `denies`), per family, each
 //! family on its own data plane.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
-
-use ipnet::IpNet;
 use wgbpf::{
-    dataplane::counters::{PeerTotals, Totals},
+    dataplane::counters::PeerTotals,
     policy::{
-        model::{Action, Peer, Policy, PortRange, Rule, Selector},
+        model::{Policy, Selector},
         reference::{evaluate, Verdict},
     },
 };
 use wgbpf_bpf_tests::{
+    fixtures::{
+        accept, audit_deny, denies, deny, egress, ingress, ip_len, peer_totals, policy, sel_gw,
+        sel_peer, totals, v4_mapped, Denies, Fam, EG, FAMS, GRE, IN,
+    },
     harness::{meta, Harness, DROP, PASS},
-    packets::{Expected, Packet},
+    packets::Packet,
 };
-use wgbpf_common::{rule_id, severity, DIR_EGRESS, DIR_INGRESS, PROTO_TCP, PROTO_UDP};
-
-const IN: usize = DIR_INGRESS;
-const EG: usize = DIR_EGRESS;
-const GRE: u8 = 47;
-
-// ---------------------------------------------------------------------------
-// Addresses and policies (gateway .1 / ::1, peer n at .(1+n) / ::(1+n)).
-// ---------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fam {
-    V4,
-    V6,
-}
-
-const FAMS: [Fam; 2] = [Fam::V4, Fam::V6];
-
-impl Fam {
-    fn host(self, n: u8) -> IpAddr {
-        match self {
-            Fam::V4 => IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)),
-            Fam::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n as u16)),
-        }
-    }
-    fn gw(self) -> IpAddr {
-        self.host(1)
-    }
-    fn peer(self, n: u8) -> IpAddr {
-        self.host(1 + n)
-    }
-    fn ip_hdr(self) -> u64 {
-        match self {
-            Fam::V4 => 20,
-            Fam::V6 => 40,
-        }
-    }
-}
-
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap()
-}
-
-fn peer(n: u8) -> Peer {
-    Peer {
-        name: format!("p{n}"),
-        index: n as u32,
-        allowed_ips: vec![
-            net(&format!("10.0.0.{}/32", 1 + n)),
-            net(&format!("fd00::{:x}/128", 1 + n)),
-        ],
-    }
-}
-
-fn sel_peer(n: u8) -> Selector {
-    Selector::Prefixes(peer(n).allowed_ips)
-}
-
-fn sel_gw() -> Selector {
-    Selector::Prefixes(vec![net("10.0.0.1/32"), net("fd00::1/128")])
-}
-
-fn rule(
-    action: Action,
-    audit: bool,
-    src: Selector,
-    dst: Selector,
-    proto: Option<u8>,
-    ports: &[(u16, u16)],
-) -> Rule {
-    Rule {
-        name: format!(
-            "{action:?}{} {proto:?} {ports:?}",
-            if audit { " audit" } else { "" }
-        ),
-        action,
-        audit,
-        src,
-        dst,
-        proto,
-        ports: ports.iter().map(|&(a, b)| PortRange::new(a, b)).collect(),
-    }
-}
-
-fn accept(src: Selector, dst: Selector, proto: Option<u8>, ports: &[(u16, u16)]) -> Rule {
-    rule(Action::Accept, false, src, dst, proto, ports)
-}
-
-fn deny(src: Selector, dst: Selector, proto: Option<u8>, ports: &[(u16, u16)]) -> Rule {
-    rule(Action::Deny, false, src, dst, proto, ports)
-}
-
-fn audit_deny(src: Selector, dst: Selector, proto: Option<u8>, ports: &[(u16, u16)]) -> Rule {
-    rule(Action::Deny, true, src, dst, proto, ports)
-}
-
-fn policy(rules: Vec<Rule>, audit: bool) -> Policy {
-    Policy {
-        peers: (1..=3).map(peer).collect(),
-        local: vec![net("10.0.0.1/32"), net("fd00::1/128")],
-        rules,
-        audit,
-    }
-}
+use wgbpf_common::{rule_id, severity, PROTO_TCP, PROTO_UDP};
 
 // ---------------------------------------------------------------------------
 // The bench.
@@ -136,8 +31,6 @@ struct Bench {
     h: Harness,
     policy: Policy,
 }
-
-type DenyKey = (IpAddr, u32, u8, u16, bool);
 
 impl Bench {
     fn new(policy: Policy) -> Bench {
@@ -151,16 +44,14 @@ impl Bench {
     /// and that verdict must have severity `want`.
     fn send(&self, dir: usize, want: u8, p: Packet) -> (Verdict, u64) {
         let f = p.build();
-        let Expected::Packet(parsed) = &f.expected else {
-            panic!("{}: malformed", f.label)
-        };
+        let len = ip_len(&f);
         let m = meta(&f).expect("not malformed");
         let v = evaluate(&self.policy, &m);
         assert_eq!(v.severity, want, "reference verdict for {}: {v:?}", f.label);
         let got = self.h.run(dir, &f.bytes).expect("test_run");
         let code = if v.passes() { PASS } else { DROP };
         assert_eq!(got, code, "kernel, {} (reference: {v:?})", f.label);
-        (v, parsed.len as u64)
+        (v, len)
     }
 
     /// Runs a malformed packet: dropped.
@@ -176,41 +67,11 @@ impl Bench {
     }
 
     fn peer(&self, index: u32) -> PeerTotals {
-        self.h.dp.maps.peer_totals(index).expect("peer counters")
+        peer_totals(&self.h, index)
     }
 
-    fn denies(&self) -> BTreeMap<DenyKey, (u64, u64)> {
-        self.h
-            .dp
-            .maps
-            .denies()
-            .expect("deny map")
-            .into_iter()
-            .map(|d| {
-                (
-                    (d.dst, d.src_peer, d.proto, d.port, d.audit),
-                    (d.packets, d.bytes),
-                )
-            })
-            .collect()
-    }
-}
-
-fn totals(allowed: (u64, u64), denied: (u64, u64), audited: (u64, u64)) -> Totals {
-    Totals {
-        allowed_packets: allowed.0,
-        allowed_bytes: allowed.1,
-        denied_packets: denied.0,
-        denied_bytes: denied.1,
-        audited_packets: audited.0,
-        audited_bytes: audited.1,
-    }
-}
-
-fn ingress(t: Totals) -> PeerTotals {
-    PeerTotals {
-        ingress: t,
-        egress: Totals::default(),
+    fn denies(&self) -> Denies {
+        denies(&self.h)
     }
 }
 
@@ -225,13 +86,10 @@ fn ingress(t: Totals) -> PeerTotals {
 #[test]
 fn audited_deny_rule_passes_counts_and_logs() {
     for f in FAMS {
-        let b = Bench::new(policy(
-            vec![
-                accept(Selector::Any, sel_gw(), Some(PROTO_TCP), &[]),
-                audit_deny(sel_peer(2), sel_gw(), Some(PROTO_TCP), &[(22, 22)]),
-            ],
-            false,
-        ));
+        let b = Bench::new(policy(vec![
+            accept(Selector::Any, sel_gw(), Some(PROTO_TCP), &[]),
+            audit_deny(sel_peer(2), sel_gw(), Some(PROTO_TCP), &[(22, 22)]),
+        ]));
         let (p1, p2, gw) = (f.peer(1), f.peer(2), f.gw());
         let (v, l1) = b.send(
             IN,
@@ -263,13 +121,10 @@ fn audited_deny_rule_passes_counts_and_logs() {
 #[test]
 fn audited_deny_on_egress_counts_the_destination_peer() {
     for f in FAMS {
-        let b = Bench::new(policy(
-            vec![
-                accept(sel_gw(), Selector::Any, Some(PROTO_UDP), &[]),
-                audit_deny(sel_gw(), sel_peer(3), Some(PROTO_UDP), &[(514, 514)]),
-            ],
-            false,
-        ));
+        let b = Bench::new(policy(vec![
+            accept(sel_gw(), Selector::Any, Some(PROTO_UDP), &[]),
+            audit_deny(sel_gw(), sel_peer(3), Some(PROTO_UDP), &[(514, 514)]),
+        ]));
         let (p3, gw) = (f.peer(3), f.gw());
         let (_, l) = b.send(
             EG,
@@ -277,13 +132,7 @@ fn audited_deny_on_egress_counts_the_destination_peer() {
             Packet::udp(gw, p3, 5000, 514).with_payload(64),
         );
         assert_eq!(l, f.ip_hdr() + 8 + 64);
-        assert_eq!(
-            b.peer(3),
-            PeerTotals {
-                ingress: Totals::default(),
-                egress: totals((0, 0), (0, 0), (1, l)),
-            }
-        );
+        assert_eq!(b.peer(3), egress(totals((0, 0), (0, 0), (1, l))));
         assert_eq!(b.peer(0), PeerTotals::default());
         assert_eq!(b.denies(), [((p3, 0, PROTO_UDP, 514, true), (1, l))].into());
     }
@@ -304,7 +153,7 @@ fn plain_deny_wins_over_audited_deny() {
                 rules.extend([audited, plain]);
             }
             let plain_index = if plain_first { 1 } else { 2 };
-            let b = Bench::new(policy(rules, false));
+            let b = Bench::new(policy(rules));
             let (p2, gw) = (f.peer(2), f.gw());
             let (v, l) = b.send(IN, severity::DENY, Packet::tcp(p2, gw, 40000, 22));
             assert_eq!(v.rule, plain_index);
@@ -328,13 +177,10 @@ fn plain_deny_wins_over_audited_deny() {
 #[test]
 fn fragment_against_port_specific_audited_deny() {
     for f in FAMS {
-        let b = Bench::new(policy(
-            vec![
-                accept(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[]),
-                audit_deny(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[(22, 22)]),
-            ],
-            false,
-        ));
+        let b = Bench::new(policy(vec![
+            accept(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[]),
+            audit_deny(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[(22, 22)]),
+        ]));
         let (p1, gw) = (f.peer(1), f.gw());
         let (_, l1) = b.send(
             IN,
@@ -367,13 +213,13 @@ fn fragment_against_port_specific_audited_deny() {
 #[test]
 fn interface_audit_mode_passes_and_counts_would_be_denies() {
     for f in FAMS {
-        let b = Bench::new(policy(
-            vec![
+        let b = Bench::new(Policy {
+            audit: true,
+            ..policy(vec![
                 accept(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[(22, 22)]),
                 deny(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[(23, 23)]),
-            ],
-            true,
-        ));
+            ])
+        });
         let (p1, p3, gw) = (f.peer(1), f.peer(3), f.gw());
         let (_, l_ssh) = b.send(IN, severity::ALLOW, Packet::tcp(p1, gw, 40000, 22));
         let (v, l_telnet) = b.send(IN, severity::AUDIT, Packet::tcp(p1, gw, 40001, 23));
@@ -389,10 +235,7 @@ fn interface_audit_mode_passes_and_counts_would_be_denies() {
         // The reply to the audited DNS query: from the flow, audited, not logged.
         let reply = Packet::udp(gw, p1, 53, 5353).with_payload(80).build();
         assert_eq!(b.h.run(EG, &reply.bytes).unwrap(), PASS);
-        let Expected::Packet(r) = &reply.expected else {
-            unreachable!()
-        };
-        let l_reply = r.len as u64;
+        let l_reply = ip_len(&reply);
 
         assert_eq!(
             b.peer(1),
@@ -404,7 +247,7 @@ fn interface_audit_mode_passes_and_counts_would_be_denies() {
         );
         assert_eq!(b.peer(3), ingress(totals((0, 0), (0, 0), (1, l_gre))), "p3");
         assert_eq!(b.peer(0), PeerTotals::default());
-        let want: BTreeMap<DenyKey, (u64, u64)> = [
+        let want: Denies = [
             ((gw, 1, PROTO_TCP, 23, true), (1, l_telnet)),
             ((gw, 1, PROTO_UDP, 53, true), (1, l_dns)),
             ((gw, 3, GRE, 0, true), (1, l_gre)),
@@ -422,7 +265,10 @@ fn interface_audit_mode_passes_and_counts_would_be_denies() {
 fn malformed_packets_still_drop_in_audit_mode() {
     let everything_audited = vec![audit_deny(Selector::Any, Selector::Any, None, &[])];
     for (rules, interface_audit) in [(vec![], true), (everything_audited, false)] {
-        let b = Bench::new(policy(rules, interface_audit));
+        let b = Bench::new(Policy {
+            audit: interface_audit,
+            ..policy(rules)
+        });
         let mut malformed = 0;
         for f in FAMS {
             let (p1, gw) = (f.peer(1), f.gw());
@@ -437,7 +283,7 @@ fn malformed_packets_still_drop_in_audit_mode() {
                 match f {
                     Fam::V4 => b.malformed(dir, Packet::tcp(p1, gw, 40000, 22).with_ihl(3)),
                     Fam::V6 => {
-                        let mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped());
+                        let mapped = v4_mapped(Fam::V4.peer(1));
                         b.malformed(dir, Packet::tcp(mapped, gw, 40000, 22));
                     }
                 }

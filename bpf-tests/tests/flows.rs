@@ -9,125 +9,30 @@
 //! (`wgbpf::policy::reference::Model`), which must agree on the verdict and
 //! on whether the flow table decided.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::net::IpAddr;
 
-use ipnet::IpNet;
 use wgbpf::{
-    dataplane::{
-        counters::{PeerTotals, Totals},
-        slot::ApplyReport,
-    },
+    dataplane::{counters::PeerTotals, slot::ApplyReport},
     policy::{
-        model::{Action, Peer, Policy, PortRange, Rule, Selector},
+        model::{Policy, Rule},
         reference::{Model, Outcome},
     },
 };
 use wgbpf_bpf_tests::{
+    fixtures::{
+        accept, addr, audit_deny, denies, dir_name, ip_len, peer_totals, policy, sel_gw, sel_peer,
+        totals, Denies, Fam, Named, EG, FAMS, IN,
+    },
     harness::{meta, Harness, DROP, PASS},
-    packets::{Expected, Frame, Packet},
+    packets::Packet,
 };
 use wgbpf_common::{
-    map_v4, severity, Addr, FlowKey, FlowValue, DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    severity, FlowKey, FlowValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
-const IN: usize = DIR_INGRESS;
-const EG: usize = DIR_EGRESS;
-
 // ---------------------------------------------------------------------------
-// Addresses and policies (gateway .1 / ::1, peer n at .(1+n) / ::(1+n)).
+// Policies (addresses: `fixtures::LAN`).
 // ---------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fam {
-    V4,
-    V6,
-}
-
-const FAMS: [Fam; 2] = [Fam::V4, Fam::V6];
-
-impl Fam {
-    fn host(self, n: u8) -> IpAddr {
-        match self {
-            Fam::V4 => IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)),
-            Fam::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n as u16)),
-        }
-    }
-    fn gw(self) -> IpAddr {
-        self.host(1)
-    }
-    fn peer(self, n: u8) -> IpAddr {
-        self.host(1 + n)
-    }
-    /// IP header length: what a TCP packet without payload adds to 20.
-    fn ip_hdr(self) -> u64 {
-        match self {
-            Fam::V4 => 20,
-            Fam::V6 => 40,
-        }
-    }
-}
-
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap()
-}
-
-fn peer(n: u8) -> Peer {
-    Peer {
-        name: format!("p{n}"),
-        index: n as u32,
-        allowed_ips: vec![
-            net(&format!("10.0.0.{}/32", 1 + n)),
-            net(&format!("fd00::{:x}/128", 1 + n)),
-        ],
-    }
-}
-
-fn sel_peer(n: u8) -> Selector {
-    Selector::Prefixes(peer(n).allowed_ips)
-}
-
-fn sel_gw() -> Selector {
-    Selector::Prefixes(vec![net("10.0.0.1/32"), net("fd00::1/128")])
-}
-
-fn rule(
-    action: Action,
-    audit: bool,
-    src: Selector,
-    dst: Selector,
-    proto: u8,
-    ports: &[(u16, u16)],
-) -> Rule {
-    Rule {
-        name: format!(
-            "{action:?}{} {proto} {ports:?}",
-            if audit { " audit" } else { "" }
-        ),
-        action,
-        audit,
-        src,
-        dst,
-        proto: Some(proto),
-        ports: ports.iter().map(|&(a, b)| PortRange::new(a, b)).collect(),
-    }
-}
-
-fn accept(src: Selector, dst: Selector, proto: u8, ports: &[(u16, u16)]) -> Rule {
-    rule(Action::Accept, false, src, dst, proto, ports)
-}
-
-fn policy(rules: Vec<Rule>) -> Policy {
-    Policy {
-        peers: (1..=3).map(peer).collect(),
-        local: vec![net("10.0.0.1/32"), net("fd00::1/128")],
-        rules,
-        audit: false,
-    }
-}
 
 /// p1 may open tcp 22, udp 53, sctp 9 and ping the gateway; the gateway
 /// may open tcp 8080 on p1. Nothing else, in particular no reply direction.
@@ -158,13 +63,6 @@ struct Bench {
     version: u32,
 }
 
-fn ip_len(f: &Frame) -> u64 {
-    match &f.expected {
-        Expected::Packet(p) => p.len as u64,
-        Expected::Malformed => panic!("{}: malformed", f.label),
-    }
-}
-
 impl Bench {
     fn new(policy: Policy) -> Bench {
         let mut h = Harness::new().expect("load the programs (are you root?)");
@@ -191,7 +89,7 @@ impl Bench {
         let f = p.build();
         let m = meta(&f).unwrap_or_else(|| panic!("{}: malformed", f.label));
         let out = self.model.packet(&m);
-        let d = if dir == IN { "ingress" } else { "egress" };
+        let d = dir_name(dir);
         assert_eq!(
             out.verdict.passes(),
             pass,
@@ -226,16 +124,23 @@ impl Bench {
     fn denied(&mut self, dir: usize, p: Packet) {
         self.send(dir, false, By::Policy, p);
     }
+    /// Each dropped by the policy, in order.
+    fn all_denied<const N: usize>(&mut self, dir: usize, ps: [Packet; N]) {
+        for p in ps {
+            self.denied(dir, p);
+        }
+    }
+    /// `reply` (the other way) is dropped by the policy while unsolicited;
+    /// `open` on `dir` is allowed and opens a flow; now `reply` passes by it.
+    fn opens_flow(&mut self, dir: usize, open: Packet, reply: Packet) {
+        let back = if dir == IN { EG } else { IN };
+        self.denied(back, reply.clone());
+        self.allowed(dir, open);
+        self.by_flow(back, reply);
+    }
 
     fn flow_entry(&self, key: FlowKey) -> Option<FlowValue> {
         self.h.dp.maps.flows.get(&key, 0).ok()
-    }
-}
-
-fn addr(a: IpAddr) -> Addr {
-    match a {
-        IpAddr::V4(a) => map_v4(a.octets()),
-        IpAddr::V6(a) => a.octets(),
     }
 }
 
@@ -250,22 +155,6 @@ fn flow_key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> Flow
     }
 }
 
-type DenyKey = (IpAddr, u32, u8, u16, bool);
-
-fn denies(h: &Harness) -> BTreeMap<DenyKey, (u64, u64)> {
-    h.dp.maps
-        .denies()
-        .expect("deny map")
-        .into_iter()
-        .map(|d| {
-            (
-                (d.dst, d.src_peer, d.proto, d.port, d.audit),
-                (d.packets, d.bytes),
-            )
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------
 // Replies.
 // ---------------------------------------------------------------------------
@@ -278,17 +167,24 @@ fn tcp_reply_passes_after_allowed_syn_only() {
     for f in FAMS {
         let (p1, p2, gw) = (f.peer(1), f.peer(2), f.gw());
         // Unsolicited, the "reply" is judged by the policy: no rule.
-        b.denied(EG, Packet::tcp(gw, p1, 22, 40000));
-        b.allowed(IN, Packet::tcp(p1, gw, 40000, 22));
-        b.by_flow(EG, Packet::tcp(gw, p1, 22, 40000));
+        b.opens_flow(
+            IN,
+            Packet::tcp(p1, gw, 40000, 22),
+            Packet::tcp(gw, p1, 22, 40000),
+        );
         b.by_flow(EG, Packet::tcp(gw, p1, 22, 40000).with_payload(500));
         b.by_flow(IN, Packet::tcp(p1, gw, 40000, 22).with_payload(100));
         // Near misses of the reply tuple.
-        b.denied(EG, Packet::tcp(gw, p1, 22, 40001));
-        b.denied(EG, Packet::tcp(gw, p1, 23, 40000));
-        b.denied(EG, Packet::tcp(gw, p2, 22, 40000));
-        b.denied(EG, Packet::udp(gw, p1, 22, 40000));
-        b.denied(EG, Packet::sctp(gw, p1, 22, 40000));
+        b.all_denied(
+            EG,
+            [
+                Packet::tcp(gw, p1, 22, 40001),
+                Packet::tcp(gw, p1, 23, 40000),
+                Packet::tcp(gw, p2, 22, 40000),
+                Packet::udp(gw, p1, 22, 40000),
+                Packet::sctp(gw, p1, 22, 40000),
+            ],
+        );
         b.denied(IN, Packet::tcp(p2, p1, 22, 40000));
         // A denied opening packet opens nothing.
         b.denied(IN, Packet::tcp(p1, gw, 40002, 23));
@@ -305,15 +201,24 @@ fn udp_and_sctp_replies() {
         b.denied(EG, Packet::udp(gw, p1, 53, 5353));
         b.allowed(IN, Packet::udp(p1, gw, 5353, 53).with_payload(30));
         b.by_flow(EG, Packet::udp(gw, p1, 53, 5353).with_payload(200));
-        b.denied(EG, Packet::udp(gw, p1, 53, 5354));
-        b.denied(EG, Packet::udp(gw, p1, 54, 5353));
-        b.denied(EG, Packet::tcp(gw, p1, 53, 5353));
+        b.all_denied(
+            EG,
+            [
+                Packet::udp(gw, p1, 53, 5354),
+                Packet::udp(gw, p1, 54, 5353),
+                Packet::tcp(gw, p1, 53, 5353),
+            ],
+        );
 
-        b.denied(EG, Packet::sctp(gw, p1, 9, 7000));
-        b.allowed(IN, Packet::sctp(p1, gw, 7000, 9));
-        b.by_flow(EG, Packet::sctp(gw, p1, 9, 7000));
-        b.denied(EG, Packet::sctp(gw, p1, 9, 7001));
-        b.denied(EG, Packet::udp(gw, p1, 9, 7000));
+        b.opens_flow(
+            IN,
+            Packet::sctp(p1, gw, 7000, 9),
+            Packet::sctp(gw, p1, 9, 7000),
+        );
+        b.all_denied(
+            EG,
+            [Packet::sctp(gw, p1, 9, 7001), Packet::udp(gw, p1, 9, 7000)],
+        );
     }
 }
 
@@ -324,9 +229,11 @@ fn icmp_echo_reply_after_request() {
     let mut b = Bench::new(policy(flow_rules()));
     for f in FAMS {
         let (p1, p2, gw) = (f.peer(1), f.peer(2), f.gw());
-        b.denied(EG, Packet::icmp_echo_reply(gw, p1, 0x1234));
-        b.allowed(IN, Packet::icmp_echo_request(p1, gw, 0x1234));
-        b.by_flow(EG, Packet::icmp_echo_reply(gw, p1, 0x1234));
+        b.opens_flow(
+            IN,
+            Packet::icmp_echo_request(p1, gw, 0x1234),
+            Packet::icmp_echo_reply(gw, p1, 0x1234),
+        );
         b.by_flow(EG, Packet::icmp_echo_reply(gw, p1, 0x1234).with_payload(56));
         b.by_flow(IN, Packet::icmp_echo_request(p1, gw, 0x1234));
         // Another identifier, another replier, a reply the wrong way, and a
@@ -359,9 +266,11 @@ fn ingress_and_egress_share_the_flow_table() {
         b.allowed(IN, Packet::tcp(p1, gw, 41000, 22));
         b.by_flow(EG, Packet::tcp(gw, p1, 22, 41000));
         // Gateway opens (egress), peer answers (ingress).
-        b.denied(IN, Packet::tcp(p1, gw, 8080, 42000));
-        b.allowed(EG, Packet::tcp(gw, p1, 42000, 8080));
-        b.by_flow(IN, Packet::tcp(p1, gw, 8080, 42000));
+        b.opens_flow(
+            EG,
+            Packet::tcp(gw, p1, 42000, 8080),
+            Packet::tcp(p1, gw, 8080, 42000),
+        );
         // Echo: requested on ingress, replied on egress.
         b.allowed(IN, Packet::icmp_echo_request(p1, gw, 77));
         b.by_flow(EG, Packet::icmp_echo_reply(gw, p1, 77));
@@ -508,17 +417,6 @@ fn policy_update_keeping_the_allow_keeps_the_flow() {
 // Counters.
 // ---------------------------------------------------------------------------
 
-fn totals(allowed: (u64, u64), denied: (u64, u64), audited: (u64, u64)) -> Totals {
-    Totals {
-        allowed_packets: allowed.0,
-        allowed_bytes: allowed.1,
-        denied_packets: denied.0,
-        denied_bytes: denied.1,
-        audited_packets: audited.0,
-        audited_bytes: audited.1,
-    }
-}
-
 /// Flow-decided packets count as allowed, or as audited when the flow was
 /// opened by an audited packet; they never enter the deny map (only the
 /// audited opening packet and real denies do). Ingress counts the source
@@ -526,15 +424,8 @@ fn totals(allowed: (u64, u64), denied: (u64, u64), audited: (u64, u64)) -> Total
 #[test]
 fn flow_decided_packets_are_counted_but_never_logged() {
     for f in FAMS {
-        let mut audit_ssh = rule(
-            Action::Deny,
-            true,
-            sel_peer(2),
-            sel_gw(),
-            PROTO_TCP,
-            &[(22, 22)],
-        );
-        audit_ssh.name = "audit ssh".into();
+        let audit_ssh =
+            audit_deny(sel_peer(2), sel_gw(), PROTO_TCP, &[(22, 22)]).named("audit ssh");
         let mut b = Bench::new(policy(vec![
             accept(sel_peer(1), sel_gw(), PROTO_TCP, &[(22, 22)]),
             audit_ssh,
@@ -555,9 +446,8 @@ fn flow_decided_packets_are_counted_but_never_logged() {
 
         b.denied(EG, Packet::tcp(gw, p1, 22, 40001));
 
-        let maps = &b.h.dp.maps;
         assert_eq!(
-            maps.peer_totals(1).unwrap(),
+            peer_totals(&b.h, 1),
             PeerTotals {
                 ingress: totals((2, 2 * l + 100), (0, 0), (0, 0)),
                 egress: totals((1, l), (1, l), (0, 0)),
@@ -565,20 +455,16 @@ fn flow_decided_packets_are_counted_but_never_logged() {
             "p1"
         );
         assert_eq!(
-            maps.peer_totals(2).unwrap(),
+            peer_totals(&b.h, 2),
             PeerTotals {
                 ingress: totals((0, 0), (0, 0), (2, 2 * l + 50)),
                 egress: totals((0, 0), (0, 0), (1, l)),
             },
             "p2"
         );
-        assert_eq!(
-            maps.peer_totals(0).unwrap(),
-            PeerTotals::default(),
-            "not a peer"
-        );
-        assert_eq!(maps.peer_totals(3).unwrap(), PeerTotals::default(), "p3");
-        let want: BTreeMap<DenyKey, (u64, u64)> = [
+        assert_eq!(peer_totals(&b.h, 0), PeerTotals::default(), "not a peer");
+        assert_eq!(peer_totals(&b.h, 3), PeerTotals::default(), "p3");
+        let want: Denies = [
             ((gw, 2, PROTO_TCP, 22, true), (1, l)),
             ((p1, 0, PROTO_TCP, 40001, false), (1, l)),
         ]
@@ -600,14 +486,7 @@ fn flow_turned_audited_by_policy_change_is_counted_audited() {
         b.by_flow(EG, Packet::tcp(gw, p1, 22, 40000));
 
         let mut rules = flow_rules();
-        rules.push(rule(
-            Action::Deny,
-            true,
-            sel_peer(1),
-            sel_gw(),
-            PROTO_TCP,
-            &[(22, 22)],
-        ));
+        rules.push(audit_deny(sel_peer(1), sel_gw(), PROTO_TCP, &[(22, 22)]));
         b.apply(policy(rules));
         let o = b.by_flow(EG, Packet::tcp(gw, p1, 22, 40000));
         assert_eq!(o.verdict.severity, severity::AUDIT);
@@ -615,7 +494,7 @@ fn flow_turned_audited_by_policy_change_is_counted_audited() {
         assert_eq!(o.verdict.severity, severity::AUDIT);
 
         assert_eq!(
-            b.h.dp.maps.peer_totals(1).unwrap(),
+            peer_totals(&b.h, 1),
             PeerTotals {
                 ingress: totals((1, l), (0, 0), (1, l)),
                 egress: totals((1, l), (0, 0), (1, l)),
@@ -644,9 +523,10 @@ fn quote(p: Packet, hdr: usize) -> Vec<u8> {
     p.build().bytes[14..14 + hdr + 8].to_vec()
 }
 
-/// An ICMP (v4) or ICMPv6 (v6) error of `icmp_type`/`code` from `src` to
-/// `dst`, quoting `quoted`.
-fn icmp_error(src: IpAddr, dst: IpAddr, icmp_type: u8, code: u8, quoted: &[u8]) -> Packet {
+/// An ICMP (v4) or ICMPv6 (v6) error of type and code `error` from `src`
+/// to `dst`, quoting `quoted`.
+fn icmp_error(src: IpAddr, dst: IpAddr, error: (u8, u8), quoted: &[u8]) -> Packet {
+    let (icmp_type, code) = error;
     let proto = if src.is_ipv4() {
         PROTO_ICMP
     } else {
@@ -683,55 +563,46 @@ fn icmp_errors_about_live_flows_pass_with_the_flow() {
         let ping = quote(Packet::icmp_echo_request(p1, gw, 77), hdr);
         let stranger = quote(Packet::tcp(p1, gw, 40001, 22), hdr);
 
-        // (what, packet, passes per docs/dataplane.md)
+        // (what, source, destination, error, quoted packet, passes per
+        // docs/dataplane.md)
         let cases = [
             (
                 "port unreachable from the gateway",
-                icmp_error(gw, p1, port_unreachable.0, port_unreachable.1, &syn),
+                gw,
+                p1,
+                port_unreachable,
+                &syn,
                 true,
             ),
-            (
-                "too big from a router",
-                icmp_error(router, p1, too_big.0, too_big.1, &syn),
-                true,
-            ),
+            ("too big from a router", router, p1, too_big, &syn, true),
             (
                 "time exceeded about the ping",
-                icmp_error(router, p1, time_exceeded.0, time_exceeded.1, &ping),
+                router,
+                p1,
+                time_exceeded,
+                &ping,
                 true,
             ),
-            (
-                "about no flow",
-                icmp_error(gw, p1, unreachable.0, unreachable.1, &stranger),
-                false,
-            ),
-            (
-                "not to the quoted sender",
-                icmp_error(gw, p2, unreachable.0, unreachable.1, &syn),
-                false,
-            ),
+            ("about no flow", gw, p1, unreachable, &stranger, false),
+            ("not to the quoted sender", gw, p2, unreachable, &syn, false),
         ];
         let mut kernel = Vec::new();
         let mut model = Vec::new();
-        for (what, p, want) in &cases {
-            let fr = p.clone().build();
+        for (what, src, dst, error, quoted, want) in cases {
+            let fr = icmp_error(src, dst, error, quoted).build();
             let got = b.h.run(EG, &fr.bytes).expect("test_run") == PASS;
-            assert_eq!(got, *want, "kernel, {f:?}: ICMP error {what}");
-            kernel.push((*what, got));
+            assert_eq!(got, want, "kernel, {f:?}: ICMP error {what}");
+            kernel.push((what, got));
             let m = meta(&fr).expect("well formed");
-            model.push((*what, b.model.packet(&m).verdict.passes()));
+            model.push((what, b.model.packet(&m).verdict.passes()));
         }
         // Passed errors are flow packets: counted for p1, not logged; only
         // the two the policy denied are.
-        let totals = b.h.dp.maps.peer_totals(1).unwrap();
+        let totals = peer_totals(&b.h, 1);
         assert_eq!(totals.egress.allowed_packets, 3, "{totals:?}");
-        let icmp = if f == Fam::V4 {
-            PROTO_ICMP
-        } else {
-            PROTO_ICMPV6
-        };
+        let icmp = f.icmp_proto();
         let l = 2 * f.ip_hdr() + 16;
-        let want: BTreeMap<DenyKey, (u64, u64)> = [
+        let want: Denies = [
             ((p1, 0, icmp, unreachable.0 as u16, false), (1, l)),
             ((p2, 0, icmp, unreachable.0 as u16, false), (1, l)),
         ]
@@ -740,7 +611,7 @@ fn icmp_errors_about_live_flows_pass_with_the_flow() {
         // Revoked flow: the error is the policy's again.
         let without_ssh: Vec<Rule> = flow_rules().into_iter().skip(1).collect();
         b.apply(policy(without_ssh));
-        let revoked = icmp_error(gw, p1, port_unreachable.0, port_unreachable.1, &syn).build();
+        let revoked = icmp_error(gw, p1, port_unreachable, &syn).build();
         assert_eq!(
             b.h.run(EG, &revoked.bytes).unwrap(),
             DROP,

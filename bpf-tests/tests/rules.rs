@@ -14,77 +14,26 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use ipnet::IpNet;
 use wgbpf::policy::{
     compile::{compile, CompileError},
-    model::{Action, Peer, Policy, PortRange, Rule, Selector},
+    model::{Action, Policy, Selector},
     reference::{evaluate, Verdict},
 };
 use wgbpf_bpf_tests::{
+    fixtures::{
+        accept, deny, dir_name, peer_totals, policy, sel, sel_gw, sel_peer, v4_mapped, Fam, EG,
+        ESP, FAMS, GRE, IN,
+    },
     harness::{meta, Harness, DROP, PASS},
     packets::Packet,
 };
-use wgbpf_common::{
-    capacity, rule_id, DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP,
-};
-
-const GRE: u8 = 47;
-const ESP: u8 = 50;
+use wgbpf_common::{capacity, rule_id, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 // ---------------------------------------------------------------------------
-// Addresses: gateway .1 / ::1, peer n at .(1+n) / ::(1+n), subnets
-// 10.0.<net>.0/24 and fd00:0:0:<net>::/64, and a "world" address in no prefix.
+// Addresses (`fixtures::Fam`): gateway .1 / ::1, peer n at .(1+n) / ::(1+n),
+// subnets 10.0.<net>.0/24 and fd00:0:0:<net>::/64, and a "world" address in
+// no prefix.
 // ---------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fam {
-    V4,
-    V6,
-}
-
-const FAMS: [Fam; 2] = [Fam::V4, Fam::V6];
-
-impl Fam {
-    /// Host `host` of subnet `net`.
-    fn host(self, net: u8, host: u16) -> IpAddr {
-        match self {
-            Fam::V4 => IpAddr::V4(Ipv4Addr::new(10, 0, net, host as u8)),
-            Fam::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, net as u16, 0, 0, 0, host)),
-        }
-    }
-    fn gw(self) -> IpAddr {
-        self.host(0, 1)
-    }
-    fn peer(self, n: u8) -> IpAddr {
-        self.host(0, 1 + n as u16)
-    }
-    fn world(self) -> IpAddr {
-        match self {
-            Fam::V4 => "192.0.2.7".parse().unwrap(),
-            Fam::V6 => "2001:db8::7".parse().unwrap(),
-        }
-    }
-    /// 10.0.<net>.0/24 or fd00:0:0:<net>::/64.
-    fn subnet(self, net: u8) -> IpNet {
-        match self {
-            Fam::V4 => format!("10.0.{net}.0/24").parse().unwrap(),
-            Fam::V6 => format!("fd00:0:0:{net:x}::/64").parse().unwrap(),
-        }
-    }
-    fn echo_request(self) -> u8 {
-        match self {
-            Fam::V4 => 8,
-            Fam::V6 => 128,
-        }
-    }
-    fn echo_reply(self) -> u8 {
-        match self {
-            Fam::V4 => 0,
-            Fam::V6 => 129,
-        }
-    }
-}
 
 /// The address `delta` away from `a` (to step just outside a prefix).
 fn step(a: IpAddr, delta: i64) -> IpAddr {
@@ -99,69 +48,6 @@ fn step(a: IpAddr, delta: i64) -> IpAddr {
 // ---------------------------------------------------------------------------
 // Policies.
 // ---------------------------------------------------------------------------
-
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap()
-}
-
-fn peer(n: u8) -> Peer {
-    Peer {
-        name: format!("p{n}"),
-        index: n as u32,
-        allowed_ips: vec![
-            net(&format!("10.0.0.{}/32", 1 + n)),
-            net(&format!("fd00::{:x}/128", 1 + n)),
-        ],
-    }
-}
-
-/// Peers p1..p3 and the gateway, with these rules.
-fn policy(rules: Vec<Rule>) -> Policy {
-    Policy {
-        peers: (1..=3).map(peer).collect(),
-        local: vec![net("10.0.0.1/32"), net("fd00::1/128")],
-        rules,
-        audit: false,
-    }
-}
-
-fn sel_peer(n: u8) -> Selector {
-    Selector::Prefixes(peer(n).allowed_ips)
-}
-
-fn sel_gw() -> Selector {
-    Selector::Prefixes(vec![net("10.0.0.1/32"), net("fd00::1/128")])
-}
-
-fn sel(nets: &[&str]) -> Selector {
-    Selector::Prefixes(nets.iter().map(|s| net(s)).collect())
-}
-
-fn rule(
-    action: Action,
-    src: Selector,
-    dst: Selector,
-    proto: Option<u8>,
-    ports: &[(u16, u16)],
-) -> Rule {
-    Rule {
-        name: format!("{action:?} {src:?} -> {dst:?} {proto:?} {ports:?}"),
-        action,
-        audit: false,
-        src,
-        dst,
-        proto,
-        ports: ports.iter().map(|&(a, b)| PortRange::new(a, b)).collect(),
-    }
-}
-
-fn accept(src: Selector, dst: Selector, proto: Option<u8>, ports: &[(u16, u16)]) -> Rule {
-    rule(Action::Accept, src, dst, proto, ports)
-}
-
-fn deny(src: Selector, dst: Selector, proto: Option<u8>, ports: &[(u16, u16)]) -> Rule {
-    rule(Action::Deny, src, dst, proto, ports)
-}
 
 /// Accepts everything (any source, destination and protocol).
 fn permit_all() -> Policy {
@@ -190,6 +76,9 @@ fn pass_if(cond: bool) -> Want {
         Drop
     }
 }
+
+/// A probe builder of the bench: source, destination, destination port.
+type Probe = fn(&Bench, IpAddr, IpAddr, u16) -> Packet;
 
 struct Bench {
     h: Harness,
@@ -258,18 +147,14 @@ impl Bench {
             }
         };
         let code = if want == Pass { PASS } else { DROP };
-        for dir in [DIR_INGRESS, DIR_EGRESS] {
+        for dir in [IN, EG] {
             let got = self.h.run(dir, &f.bytes).expect("test_run");
             assert_eq!(
                 got,
                 code,
                 "kernel, {} on {}: want {want:?}",
                 f.label,
-                if dir == DIR_INGRESS {
-                    "ingress"
-                } else {
-                    "egress"
-                }
+                dir_name(dir)
             );
         }
         verdict
@@ -333,32 +218,22 @@ fn port_ranges_and_their_boundaries() {
     ]));
     for f in FAMS {
         let (p1, p2, gw) = (f.peer(1), f.peer(2), f.gw());
-        for (port, want) in [
-            (999, Drop),
-            (1000, Pass),
-            (1500, Pass),
-            (2000, Pass),
-            (2001, Drop),
-        ] {
-            b.expect(want, b.tcp(p1, gw, port));
-        }
+        // p1 -> gateway on the ports that pass and those that do not.
+        let ports = |probe: Probe, passing: &[u16], dropped: &[u16]| {
+            for &port in passing {
+                b.expect(Pass, probe(&b, p1, gw, port));
+            }
+            for &port in dropped {
+                b.expect(Drop, probe(&b, p1, gw, port));
+            }
+        };
+        ports(Bench::tcp, &[1000, 1500, 2000], &[999, 2001]);
         b.expect(Drop, b.tcp(p2, gw, 1500));
         b.expect(Drop, b.udp(p1, gw, 1500));
-        for (port, want) in [
-            (0, Pass),
-            (10, Pass),
-            (11, Drop),
-            (65529, Drop),
-            (65530, Pass),
-            (65535, Pass),
-        ] {
-            b.expect(want, b.udp(p1, gw, port));
-        }
+        ports(Bench::udp, &[0, 10, 65530, 65535], &[11, 65529]);
         b.expect(Drop, b.tcp(p1, gw, 0));
         b.expect(Drop, b.tcp(p1, gw, 65535));
-        for (port, want) in [(0, Pass), (1, Drop), (65534, Drop), (65535, Pass)] {
-            b.expect(want, b.sctp(p1, gw, port));
-        }
+        ports(Bench::sctp, &[0, 65535], &[1, 65534]);
         // 0-65535 is every port of its protocol, and only of it.
         for port in [0, 1, 22, 65534, 65535] {
             b.expect(Pass, b.sctp(p2, gw, port));
@@ -766,7 +641,7 @@ fn malformed_packets_drop_under_permit_all() {
     let b = Bench::new(permit_all());
     for f in FAMS {
         let (p1, gw) = (f.peer(1), f.gw());
-        let hdr = if f == Fam::V4 { 20 } else { 40 };
+        let hdr = f.ip_hdr() as usize;
         // Controls: the well-formed packets pass.
         b.expect(Pass, b.tcp(p1, gw, 22));
         b.expect(Pass, b.udp(p1, gw, 53));
@@ -831,7 +706,7 @@ fn malformed_packets_drop_under_permit_all() {
     let stats = b.h.dp.maps.stats().expect("stats");
     assert_eq!(stats.malformed, b.malformed.get(), "malformed counter");
     for index in 0..=3 {
-        let t = b.h.dp.maps.peer_totals(index).expect("counters");
+        let t = peer_totals(&b.h, index);
         assert_eq!(
             t.ingress.denied_packets + t.egress.denied_packets,
             0,
@@ -844,10 +719,6 @@ fn malformed_packets_drop_under_permit_all() {
 /// identities in the kernel's shared address space: always dropped.
 #[test]
 fn ipv4_mapped_ipv6_addresses_drop() {
-    let mapped = |a: IpAddr| match a {
-        IpAddr::V4(a) => IpAddr::V6(a.to_ipv6_mapped()),
-        IpAddr::V6(_) => unreachable!(),
-    };
     let (p1, gw) = (Fam::V4.peer(1), Fam::V4.gw());
     let (p1_6, gw_6) = (Fam::V6.peer(1), Fam::V6.gw());
     for b in [
@@ -862,15 +733,15 @@ fn ipv4_mapped_ipv6_addresses_drop() {
         // The IPv4 packet itself passes under both policies.
         b.expect(Pass, b.tcp(p1, gw, 22));
         b.expect(Pass, b.tcp(p1_6, gw_6, 22));
-        b.expect(Malformed, b.tcp(mapped(p1), mapped(gw), 22));
-        b.expect(Malformed, b.tcp(mapped(p1), gw_6, 22));
-        b.expect(Malformed, b.tcp(p1_6, mapped(gw), 22));
-        b.expect(Malformed, b.udp(mapped(p1), gw_6, 53));
-        b.expect(Malformed, b.icmp(p1_6, mapped(gw), 128));
-        b.expect(Malformed, Packet::raw_proto(mapped(p1), gw_6, GRE));
+        b.expect(Malformed, b.tcp(v4_mapped(p1), v4_mapped(gw), 22));
+        b.expect(Malformed, b.tcp(v4_mapped(p1), gw_6, 22));
+        b.expect(Malformed, b.tcp(p1_6, v4_mapped(gw), 22));
+        b.expect(Malformed, b.udp(v4_mapped(p1), gw_6, 53));
+        b.expect(Malformed, b.icmp(p1_6, v4_mapped(gw), 128));
+        b.expect(Malformed, Packet::raw_proto(v4_mapped(p1), gw_6, GRE));
         b.expect(
             Malformed,
-            b.tcp(mapped("0.0.0.0".parse().unwrap()), gw_6, 22),
+            b.tcp(v4_mapped("0.0.0.0".parse().unwrap()), gw_6, 22),
         );
     }
 }
