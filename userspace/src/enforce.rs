@@ -54,29 +54,56 @@ pub fn enforce(mesh: &Mesh, mode: AttachMode) -> Result<(Maps, Enforced)> {
             lines.join("\n")
         );
     }
-    // --- WireGuard step 2/2: everything is checked; configure the device
-    // (the least change set; nothing when unchanged), then the data plane.
-    let wireguard = wg_plan
-        .map(|plan| plan.apply())
-        .transpose()
-        .context("configuring WireGuard")?;
-    // --- end of the WireGuard step ---
+    // The data plane, loaded or adopted but not yet attached, and the policy
+    // compiled with the peers' counter slots; refused here if it cannot fit.
     let opts = LoadOptions {
         events: Some(DEFAULT_EVENTS),
         ..Default::default()
     };
-    let (mut maps, installed) = attach::install(&mesh.interface, &opts, mode)
+    let prepared = attach::prepare(&mesh.interface, &opts, mode)
         .with_context(|| format!("installing on {}", mesh.interface))?;
     // Peers keep the counter slots they had; compile again with them.
     let names: Vec<String> = mesh.policy.peers.iter().map(|p| p.name.clone()).collect();
-    let plan = maps.plan_peer_slots(&names)?;
-    let mut policy = mesh.policy.clone();
-    for p in &mut policy.peers {
-        p.index = plan.slots[&p.name];
-    }
-    let compiled = compile(&policy, capacity::PEERS)?;
-    maps.commit_peer_slots(&plan)?;
-    let report = maps.apply(&compiled).context("writing the policy")?;
+    let staged = prepared
+        .maps
+        .plan_peer_slots(&names)
+        .map_err(anyhow::Error::from)
+        .and_then(|plan| {
+            let mut policy = mesh.policy.clone();
+            for p in &mut policy.peers {
+                p.index = plan.slots[&p.name];
+            }
+            let compiled = compile(&policy, capacity::PEERS)?;
+            prepared.maps.check_room(&compiled)?;
+            Ok((plan, compiled))
+        });
+    let (plan, compiled) = match staged {
+        Ok(s) => s,
+        Err(e) => {
+            prepared.abandon();
+            return Err(e.context("writing the policy"));
+        }
+    };
+    // --- WireGuard step 2/2: everything is checked; configure the device
+    // (the least change set; nothing when unchanged), then the data plane.
+    let wireguard = match wg_plan.map(|plan| plan.apply()).transpose() {
+        Ok(w) => w,
+        Err(e) => {
+            prepared.abandon();
+            return Err(anyhow::Error::from(e).context("configuring WireGuard"));
+        }
+    };
+    // --- end of the WireGuard step ---
+    let mut prepared = prepared;
+    prepared.maps.commit_peer_slots(&plan)?;
+    let report = prepared
+        .maps
+        .apply(&compiled)
+        .context("writing the policy")?;
+    // Attached only now, so the first packet meets the new policy.
+    let (maps, installed) = prepared
+        .attach()
+        .with_context(|| format!("attaching to {}", mesh.interface))?;
     let enforced = Enforced {
         interface: mesh.interface.clone(),
         attach: installed,

@@ -62,47 +62,97 @@ pub fn pinned_mode(iface: &str) -> Option<AttachMode> {
     }
 }
 
-/// Makes sure the programs guard `iface`, and returns the map handles. A
-/// data plane already pinned for the interface is adopted as it is: no
-/// detach, no gap, counters kept. `mode` applies to a new attachment only.
+/// The data plane of an interface, loaded or adopted, with its programs
+/// attached or not yet.
+pub struct Prepared {
+    pub maps: Maps,
+    /// The freshly loaded object, still to be attached; `None` if adopted.
+    ebpf: Option<aya::Ebpf>,
+    iface: String,
+    mode: AttachMode,
+}
+
+/// Loads the data plane for `iface` without attaching it, or adopts the one
+/// pinned there as it is (no detach, no gap, counters kept). `mode` applies
+/// to a new attachment only. The caller writes the policy, then calls
+/// [`Prepared::attach`]: programs never see an empty policy.
+pub fn prepare(
+    iface: &str,
+    opts: &LoadOptions,
+    mode: AttachMode,
+) -> Result<Prepared, DataplaneError> {
+    let dir = pin_dir(iface);
+    if let Some(mode) = pinned_mode(iface) {
+        return Ok(Prepared {
+            maps: Maps::open_pinned(&dir)?,
+            ebpf: None,
+            iface: iface.to_string(),
+            mode,
+        });
+    }
+    let opts = LoadOptions {
+        l2_hdr_len: 0,
+        pin_dir: Some(dir),
+        ..opts.clone()
+    };
+    let dp = Dataplane::load(&opts)?;
+    Ok(Prepared {
+        maps: dp.maps,
+        ebpf: Some(dp.ebpf),
+        iface: iface.to_string(),
+        mode,
+    })
+}
+
+impl Prepared {
+    /// Attaches and pins the programs if they were loaded fresh. On failure
+    /// everything pinned for the interface is removed again.
+    pub fn attach(self) -> Result<(Maps, Installed), DataplaneError> {
+        let Some(mut ebpf) = self.ebpf else {
+            return Ok((
+                self.maps,
+                Installed {
+                    mode: self.mode,
+                    adopted: true,
+                },
+            ));
+        };
+        let dir = pin_dir(&self.iface);
+        if let Err(e) = attach_all(&mut ebpf, &self.iface, &dir, self.mode) {
+            // Leave nothing half-attached behind.
+            let _ = remove(&self.iface);
+            return Err(e);
+        }
+        Ok((
+            self.maps,
+            Installed {
+                mode: self.mode,
+                adopted: false,
+            },
+        ))
+    }
+
+    /// Gives up a fresh load: removes its pins. Nothing to do if adopted.
+    pub fn abandon(self) {
+        if self.ebpf.is_some() {
+            drop(self.maps);
+            let _ = remove(&self.iface);
+        }
+    }
+}
+
+/// Loads (or adopts) and attaches in one step, for callers that write the
+/// policy afterwards.
 pub fn install(
     iface: &str,
     opts: &LoadOptions,
     mode: AttachMode,
 ) -> Result<(Maps, Installed), DataplaneError> {
-    let dir = pin_dir(iface);
-    if let Some(mode) = pinned_mode(iface) {
-        let maps = Maps::open_pinned(&dir)?;
-        return Ok((
-            maps,
-            Installed {
-                mode,
-                adopted: true,
-            },
-        ));
-    }
-    let opts = LoadOptions {
-        l2_hdr_len: 0,
-        pin_dir: Some(dir.clone()),
-        ..opts.clone()
-    };
-    let mut dp = Dataplane::load(&opts)?;
-    if let Err(e) = attach_all(&mut dp, iface, &dir, mode) {
-        // Leave nothing half-attached behind.
-        let _ = remove(iface);
-        return Err(e);
-    }
-    Ok((
-        dp.maps,
-        Installed {
-            mode,
-            adopted: false,
-        },
-    ))
+    prepare(iface, opts, mode)?.attach()
 }
 
 fn attach_all(
-    dp: &mut Dataplane,
+    ebpf: &mut aya::Ebpf,
     iface: &str,
     dir: &Path,
     mode: AttachMode,
@@ -116,8 +166,7 @@ fn attach_all(
         let _ = tc::qdisc_add_clsact(iface);
     }
     for (name, hook, link_pin) in HOOKS {
-        let prog: &mut SchedClassifier = dp
-            .ebpf
+        let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
             .ok_or_else(|| err(format!("program {name} missing")))?
             .try_into()

@@ -106,24 +106,11 @@ impl Maps {
         self.slot_holds(active, &cfg, c)
     }
 
-    /// Writes `c` into the inactive slot and makes it active. On any error
-    /// the active slot, and so enforcement, is untouched.
-    pub fn apply(&mut self, c: &Compiled) -> Result<ApplyReport, DataplaneError> {
-        let (active, active_cfg) = self.active_slot()?;
-        let valid = active_cfg.flags & SLOT_VALID != 0;
-        if valid && self.slot_holds(active, &active_cfg, c)? {
-            return Ok(ApplyReport {
-                version: active_cfg.version,
-                slot: active,
-                changed: false,
-                ipcache_writes: 0,
-                policy_writes: 0,
-                port_class_writes: 0,
-            });
-        }
-        let next = 1 - active;
-        // Refuse a policy that cannot fit before touching anything: the
-        // active slot's entries stay, so the new one gets what is left.
+    /// Refuses a policy that cannot fit, before anything is written: the
+    /// maps hold both slots, and the active slot's entries stay, so the new
+    /// policy gets what is left.
+    pub fn check_room(&self, c: &Compiled) -> Result<(), DataplaneError> {
+        let (active, _) = self.active_slot()?;
         let live_policy = self.read_policy(active)?.len();
         let live = self.read_ipcache(active)?;
         let live_hosts = live.keys().filter(|(_, bits)| *bits == HOST_BITS).count();
@@ -144,7 +131,26 @@ impl Maps {
             self.ipcache.map(),
             live.len() - live_hosts,
             c.ipcache.len() - new_hosts,
-        )?;
+        )
+    }
+
+    /// Writes `c` into the inactive slot and makes it active. On any error
+    /// the active slot, and so enforcement, is untouched.
+    pub fn apply(&mut self, c: &Compiled) -> Result<ApplyReport, DataplaneError> {
+        let (active, active_cfg) = self.active_slot()?;
+        let valid = active_cfg.flags & SLOT_VALID != 0;
+        if valid && self.slot_holds(active, &active_cfg, c)? {
+            return Ok(ApplyReport {
+                version: active_cfg.version,
+                slot: active,
+                changed: false,
+                ipcache_writes: 0,
+                policy_writes: 0,
+                port_class_writes: 0,
+            });
+        }
+        let next = 1 - active;
+        self.check_room(c)?;
         let version = if valid { active_cfg.version + 1 } else { 1 };
         // Invalidate first: if we stop half way, the slot says so.
         self.slot_config
