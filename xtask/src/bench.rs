@@ -6,6 +6,15 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum Bench {
+    /// Applying PEERS peers to a userspace WireGuard device with wgbpf
+    /// versus `wg setconf`, and changing one of them.
+    Wg {
+        #[arg(long, default_value_t = 10_000)]
+        peers: usize,
+        /// Samples per figure; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        samples: usize,
+    },
     /// Per-packet cost of the ACL verdict (BPF_PROG_TEST_RUN on the JIT)
     /// for 10, 1000 and 100000 rules over 10000 peers.
     Acl {
@@ -20,6 +29,20 @@ pub enum Bench {
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
+        Bench::Wg { peers, samples } => crate::cargo(&[
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "wgbpf",
+            "--example",
+            "bench_wg",
+            "--",
+            "--peers",
+            &peers.to_string(),
+            "--samples",
+            &samples.to_string(),
+        ]),
         Bench::Acl { repeat, samples } => crate::cargo(&[
             "run",
             "--release",
