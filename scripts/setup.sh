@@ -11,6 +11,8 @@ APT_PACKAGES=(
   wireguard-tools wireguard-go iproute2 nftables iputils-ping
   # Traffic generators and helpers for the end-to-end tests.
   socat procps
+  # Metrics tests: a real Prometheus server scraping `wgbpf run`, and promtool.
+  prometheus
 )
 BPF_LINKER_VERSION=0.13.0
 

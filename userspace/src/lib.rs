@@ -1,6 +1,8 @@
 //! wgbpf: an eBPF ACL data plane for WireGuard gateways, and its controller.
+pub mod daemon;
 pub mod dataplane;
 pub mod enforce;
 pub mod mesh;
+pub mod metrics;
 pub mod policy;
 pub mod wg;

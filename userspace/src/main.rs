@@ -27,6 +27,7 @@ enum Command {
     Audit(cli::audit::AuditArgs),
     /// Check a policy and its tests, or explain a verdict (no kernel needed).
     Policy(cli::policy::PolicyArgs),
+    Run(cli::run::RunArgs),
 }
 
 fn main() {
@@ -37,6 +38,7 @@ fn main() {
         Command::Show(a) => cli::show::run(a),
         Command::Audit(a) => cli::audit::run(a),
         Command::Policy(a) => cli::policy::run(a),
+        Command::Run(a) => cli::run::run(a),
     };
     if let Err(e) = result {
         eprintln!("wgbpf: error: {e:#}");

@@ -3,5 +3,6 @@ pub mod audit;
 pub mod counters;
 pub mod load;
 pub mod policy;
+pub mod run;
 pub mod show;
 pub mod unload;

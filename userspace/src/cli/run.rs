@@ -1,0 +1,65 @@
+//! `wgbpf run`: enforce the mesh file and keep running (metrics, deny logs,
+//! SIGHUP reloads). See docs/metrics.md.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Result;
+use clap::Args;
+use wgbpf::{
+    daemon::{self, logging::LogFormat, RateLimit, Unmanaged},
+    dataplane::attach,
+    metrics::DEFAULT_MAX_DENY_SERIES,
+};
+
+/// Enforce the mesh file, then keep running: metrics over HTTP, deny logs,
+/// SIGHUP reloads the file (a bad file is refused, the running policy
+/// stays), SIGTERM/SIGINT exit and leave the data plane enforcing.
+#[derive(Args)]
+pub struct RunArgs {
+    /// The mesh file (TOML).
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Serve Prometheus metrics here (loopback by default; port 0 picks one).
+    #[arg(long, default_value = daemon::DEFAULT_METRICS_ADDR)]
+    metrics_addr: SocketAddr,
+    /// Do not serve metrics at all.
+    #[arg(long, conflicts_with = "metrics_addr")]
+    no_metrics: bool,
+    /// Log format: text on a terminal and JSON lines otherwise (auto), or as given.
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+    /// How to attach when nothing is pinned yet (default: tcx where the
+    /// kernel has it, clsact otherwise).
+    #[arg(long, value_enum)]
+    attach: Option<attach::AttachMode>,
+    /// Deny-map label sets exposed per scrape, largest first (0: no cap).
+    #[arg(long, default_value_t = DEFAULT_MAX_DENY_SERIES)]
+    max_deny_series: usize,
+    /// Deny log lines per second (userspace limit; 0 logs none).
+    #[arg(long, default_value_t = RateLimit::default().per_second)]
+    deny_log_rate: u32,
+    /// Deny log lines in a burst.
+    #[arg(long, default_value_t = RateLimit::default().burst)]
+    deny_log_burst: u32,
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    daemon::logging::init(a.log_format)?;
+    let config = daemon::Config {
+        mesh_file: a.config,
+        metrics_addr: (!a.no_metrics).then_some(a.metrics_addr),
+        attach: a.attach.unwrap_or_else(attach::AttachMode::best),
+        max_deny_series: a.max_deny_series,
+        deny_log: RateLimit {
+            per_second: a.deny_log_rate,
+            burst: a.deny_log_burst,
+        },
+    };
+    let json = a.log_format.json();
+    let result = daemon::run(config, Arc::new(Unmanaged));
+    if let (Err(e), true) = (&result, json) {
+        // main() prints the error as text too; log processors get JSON.
+        tracing::error!(error = %format!("{e:#}"), "wgbpf run failed");
+    }
+    result
+}

@@ -1,0 +1,610 @@
+//! Prometheus metrics of a running data plane, computed at scrape time.
+//!
+//! [`Collector`] reads the pinned maps of one interface each time it is
+//! scraped (nothing is copied on a timer), adds the daemon's own counters
+//! ([`DaemonCounters`]) and encodes everything with `prometheus-client`.
+//! [`render`] produces OpenMetrics or the Prometheus text format (0.0.4),
+//! whichever the scraper asked for; [`http`] serves it.
+//!
+//! Every metric is documented in docs/metrics.md; keep the two in step.
+
+pub mod http;
+
+use std::{
+    fmt,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use prometheus_client::{
+    collector::Collector as PromCollector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, info::Info, MetricType},
+    registry::Registry,
+};
+use wgbpf_common::SLOT_AUDIT_ALL;
+
+use crate::{
+    dataplane::{
+        counters::{DenyEntry, PeerTotals, Stats, Totals},
+        pin_dir, Maps,
+    },
+    policy::model::proto_name,
+};
+
+/// Deny-map label sets exposed per scrape unless told otherwise.
+pub const DEFAULT_MAX_DENY_SERIES: usize = 2000;
+
+/// Counters the daemon keeps itself (not in the kernel), shared with the
+/// collector. All monotonic except `last_reload_ok`.
+#[derive(Debug, Default)]
+pub struct DaemonCounters {
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    /// 1 when the last reload (or the start) enforced the file, 0 when the
+    /// last reload was refused.
+    pub last_reload_ok: AtomicU64,
+    /// Unix seconds of the last successful enforce (start or reload).
+    pub last_reload_success_seconds: AtomicU64,
+    /// Deny events read from the ring buffer.
+    pub events_read: AtomicU64,
+    pub deny_lines_logged: AtomicU64,
+    pub deny_lines_suppressed: AtomicU64,
+    /// Deny-map label sets left out of scrapes by the series cap.
+    pub dropped_series: AtomicU64,
+    pub scrape_errors: AtomicU64,
+}
+
+/// Reads one interface's pinned data plane at every scrape.
+#[derive(Debug)]
+pub struct Collector {
+    pub interface: String,
+    pub pin_dir: PathBuf,
+    pub daemon: Arc<DaemonCounters>,
+    /// At most this many deny-map label sets per scrape (the largest by
+    /// packets); 0 means no cap.
+    pub max_deny_series: usize,
+    /// The last scrape failed to read the maps (to log transitions only).
+    failing: AtomicBool,
+}
+
+impl Collector {
+    pub fn new(interface: &str, daemon: Arc<DaemonCounters>, max_deny_series: usize) -> Self {
+        Self {
+            interface: interface.to_string(),
+            pin_dir: pin_dir(interface),
+            daemon,
+            max_deny_series,
+            failing: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Everything read from the kernel for one scrape, before any encoding, so
+/// a failing read never leaves a half-written exposition.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub policy_version: u32,
+    pub audit_mode: bool,
+    /// (peer label, totals); slot 0 is "-".
+    pub peers: Vec<(String, PeerTotals)>,
+    /// (source peer label, entry), already capped.
+    pub denies: Vec<(String, DenyEntry)>,
+    /// Label sets left out by the cap at this scrape.
+    pub dropped: usize,
+    /// Keys in the kernel's deny map now.
+    pub deny_keys: usize,
+    pub stats: Stats,
+}
+
+impl Snapshot {
+    pub fn read(maps: &Maps, max_deny_series: usize) -> anyhow::Result<Self> {
+        let (_, slot) = maps.active_slot()?;
+        let slots = maps.peer_slots()?;
+        let mut peers = vec![("-".to_string(), maps.peer_totals(0)?)];
+        for (idx, name) in &slots {
+            peers.push((name.clone(), maps.peer_totals(*idx)?));
+        }
+        let mut denies = maps.denies()?;
+        let deny_keys = denies.len();
+        // Largest first; ties broken by the key so the cut is stable.
+        denies.sort_by(|a, b| {
+            b.packets
+                .cmp(&a.packets)
+                .then(a.src_peer.cmp(&b.src_peer))
+                .then(a.dst.cmp(&b.dst))
+                .then(a.proto.cmp(&b.proto))
+                .then(a.port.cmp(&b.port))
+                .then(a.audit.cmp(&b.audit))
+        });
+        let dropped = if max_deny_series > 0 && denies.len() > max_deny_series {
+            let d = denies.len() - max_deny_series;
+            denies.truncate(max_deny_series);
+            d
+        } else {
+            0
+        };
+        let denies = denies
+            .into_iter()
+            .map(|d| (peer_label(&slots, d.src_peer), d))
+            .collect();
+        Ok(Self {
+            policy_version: slot.version,
+            audit_mode: slot.flags & SLOT_AUDIT_ALL != 0,
+            peers,
+            denies,
+            dropped,
+            deny_keys,
+            stats: maps.stats()?,
+        })
+    }
+}
+
+/// The label of a counter slot: its peer's name, "-" for slot 0 (no peer),
+/// "#N" for a slot whose owner has left the mesh.
+pub fn peer_label(slots: &std::collections::BTreeMap<u32, String>, idx: u32) -> String {
+    match slots.get(&idx) {
+        Some(n) => n.clone(),
+        None if idx == 0 => "-".into(),
+        None => format!("#{idx}"),
+    }
+}
+
+/// Which programs are attached, from what is pinned: tcx links
+/// (`link_ingress`, `link_egress`) or clsact programs.
+pub fn attached(interface: &str) -> [(&'static str, &'static str, bool); 4] {
+    let dir = pin_dir(interface);
+    let tcx = |l: &str| dir.join(l).exists();
+    let prog = |p: &str| dir.join(p).exists();
+    let in_tcx = tcx("link_ingress");
+    let out_tcx = tcx("link_egress");
+    let in_cls = !in_tcx && prog(wgbpf_common::names::PROG_INGRESS);
+    let out_cls = !out_tcx && prog(wgbpf_common::names::PROG_EGRESS);
+    [
+        ("ingress", "tcx", in_tcx),
+        ("ingress", "clsact", in_cls),
+        ("egress", "tcx", out_tcx),
+        ("egress", "clsact", out_cls),
+    ]
+}
+
+fn counter<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let c = ConstCounter::new(0u64);
+    let mut m = enc.encode_descriptor(name, help, None, c.metric_type())?;
+    for (labels, v) in series {
+        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, i64)>,
+) -> fmt::Result {
+    let g = ConstGauge::new(0i64);
+    let mut m = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    for (labels, v) in series {
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+type NoLabels = [(&'static str, &'static str); 0];
+const NONE: NoLabels = [];
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl PromCollector for Collector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let d = &self.daemon;
+        let info = Info::new([("version", env!("CARGO_PKG_VERSION"))]);
+        let m = enc.encode_descriptor(
+            "wgbpf_build",
+            "wgbpf's version (value always 1)",
+            None,
+            MetricType::Info,
+        )?;
+        info.encode(m)?;
+        counter(
+            &mut enc,
+            "wgbpf_reloads",
+            "Reloads of the mesh file asked for (SIGHUP), successful or not",
+            [(NONE, load(&d.reloads))],
+        )?;
+        counter(
+            &mut enc,
+            "wgbpf_reload_failures",
+            "Reloads refused: the file did not parse, validate, compile or apply; the running policy stayed",
+            [(NONE, load(&d.reload_failures))],
+        )?;
+        gauge(
+            &mut enc,
+            "wgbpf_last_reload_successful",
+            "1 if the last start or reload enforced the file, 0 if the last reload was refused",
+            [(NONE, load(&d.last_reload_ok) as i64)],
+        )?;
+        gauge(
+            &mut enc,
+            "wgbpf_last_reload_success_timestamp_seconds",
+            "Unix time of the last start or reload that enforced the file",
+            [(NONE, load(&d.last_reload_success_seconds) as i64)],
+        )?;
+        counter(
+            &mut enc,
+            "wgbpf_deny_events_read",
+            "Deny and audit events read from the kernel's ring buffer",
+            [(NONE, load(&d.events_read))],
+        )?;
+        counter(
+            &mut enc,
+            "wgbpf_deny_log_lines",
+            "Deny log lines: written, or suppressed by the userspace rate limit",
+            [
+                ([("outcome", "logged")], load(&d.deny_lines_logged)),
+                ([("outcome", "suppressed")], load(&d.deny_lines_suppressed)),
+            ],
+        )?;
+        gauge(
+            &mut enc,
+            "wgbpf_program_attached",
+            "1 if the program is attached to the interface in this mode (from what is pinned)",
+            attached(&self.interface)
+                .into_iter()
+                .map(|(p, m, on)| ([("program", p), ("mode", m)], on as i64)),
+        )?;
+
+        let snapshot = Maps::open_pinned(&self.pin_dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|maps| Snapshot::read(&maps, self.max_deny_series));
+        let s = match snapshot {
+            Ok(s) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(interface = %self.interface, "metrics: reading the data plane works again");
+                }
+                s
+            }
+            Err(e) => {
+                d.scrape_errors.fetch_add(1, Ordering::Relaxed);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(interface = %self.interface, error = %format!("{e:#}"),
+                        "metrics: cannot read the data plane");
+                }
+                gauge(
+                    &mut enc,
+                    "wgbpf_dataplane_up",
+                    "1 if the pinned data plane could be read at this scrape",
+                    [(NONE, 0)],
+                )?;
+                counter(
+                    &mut enc,
+                    "wgbpf_exporter_scrape_errors",
+                    "Scrapes that could not read the pinned maps",
+                    [(NONE, load(&d.scrape_errors))],
+                )?;
+                return Ok(());
+            }
+        };
+        d.dropped_series
+            .fetch_add(s.dropped as u64, Ordering::Relaxed);
+        gauge(
+            &mut enc,
+            "wgbpf_dataplane_up",
+            "1 if the pinned data plane could be read at this scrape",
+            [(NONE, 1)],
+        )?;
+        counter(
+            &mut enc,
+            "wgbpf_exporter_scrape_errors",
+            "Scrapes that could not read the pinned maps",
+            [(NONE, load(&d.scrape_errors))],
+        )?;
+        encode_snapshot(&mut enc, &s, load(&d.dropped_series))
+    }
+}
+
+fn encode_snapshot(enc: &mut DescriptorEncoder, s: &Snapshot, dropped_total: u64) -> fmt::Result {
+    gauge(
+        enc,
+        "wgbpf_policy_version",
+        "Version of the policy in the active slot (goes up with every change)",
+        [(NONE, s.policy_version as i64)],
+    )?;
+    gauge(
+        enc,
+        "wgbpf_policy_audit_mode",
+        "1 if the whole interface is in audit mode",
+        [(NONE, s.audit_mode as i64)],
+    )?;
+
+    // The deny map: denied and audited label sets.
+    let deny_series = |audit: bool| {
+        s.denies
+            .iter()
+            .filter(move |(_, d)| d.audit == audit)
+            .map(move |(src, d)| {
+                let labels = [
+                    ("src", src.clone()),
+                    ("dst", d.dst.to_string()),
+                    ("port", d.port.to_string()),
+                    ("proto", proto_name(d.proto)),
+                ];
+                (labels, d.packets)
+            })
+    };
+    counter(
+        enc,
+        "wireguard_acl_denied",
+        "Packets dropped by the policy, by source peer, destination, destination port (ICMP: type) and protocol",
+        deny_series(false),
+    )?;
+    counter(
+        enc,
+        "wireguard_acl_audited",
+        "Packets a deny rule in audit mode would have dropped (they passed), labelled like wireguard_acl_denied_total",
+        deny_series(true),
+    )?;
+    gauge(
+        enc,
+        "wgbpf_deny_map_entries",
+        "Keys in the kernel's deny map (LRU, 65536 by default) at this scrape",
+        [(NONE, s.deny_keys as i64)],
+    )?;
+    counter(
+        enc,
+        "wgbpf_exporter_dropped_series",
+        "Deny-map label sets left out of scrapes by --max-deny-series, summed over scrapes",
+        [(NONE, dropped_total)],
+    )?;
+
+    // Per peer and direction.
+    type Field = fn(&Totals) -> u64;
+    let per_peer: [(&str, &str, Field); 6] = [
+        (
+            "wireguard_acl_allowed_packets",
+            "Packets allowed, from (ingress) or to (egress) the peer",
+            |t| t.allowed_packets,
+        ),
+        (
+            "wireguard_acl_allowed_bytes",
+            "Bytes (IP length) allowed, from (ingress) or to (egress) the peer",
+            |t| t.allowed_bytes,
+        ),
+        (
+            "wireguard_acl_denied_packets",
+            "Packets dropped by the policy, from (ingress) or to (egress) the peer",
+            |t| t.denied_packets,
+        ),
+        (
+            "wireguard_acl_denied_bytes",
+            "Bytes (IP length) dropped by the policy, from (ingress) or to (egress) the peer",
+            |t| t.denied_bytes,
+        ),
+        (
+            "wireguard_acl_audited_packets",
+            "Packets passed in audit mode that a deny would have dropped, from (ingress) or to (egress) the peer",
+            |t| t.audited_packets,
+        ),
+        (
+            "wireguard_acl_audited_bytes",
+            "Bytes (IP length) passed in audit mode that a deny would have dropped, per peer and direction",
+            |t| t.audited_bytes,
+        ),
+    ];
+    for (name, help, field) in per_peer {
+        counter(
+            enc,
+            name,
+            help,
+            s.peers.iter().flat_map(|(peer, t)| {
+                [("ingress", &t.ingress), ("egress", &t.egress)]
+                    .into_iter()
+                    .map(move |(dir, tot)| {
+                        (
+                            [("peer", peer.clone()), ("direction", dir.to_string())],
+                            field(tot),
+                        )
+                    })
+            }),
+        )?;
+    }
+
+    // Data-plane statistics.
+    let st = &s.stats;
+    counter(
+        enc,
+        "wgbpf_malformed_packets",
+        "Packets dropped because their headers could not be parsed (also in audit mode)",
+        [(NONE, st.malformed)],
+    )?;
+    counter(
+        enc,
+        "wgbpf_fragments",
+        "IP fragments seen (judged as if they could be any port)",
+        [(NONE, st.fragments)],
+    )?;
+    counter(
+        enc,
+        "wgbpf_deny_events",
+        "Deny events in the kernel: sent to the ring buffer, suppressed by the in-kernel rate limit, or lost to a full ring",
+        [
+            ([("outcome", "sent")], st.events_sent),
+            ([("outcome", "suppressed")], st.events_suppressed),
+            ([("outcome", "lost")], st.events_lost),
+        ],
+    )?;
+    counter(
+        enc,
+        "wgbpf_flow_hits",
+        "Packets passed from the flow table without a policy lookup",
+        [(NONE, st.flow_hits)],
+    )?;
+    counter(
+        enc,
+        "wgbpf_flow_rechecks",
+        "Flow-table entries from an older policy version re-checked against the current one",
+        [(NONE, st.flow_rechecks)],
+    )?;
+    Ok(())
+}
+
+/// A registry holding just the collector.
+pub fn registry(collector: Collector) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(collector));
+    r
+}
+
+/// The exposition format a scraper asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    /// Prometheus text format 0.0.4 (curl, promtool, old scrapers).
+    Text,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header names it, text otherwise.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Text,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+}
+
+/// Encodes `registry` (reading the kernel maps now) in `format`.
+pub fn render(registry: &Registry, format: Format) -> Result<String, fmt::Error> {
+    let mut out = String::new();
+    match format {
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, registry)?,
+        Format::Text => prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?,
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::counters::Totals;
+
+    fn sample() -> Snapshot {
+        let t = Totals {
+            allowed_packets: 5,
+            allowed_bytes: 640,
+            denied_packets: 2,
+            ..Default::default()
+        };
+        Snapshot {
+            policy_version: 3,
+            audit_mode: false,
+            peers: vec![
+                ("-".into(), PeerTotals::default()),
+                (
+                    "alice".into(),
+                    PeerTotals {
+                        ingress: t,
+                        egress: Totals::default(),
+                    },
+                ),
+            ],
+            denies: vec![
+                (
+                    "bob".into(),
+                    DenyEntry {
+                        src_peer: 2,
+                        dst: "10.77.0.2".parse().unwrap(),
+                        proto: 17,
+                        port: 5001,
+                        audit: false,
+                        packets: 37,
+                        bytes: 37 * 128,
+                    },
+                ),
+                (
+                    "weird \"peer\"".into(),
+                    DenyEntry {
+                        src_peer: 3,
+                        dst: "fd77::1".parse().unwrap(),
+                        proto: 58,
+                        port: 128,
+                        audit: true,
+                        packets: 1,
+                        bytes: 104,
+                    },
+                ),
+            ],
+            dropped: 0,
+            deny_keys: 2,
+            stats: Stats::default(),
+        }
+    }
+
+    #[derive(Debug)]
+    struct Fixed(Snapshot);
+    impl PromCollector for Fixed {
+        fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+            encode_snapshot(&mut enc, &self.0, 4)
+        }
+    }
+
+    fn rendered(format: Format) -> String {
+        let mut r = Registry::default();
+        r.register_collector(Box::new(Fixed(sample())));
+        render(&r, format).unwrap()
+    }
+
+    #[test]
+    fn deny_series_are_labelled_and_exact() {
+        let text = rendered(Format::Text);
+        assert!(
+            text.contains(
+                "wireguard_acl_denied_total{src=\"bob\",dst=\"10.77.0.2\",port=\"5001\",proto=\"udp\"} 37\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE wireguard_acl_denied_total counter\n"));
+        assert!(text.contains(
+            "wireguard_acl_audited_total{src=\"weird \\\"peer\\\"\",dst=\"fd77::1\",port=\"128\",proto=\"icmpv6\"} 1\n"
+        ));
+        assert!(text.contains(
+            "wireguard_acl_allowed_packets_total{peer=\"alice\",direction=\"ingress\"} 5\n"
+        ));
+        assert!(text.contains("wgbpf_exporter_dropped_series_total 4\n"));
+        assert!(text.contains("wgbpf_policy_version 3\n"));
+        assert!(!text.contains("# EOF"));
+        let om = rendered(Format::OpenMetrics);
+        assert!(om.ends_with("# EOF\n"));
+        assert!(om.contains("# TYPE wireguard_acl_denied counter\n"));
+    }
+
+    #[test]
+    fn format_follows_accept() {
+        assert_eq!(Format::negotiate(None), Format::Text);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
+    }
+}
