@@ -13,6 +13,9 @@ APT_PACKAGES=(
   socat procps
   # Metrics tests: a real Prometheus server scraping `wgbpf run`, and promtool.
   prometheus
+  # VM tests (cargo xtask vm test): QEMU, the guest's busybox, module
+  # dependency resolution and decompression for Debian's kernel packages.
+  qemu-system-x86 busybox-static kmod xz-utils
 )
 BPF_LINKER_VERSION=0.13.0
 
@@ -33,6 +36,12 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
   LLVM_PREFIX=/usr/lib/llvm-22 PATH=/usr/lib/llvm-22/bin:$PATH \
     cargo install --locked bpf-linker --version "$BPF_LINKER_VERSION" \
       --no-default-features --features llvm-22
+fi
+
+# cargo-fuzz, for the bounded fuzz run of `cargo xtask test` (fuzz/).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz (a minute)" >&2
+  cargo install cargo-fuzz --locked
 fi
 
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf

@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | bench`.
+//! Project tasks: `cargo xtask setup | build | test | demo | bench | vm`.
 //!
 //! Every task first runs the idempotent set-up (scripts/setup.sh), so each
 //! works on a fresh Debian 12 machine, as root.
 
 mod bench;
+mod vm;
 
 use std::process::Command;
 
@@ -29,8 +30,11 @@ enum Task {
     /// Check formatting and clippy (-D warnings) over the workspace.
     Lint,
     /// Run the whole test suite (needs root: it loads BPF, makes netns),
-    /// after the lint.
+    /// after the lint, then the VM tests (`vm test`) on Debian's kernels.
     Test {
+        /// Skip the VM tests (docs/vm-tests.md).
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -43,6 +47,12 @@ enum Task {
     Bench {
         #[command(subcommand)]
         which: bench::Bench,
+    },
+    /// wgbpf on Debian's 6.1 and 6.12 kernels with the real WireGuard
+    /// module, under QEMU; see docs/vm-tests.md.
+    Vm {
+        #[command(subcommand)]
+        which: vm::Vm,
     },
 }
 
@@ -59,7 +69,7 @@ fn main() -> Result<()> {
             setup()?;
             lint()
         }
-        Task::Test { args } => {
+        Task::Test { no_vm, args } => {
             setup()?;
             lint()?;
             let mut a = vec!["test", "--workspace", "--no-fail-fast"];
@@ -67,7 +77,25 @@ fn main() -> Result<()> {
                 a.push("--");
                 a.extend(args.iter().map(String::as_str));
             }
-            cargo(&a)
+            let tests = cargo(&a);
+            // ---- begin: bounded fuzz run (fuzz/, docs/imports.md) ----
+            let tests = match (tests, fuzz_smoke()) {
+                (Ok(()), fuzz) => fuzz,
+                (Err(t), Ok(())) => Err(t),
+                (Err(t), Err(f)) => Err(anyhow::anyhow!("{t:#}; and {f:#}")),
+            };
+            // ---- end: bounded fuzz run ----
+            if no_vm {
+                return tests;
+            }
+            // The VM tests run even when `cargo test` failed: both verdicts
+            // in one run.
+            let vms = vm::test(vm::TestArgs::all());
+            match (tests, vms) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+                (Err(t), Err(v)) => bail!("{t:#}; and {v:#}"),
+            }
         }
         Task::Demo => {
             setup()?;
@@ -85,6 +113,10 @@ fn main() -> Result<()> {
         Task::Bench { which } => {
             setup()?;
             bench::run(which)
+        }
+        Task::Vm { which } => {
+            setup()?;
+            vm::run(which)
         }
     }
 }
@@ -139,3 +171,37 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+// ---- begin: bounded fuzz run (fuzz/, docs/imports.md) ----
+/// Runs every cargo-fuzz target in fuzz/ for a bounded time (20 s each, or
+/// WGBPF_FUZZ_SECONDS; 0 skips), seeded with fuzz/regressions/<target>/. A
+/// crash, a panic or an input slower than 10 s fails the task; libFuzzer
+/// leaves the input in fuzz/artifacts/<target>/ (add it to the regressions).
+/// cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP=1 lets the stable
+/// toolchain accept them.
+fn fuzz_smoke() -> Result<()> {
+    let seconds: u64 = match std::env::var("WGBPF_FUZZ_SECONDS") {
+        Ok(s) => s.parse().context("WGBPF_FUZZ_SECONDS")?,
+        Err(_) => 20,
+    };
+    if seconds == 0 {
+        eprintln!("xtask: fuzzing skipped (WGBPF_FUZZ_SECONDS=0)");
+        return Ok(());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for target in ["mesh_parse", "tailscale_parse", "wgquick_parse"] {
+        let corpus = format!("corpus/{target}");
+        std::fs::create_dir_all(std::path::Path::new("fuzz").join(&corpus))?;
+        run(Command::new(&cargo)
+            .current_dir("fuzz")
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", "-O", target, &corpus])
+            .arg(format!("regressions/{target}"))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .args(["-timeout=10", "-max_len=16384", "-print_final_stats=1"]))
+        .with_context(|| format!("fuzz target {target}: see fuzz/artifacts/{target}/"))?;
+    }
+    Ok(())
+}
+// ---- end: bounded fuzz run ----

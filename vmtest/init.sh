@@ -1,0 +1,293 @@
+#!/bin/sh
+# /init of the VM test's initramfs (see docs/vm-tests.md). Runs as PID 1 in
+# busybox sh on a Debian kernel booted by `cargo xtask vm test`.
+#
+# The gateway is the VM's root network namespace; alice and bob are network
+# namespaces joined to it by veth pairs. All three run the kernel's own
+# WireGuard; the gateway forwards between alice and bob. wgbpf guards the
+# gateway's wg0. Everything stays inside the VM (it has no NIC).
+#
+# Output protocol on the serial console, read by xtask/src/vm/:
+#   WGBPF-VM-CHECK ok|FAIL NAME [detail]   one line per check
+#   WGBPF-VM-INFO KEY=VALUE                facts (timings, attach mode, ...)
+#   WGBPF-VM-JSON NAME {...}               JSON the host checks (counters)
+#   WGBPF-VM-LOAD-ERROR-BEGIN / -END       wgbpf load's stderr, when it fails
+#   WGBPF-VM-RESULT pass|fail kernel=RELEASE
+# /etc/wgbpf-vm.conf (written by the host) sets LABEL and EXPECT_ATTACH.
+
+export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+/bin/busybox mkdir -p /proc /sys /dev /run /tmp
+/bin/busybox mount -t devtmpfs dev /dev 2>/dev/null
+exec </dev/console >/dev/console 2>&1
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs run /run
+mount -t tmpfs tmp /tmp
+mount -t bpf bpf /sys/fs/bpf
+. /etc/wgbpf-vm.conf
+# This busybox prefers its own applets to PATH: the real iproute2 by path.
+ip() { /usr/sbin/ip "$@"; }
+tc() { /usr/sbin/tc "$@"; }
+
+FAILS=0
+KREL=$(uname -r)
+echo "WGBPF-VM-INFO kernel=$KREL"
+
+ok() { echo "WGBPF-VM-CHECK ok $*"; }
+fail() {
+	echo "WGBPF-VM-CHECK FAIL $*"
+	FAILS=$((FAILS + 1))
+}
+# check NAME CMD...: ok when CMD succeeds.
+check() {
+	name=$1
+	shift
+	if "$@"; then ok "$name"; else fail "$name" "($*)"; fi
+}
+# check_not NAME CMD...: ok when CMD fails.
+check_not() {
+	name=$1
+	shift
+	if "$@"; then fail "$name" "(succeeded: $*)"; else ok "$name"; fi
+}
+now() { cut -d' ' -f1 /proc/uptime; }
+finish() {
+	if [ "$FAILS" -eq 0 ] && [ "$1" != fail ]; then r=pass; else r=fail; fi
+	echo "WGBPF-VM-RESULT $r kernel=$KREL label=$LABEL failed_checks=$FAILS uptime=$(now)"
+	sync
+	poweroff -f
+	sleep 5
+	reboot -f
+}
+
+# --- modules (wireguard and its dependencies, veth, sch_ingress, cls_bpf) ---
+while read -r m; do
+	[ -n "$m" ] || continue
+	insmod "/lib/modules/wgbpf/$m" || fail "insmod" "$m"
+done </lib/modules/wgbpf/order
+check modules-loaded grep -q '^wireguard ' /proc/modules
+
+# --- network: gw (root ns) <-veth-> alice, gw <-veth-> bob ---
+setup_net() {
+	ip link set lo up &&
+		ip link add gw-alice type veth peer name eth0 netns alice &&
+		ip link add gw-bob type veth peer name eth0 netns bob &&
+		ip addr add 192.0.2.1/30 dev gw-alice &&
+		ip addr add 192.0.2.5/30 dev gw-bob &&
+		ip link set gw-alice up && ip link set gw-bob up &&
+		ip -n alice addr add 192.0.2.2/30 dev eth0 &&
+		ip -n bob addr add 192.0.2.6/30 dev eth0 &&
+		ip -n alice link set eth0 up && ip -n bob link set eth0 up &&
+		ip -n alice link set lo up && ip -n bob link set lo up &&
+		sysctl -qw net.ipv4.ip_forward=1 &&
+		sysctl -qw net.ipv6.conf.all.forwarding=1
+}
+ip netns add alice && ip netns add bob
+check network-namespaces setup_net
+
+umask 077
+for h in gw alice bob; do
+	wg genkey >/tmp/$h.key && wg pubkey </tmp/$h.key >/tmp/$h.pub
+done
+umask 022
+GW_PUB=$(cat /tmp/gw.pub)
+ALICE_PUB=$(cat /tmp/alice.pub)
+BOB_PUB=$(cat /tmp/bob.pub)
+
+setup_wg() {
+	ip link add wg0 type wireguard &&
+		wg set wg0 listen-port 51820 private-key /tmp/gw.key \
+			peer "$ALICE_PUB" allowed-ips 10.77.0.2/32,fd77::2/128 \
+			peer "$BOB_PUB" allowed-ips 10.77.0.3/32,fd77::3/128 &&
+		ip addr add 10.77.0.1/24 dev wg0 &&
+		ip addr add fd77::1/64 dev wg0 nodad &&
+		ip link set wg0 up || return 1
+	for h in alice bob; do
+		case $h in alice) n=2 u=192.0.2.1 ;; bob) n=3 u=192.0.2.5 ;; esac
+		# Created inside the namespace: its UDP socket lives there.
+		ip -n $h link add wg0 type wireguard &&
+			ip netns exec $h wg set wg0 private-key /tmp/$h.key \
+				peer "$GW_PUB" allowed-ips 10.77.0.0/24,fd77::/64 endpoint $u:51820 &&
+			ip -n $h addr add 10.77.0.$n/24 dev wg0 &&
+			ip -n $h addr add fd77::$n/64 dev wg0 nodad &&
+			ip -n $h link set wg0 up || return 1
+	done
+}
+check wireguard-devices setup_wg
+
+# --- services: a banner on each TCP port (busybox nc, persistent) ---
+printf '#!/bin/sh\necho wgbpf-banner\n' >/tmp/banner
+chmod 755 /tmp/banner
+for p in 22 80 2222 2500; do nc -ll -p $p -e /tmp/banner & done
+ip netns exec bob nc -ll -p 8080 -e /tmp/banner &
+ip netns exec alice nc -ll -p 8080 -e /tmp/banner &
+sleep 1
+
+# tcp HOST DST PORT: the connection is made and the banner arrives.
+tcp() {
+	ip netns exec "$1" nc -w 4 "$2" "$3" </dev/null 2>/dev/null | grep -q wgbpf-banner
+}
+# ping4/ping6 HOST DST: one echo answered within 4 s.
+ping4() { ip netns exec "$1" ping -c 1 -W 4 "$2" >/dev/null 2>&1; }
+ping6() { ip netns exec "$1" ping6 -c 1 -W 4 "$2" >/dev/null 2>&1; }
+# retry N CMD...: for the first packets through a tunnel (handshake).
+retry() {
+	n=$1
+	shift
+	i=0
+	while [ $i -lt "$n" ]; do
+		"$@" && return 0
+		i=$((i + 1))
+	done
+	return 1
+}
+
+# --- the tunnel carries traffic before wgbpf ---
+t0=$(now)
+check tunnel-alice-ping-gw retry 5 ping4 alice 10.77.0.1
+check tunnel-bob-ping-gw retry 5 ping4 bob 10.77.0.1
+echo "WGBPF-VM-INFO handshake_seconds=$(awk "BEGIN{print $(now)-$t0}")"
+check tunnel-bob-ping6-gw retry 3 ping6 bob fd77::1
+check tunnel-bob-tcp-gw-22 retry 3 tcp bob 10.77.0.1 22
+check tunnel-bob-tcp-alice-8080 retry 3 tcp bob 10.77.0.2 8080
+check handshake-gw-alice sh -c "wg show wg0 latest-handshakes | awk -v k='$ALICE_PUB' '\$1 == k && \$2 > 0 { f = 1 } END { exit !f }'"
+
+# --- wgbpf load ---
+cat >/tmp/mesh.toml <<EOF
+[interface]
+name = "wg0"
+addresses = ["10.77.0.1/24", "fd77::1/64"]
+
+[[peer]]
+name = "alice"
+public_key = "$ALICE_PUB"
+allowed_ips = ["10.77.0.2/32", "fd77::2/128"]
+
+[[peer]]
+name = "bob"
+public_key = "$BOB_PUB"
+allowed_ips = ["10.77.0.3/32", "fd77::3/128"]
+
+[policy]
+
+[[policy.rule]]
+name = "alice-ssh"
+action = "accept"
+from = ["alice"]
+to = ["gateway"]
+proto = "tcp"
+ports = [22, "2000-3000"]
+
+[[policy.rule]]
+name = "no-2222"
+action = "deny"
+from = ["*"]
+to = ["gateway"]
+proto = "tcp"
+ports = [2222]
+
+[[policy.rule]]
+name = "alice-to-bob-web"
+action = "accept"
+from = ["alice"]
+to = ["bob"]
+proto = "tcp"
+ports = [8080]
+
+[[policy.rule]]
+name = "bob-ping-gateway"
+action = "accept"
+from = ["bob"]
+to = ["gateway"]
+proto = "icmp"
+ports = [8]
+
+[[policy.rule]]
+name = "bob-ping6-gateway"
+action = "accept"
+from = ["bob"]
+to = ["gateway"]
+proto = "icmpv6"
+ports = [128]
+EOF
+
+t0=$(now)
+wgbpf load -c /tmp/mesh.toml --json >/tmp/load.json 2>/tmp/load.err
+rc=$?
+t1=$(now)
+echo "WGBPF-VM-INFO load_seconds=$(awk "BEGIN{print $t1-$t0}")"
+if [ $rc -ne 0 ]; then
+	fail wgbpf-load "exit $rc"
+	lines=$(wc -l </tmp/load.err)
+	echo "WGBPF-VM-LOAD-ERROR-BEGIN lines=$lines"
+	if [ "$lines" -le 3000 ]; then
+		cat /tmp/load.err
+	else
+		head -n 300 /tmp/load.err
+		echo "[... $((lines - 600)) lines left out ...]"
+		tail -n 300 /tmp/load.err
+	fi
+	echo "WGBPF-VM-LOAD-ERROR-END"
+	finish fail
+fi
+ok wgbpf-load
+mode=$(grep -o '"mode":"[a-z]*"' /tmp/load.json | head -n 1 | cut -d'"' -f4)
+echo "WGBPF-VM-INFO attach=$mode"
+if [ "$mode" = "$EXPECT_ATTACH" ]; then
+	ok attach-mode "$mode"
+else
+	fail attach-mode "got '$mode', want $EXPECT_ATTACH: $(cat /tmp/load.json)"
+fi
+case $EXPECT_ATTACH in
+clsact)
+	check clsact-filter-ingress sh -c '/usr/sbin/tc filter show dev wg0 ingress | grep -q wgbpf_ingress'
+	check clsact-filter-egress sh -c '/usr/sbin/tc filter show dev wg0 egress | grep -q wgbpf_egress'
+	;;
+tcx)
+	check tcx-links-pinned test -e /sys/fs/bpf/wgbpf/wg0/link_ingress -a -e /sys/fs/bpf/wgbpf/wg0/link_egress
+	;;
+esac
+# The verifier's work: the smoke example loads the programs once more (not
+# attached) and prints its instruction counts (bpftool 7.1 does not).
+if [ -x /usr/local/bin/wgbpf-smoke ]; then
+	if wgbpf-smoke >/tmp/smoke.out 2>&1; then
+		sed -n 's/^load: \(.*\)/WGBPF-VM-INFO smoke_load=\1/p' /tmp/smoke.out
+		sed -n 's/^\(wgbpf_[a-z]*\): verifier processed Some(\([0-9]*\)).*/WGBPF-VM-INFO verified_insns_\1=\2/p' /tmp/smoke.out
+	else
+		echo "WGBPF-VM-INFO smoke_load=failed"
+		sed 's/^/smoke: /' /tmp/smoke.out | head -n 20
+	fi
+fi
+
+# --- the policy, enforced by the pinned programs (wgbpf has exited) ---
+check allow-alice-tcp-gw-22 retry 2 tcp alice 10.77.0.1 22
+check allow-alice-tcp6-gw-22 retry 2 tcp alice fd77::1 22
+check allow-alice-tcp-gw-2500 retry 2 tcp alice 10.77.0.1 2500
+check allow-bob-ping-gw retry 2 ping4 bob 10.77.0.1
+check allow-bob-ping6-gw retry 2 ping6 bob fd77::1
+check allow-alice-tcp-bob-8080 retry 2 tcp alice 10.77.0.3 8080
+check_not deny-alice-tcp-gw-2222 tcp alice 10.77.0.1 2222
+check_not deny-alice-tcp-gw-80 tcp alice 10.77.0.1 80
+check_not deny-bob-tcp-gw-22 tcp bob 10.77.0.1 22
+check_not deny-bob-tcp6-gw-22 tcp bob fd77::1 22
+check_not deny-alice-ping-gw ping4 alice 10.77.0.1
+check_not deny-bob-tcp-alice-8080 tcp bob 10.77.0.2 8080
+# The gateway's own port 22 really listens: only the policy said no to bob.
+check gw-local-tcp-22 sh -c 'nc -w 4 10.77.0.1 22 </dev/null | grep -q wgbpf-banner'
+
+if wgbpf counters -c /tmp/mesh.toml --json >/tmp/counters.json 2>/tmp/counters.err; then
+	ok wgbpf-counters
+	echo "WGBPF-VM-JSON counters $(tr -d '\n' </tmp/counters.json)"
+else
+	fail wgbpf-counters "$(cat /tmp/counters.err)"
+fi
+
+# --- unload: programs gone, traffic flows again ---
+check wgbpf-unload wgbpf unload -i wg0
+check_not unload-pins-removed test -e /sys/fs/bpf/wgbpf/wg0
+check_not unload-no-filter sh -c '/usr/sbin/tc filter show dev wg0 ingress | grep -q wgbpf'
+check after-unload-bob-tcp-gw-22 retry 2 tcp bob 10.77.0.1 22
+check after-unload-alice-tcp-gw-2222 retry 2 tcp alice 10.77.0.1 2222
+
+finish
