@@ -6,6 +6,13 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum Bench {
+    /// One scrape of the metrics collector with 10,000 peers and 100,000
+    /// deny-map keys (real pinned maps, nothing attached).
+    Scrape {
+        /// Scrapes; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        samples: usize,
+    },
     /// Applying PEERS peers to a userspace WireGuard device with wgbpf
     /// versus `wg setconf`, and changing one of them.
     Wg {
@@ -29,6 +36,22 @@ pub enum Bench {
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
+        Bench::Scrape { samples } => crate::cargo(&[
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "wgbpf",
+            "--example",
+            "bench_scrape",
+            "--",
+            "--peers",
+            "10000",
+            "--deny-series",
+            "100000",
+            "--samples",
+            &samples.to_string(),
+        ]),
         Bench::Wg { peers, samples } => crate::cargo(&[
             "run",
             "--release",

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use serde::Serialize;
-use wgbpf_common::{names, stat, DenyKey, DirCounters, PeerCounters};
+use wgbpf_common::{names, stat, DenyKey, DenyValue, DirCounters, PeerCounters};
 
 use super::{DataplaneError, Maps};
 
@@ -33,6 +33,18 @@ impl Totals {
 pub struct PeerTotals {
     pub ingress: Totals,
     pub egress: Totals,
+}
+
+impl PeerTotals {
+    /// The sum of a peer's per-CPU counters.
+    pub fn sum(per_cpu: impl IntoIterator<Item = PeerCounters>) -> Self {
+        let mut t = PeerTotals::default();
+        for v in per_cpu {
+            t.ingress.add(&v.dir[0]);
+            t.egress.add(&v.dir[1]);
+        }
+        t
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -76,35 +88,41 @@ impl Maps {
                 name: names::PEER_COUNTERS,
                 source,
             })?;
-        let mut t = PeerTotals::default();
-        for v in values.iter() {
-            let v: &PeerCounters = v;
-            t.ingress.add(&v.dir[0]);
-            t.egress.add(&v.dir[1]);
-        }
-        Ok(t)
+        Ok(PeerTotals::sum(values.iter().copied()))
     }
 
+    /// Every deny-map entry, per-CPU values summed, busiest first. One
+    /// batch syscall per few thousand keys (see [`super::batch`]).
     pub fn denies(&self) -> Result<Vec<DenyEntry>, DataplaneError> {
+        use aya::maps::IterableMap;
+        let io = |e: std::io::Error| DataplaneError::Layout(format!("{}: {e}", names::DENIES));
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| io(e))?;
+        let slot = std::mem::size_of::<DenyValue>().next_multiple_of(8);
         let mut out = Vec::new();
-        for item in self.denies.iter() {
-            let (k, values): (DenyKey, _) = item.map_err(|source| DataplaneError::Map {
-                name: names::DENIES,
-                source,
-            })?;
-            let (packets, bytes) = values
-                .iter()
-                .fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
-            out.push(DenyEntry {
-                src_peer: k.src_peer,
-                dst: unmap(&k.dst),
-                proto: k.proto,
-                port: k.dport,
-                audit: k.severity == wgbpf_common::severity::AUDIT,
-                packets,
-                bytes,
-            });
-        }
+        super::batch::for_each(
+            self.denies.map(),
+            std::mem::size_of::<DenyKey>(),
+            slot * cpus,
+            |k, v| {
+                // SAFETY: the kernel wrote whole keys and values of these types.
+                let k: DenyKey = unsafe { std::ptr::read_unaligned(k.as_ptr().cast()) };
+                let (packets, bytes) = (0..cpus).fold((0, 0), |(p, b), cpu| {
+                    let v: DenyValue =
+                        unsafe { std::ptr::read_unaligned(v[cpu * slot..].as_ptr().cast()) };
+                    (p + v.packets, b + v.bytes)
+                });
+                out.push(DenyEntry {
+                    src_peer: k.src_peer,
+                    dst: unmap(&k.dst),
+                    proto: k.proto,
+                    port: k.dport,
+                    audit: k.severity == wgbpf_common::severity::AUDIT,
+                    packets,
+                    bytes,
+                });
+            },
+        )
+        .map_err(io)?;
         out.sort_by_key(|d| std::cmp::Reverse(d.packets));
         Ok(out)
     }

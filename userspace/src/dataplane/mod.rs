@@ -3,6 +3,7 @@
 //! pin everything so enforcement outlives the controller.
 
 pub mod attach;
+pub mod batch;
 pub mod counters;
 pub mod maps;
 pub mod mmap;

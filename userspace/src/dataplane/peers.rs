@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use aya::maps::PerCpuValues;
 use wgbpf_common::{names, PeerCounters, PeerName, PEER_NAME_MAX};
 
-use super::{DataplaneError, Maps};
+use super::{counters::PeerTotals, DataplaneError, Maps};
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
@@ -43,15 +43,42 @@ pub struct SlotPlan {
 }
 
 impl Maps {
-    /// Who owns which counter slot now.
+    /// Who owns which counter slot now (one batch read of the name map).
     pub fn peer_slots(&self) -> Result<BTreeMap<u32, String>, DataplaneError> {
+        use aya::maps::IterableMap;
         let mut out = BTreeMap::new();
-        for (i, v) in self.peer_names.iter().enumerate() {
-            let v = v.map_err(map_err(names::PEER_NAMES))?;
-            if let Some(name) = decode(&v) {
-                out.insert(i as u32, name);
-            }
-        }
+        super::batch::for_each(
+            self.peer_names.map(),
+            4,
+            std::mem::size_of::<PeerName>().next_multiple_of(8),
+            |k, v| {
+                let slot = u32::from_ne_bytes(k[..4].try_into().unwrap());
+                // SAFETY: the kernel wrote a whole PeerName.
+                let name: PeerName = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
+                if let Some(name) = decode(&name) {
+                    out.insert(slot, name);
+                }
+            },
+        )
+        .map_err(|e| DataplaneError::Layout(format!("{}: {e}", names::PEER_NAMES)))?;
+        Ok(out)
+    }
+
+    /// Every peer's counters, slot 0 included (one batch read).
+    pub fn all_peer_totals(&self) -> Result<BTreeMap<u32, PeerTotals>, DataplaneError> {
+        use aya::maps::IterableMap;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Layout(e.to_string()))?;
+        let slot = std::mem::size_of::<PeerCounters>().next_multiple_of(8);
+        let mut out = BTreeMap::new();
+        super::batch::for_each(self.peer_counters.map(), 4, slot * cpus, |k, v| {
+            let idx = u32::from_ne_bytes(k[..4].try_into().unwrap());
+            let per_cpu = (0..cpus).map(|cpu| {
+                // SAFETY: the kernel wrote whole per-CPU values.
+                unsafe { std::ptr::read_unaligned(v[cpu * slot..].as_ptr().cast::<PeerCounters>()) }
+            });
+            out.insert(idx, PeerTotals::sum(per_cpu));
+        })
+        .map_err(|e| DataplaneError::Layout(format!("{}: {e}", names::PEER_COUNTERS)))?;
         Ok(out)
     }
 
