@@ -389,3 +389,59 @@ fn clsact_fallback_enforces_adopts_and_unloads() {
     );
     assert!(tcp_connect(bob, gw4, 22, T).unwrap());
 }
+
+/// Enforcement outlives the controller however it ends: `wgbpf run` killed
+/// with SIGKILL leaves the pinned programs enforcing, and the next start
+/// adopts them with the counters as they were.
+#[test]
+fn enforcement_survives_sigkill_and_is_adopted() {
+    let (mesh, dir, cfg) = setup();
+    let (gw, alice, bob) = (&mesh.gateway, mesh.host("alice"), mesh.host("bob"));
+    let gw4 = IpAddr::V4(gw.tunnel_v4);
+    let _listeners: Vec<_> = [22].iter().map(|p| tcp_listen(gw, *p).unwrap()).collect();
+    let start = || {
+        Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", gw.netns))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_wgbpf"))
+            .args(["run", "-c", &cfg, "--no-metrics", "--log-format", "json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.0.join("run.log")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let _unload = Unload(gw);
+    let mut daemon = start();
+    // Wait (bounded) until the daemon has enforced: bob is refused.
+    let enforced = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        wgbpf::dataplane::attach::pinned_mode(&gw.wg_if).is_some()
+            && !tcp_connect(bob, gw4, 22, T).unwrap()
+    });
+    assert!(enforced, "the daemon never enforced the policy");
+    let denied = counter(&counters(gw, &cfg), "bob", "ingress", "denied_packets");
+    assert!(denied >= 1);
+
+    daemon.kill().unwrap(); // SIGKILL: no clean-up runs
+    daemon.wait().unwrap();
+    assert!(
+        !tcp_connect(bob, gw4, 22, T).unwrap(),
+        "bob got through after SIGKILL"
+    );
+    assert!(tcp_connect(alice, gw4, 22, T).unwrap());
+    let after_kill = counter(&counters(gw, &cfg), "bob", "ingress", "denied_packets");
+    assert!(after_kill > denied, "the pinned programs kept counting");
+
+    let mut daemon = start();
+    let adopted = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::read_to_string(dir.0.join("run.log"))
+            .unwrap_or_default()
+            .contains("adopted")
+    });
+    assert!(adopted, "no adoption in the log");
+    let kept = counter(&counters(gw, &cfg), "bob", "ingress", "denied_packets");
+    assert!(kept >= after_kill, "counters were reset on adoption");
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+}
