@@ -2,14 +2,15 @@
 //!
 //! One model ([`model`]), one [`Backend`] trait, one implementation per way
 //! of reaching a device: the cross-platform userspace API ([`uapi`], for
-//! wireguard-go and boringtun) now, the kernel's generic netlink family
-//! later. [`diff::reconcile`] computes the least change set from the
+//! wireguard-go and boringtun) and the kernel's generic netlink family
+//! ([`kernel`]). [`diff::reconcile`] computes the least change set from the
 //! current state to the wanted one; [`config`] turns a mesh file into the
 //! wanted configuration, validating everything before anything is sent.
 //! See docs/wireguard.md.
 
 pub mod config;
 pub mod diff;
+pub mod kernel;
 pub mod key;
 pub mod model;
 pub mod uapi;
@@ -20,6 +21,7 @@ use thiserror::Error;
 
 pub use config::{plan_for_mesh, Desired, Plan, WgReport};
 pub use diff::reconcile;
+pub use kernel::KernelBackend;
 pub use key::{read_key_file, Key};
 pub use model::{ChangeSet, DeviceConfig, DeviceState, PeerChange, PeerConfig, PeerState};
 pub use uapi::UapiBackend;
@@ -44,8 +46,9 @@ pub enum WgError {
         message: String,
     },
     #[error(
-        "no userspace WireGuard socket for {0} ({path}) and the kernel backend is not \
-         implemented yet",
+        "no WireGuard for {0}: no userspace WireGuard socket for {0} ({path}) and the kernel \
+         has no WireGuard (no generic netlink family `wireguard`: load the module with \
+         `modprobe wireguard`, or start wireguard-go)",
         path = uapi::socket_path(.0).display()
     )]
     NoBackend(String),
@@ -58,7 +61,7 @@ pub enum WgError {
 /// `WGPEER_F_REPLACE_ALLOWEDIPS`, `WGPEER_F_UPDATE_ONLY`) just as onto the
 /// UAPI's keys, and neither ever needs `replace_peers`.
 pub trait Backend: std::fmt::Debug + Send + Sync {
-    /// "uapi" (later also "kernel").
+    /// "uapi" or "kernel".
     fn kind(&self) -> &'static str;
     fn interface(&self) -> &str;
     /// Where the device is reached, for people (e.g. the socket's path).
@@ -71,10 +74,29 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
     fn apply(&self, changes: &ChangeSet) -> Result<(), WgError>;
 }
 
-/// The backend for `iface`: its UAPI socket when there is one.
+/// The backend for `iface`: its UAPI socket when there is one (wireguard-go,
+/// boringtun), else the kernel's WireGuard when the kernel has the
+/// `wireguard` generic netlink family, else [`WgError::NoBackend`].
+/// `WGBPF_WG_BACKEND=uapi|kernel` forces one (`auto`, the default, chooses).
+/// The caller prints [`Backend::describe`].
 pub fn open_backend(iface: &str) -> Result<Box<dyn Backend>, WgError> {
-    match UapiBackend::open(iface) {
-        Some(b) => Ok(Box::new(b)),
-        None => Err(WgError::NoBackend(iface.to_string())),
+    let choice = std::env::var("WGBPF_WG_BACKEND").unwrap_or_default();
+    let (uapi, kernel) = match choice.as_str() {
+        "uapi" => (true, false),
+        "kernel" => (false, true),
+        _ => (true, true),
+    };
+    if uapi {
+        if let Some(b) = UapiBackend::open(iface) {
+            tracing::debug!(iface, via = %b.describe(), "WireGuard backend: uapi");
+            return Ok(Box::new(b));
+        }
     }
+    if kernel {
+        if let Some(b) = KernelBackend::open(iface) {
+            tracing::debug!(iface, via = %b.describe(), "WireGuard backend: kernel");
+            return Ok(Box::new(b));
+        }
+    }
+    Err(WgError::NoBackend(iface.to_string()))
 }
