@@ -1,14 +1,15 @@
 //! `wgbpf run`: enforce the mesh file and keep running (metrics, deny logs,
 //! SIGHUP reloads). See docs/metrics.md.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Result;
 use clap::Args;
 use wgbpf::{
-    daemon::{self, logging::LogFormat, RateLimit, Unmanaged},
+    daemon::{self, logging::LogFormat, RateLimit, Reconciler, Unmanaged},
     dataplane::attach,
     metrics::DEFAULT_MAX_DENY_SERIES,
+    wg::repair::{DriftRepair, DEFAULT_INTERVAL},
 };
 
 /// Enforce the mesh file, then keep running: metrics over HTTP, deny logs,
@@ -41,6 +42,11 @@ pub struct RunArgs {
     /// Deny log lines in a burst.
     #[arg(long, default_value_t = RateLimit::default().burst)]
     deny_log_burst: u32,
+    /// Seconds between drift checks: the WireGuard device and the link (when
+    /// the file has private_key_file), the programs and the policy are
+    /// compared with the file and repaired. 0 turns drift repair off.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_INTERVAL.as_secs_f64())]
+    repair_interval: f64,
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
@@ -55,8 +61,19 @@ pub fn run(a: RunArgs) -> Result<()> {
             burst: a.deny_log_burst,
         },
     };
+    if !(a.repair_interval.is_finite() && a.repair_interval >= 0.0) {
+        anyhow::bail!("--repair-interval: not a number of seconds");
+    }
+    let reconciler: Arc<dyn Reconciler> = if a.repair_interval == 0.0 {
+        Arc::new(Unmanaged)
+    } else {
+        Arc::new(DriftRepair::new(
+            Duration::from_secs_f64(a.repair_interval.max(0.1)),
+            config.attach,
+        ))
+    };
     let json = a.log_format.json();
-    let result = daemon::run(config, Arc::new(Unmanaged));
+    let result = daemon::run(config, reconciler);
     if let (Err(e), true) = (&result, json) {
         // main() prints the error as text too; log processors get JSON.
         tracing::error!(error = %format!("{e:#}"), "wgbpf run failed");

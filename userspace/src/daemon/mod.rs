@@ -18,7 +18,7 @@ pub mod logging;
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::{atomic::Ordering, Arc, RwLock},
+    sync::{atomic::Ordering, Arc, Mutex, RwLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -32,11 +32,11 @@ use crate::{
     dataplane::{attach::AttachMode, Maps},
     enforce::{enforce, Enforced},
     mesh::{self, Mesh},
-    metrics::{self, Collector, DaemonCounters},
+    metrics::{self, Collector, DaemonCounters, Tunnels},
 };
 
 pub use denylog::RateLimit;
-pub use hook::{Reconciler, Unmanaged};
+pub use hook::{Pass, Reconciler, Repair, RepairKind, Unmanaged};
 
 /// Default metrics address: loopback only (see docs/metrics.md).
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9586";
@@ -75,6 +75,10 @@ struct Daemon {
     reconciler: Arc<dyn Reconciler>,
     counters: Arc<DaemonCounters>,
     log_ctx: Arc<RwLock<denylog::LogContext>>,
+    /// Peer names and handshake observations for `wireguard_tunnel_*`.
+    tunnels: Arc<Tunnels>,
+    /// The errors of the last reconcile pass (logged when they change).
+    last_errors: Mutex<Vec<String>>,
 }
 
 /// The result of one enforce, as the main loop uses it.
@@ -91,6 +95,8 @@ impl Daemon {
             reconciler,
             counters: Arc::new(DaemonCounters::default()),
             log_ctx: Arc::new(RwLock::new(denylog::LogContext::default())),
+            tunnels: Arc::new(Tunnels::default()),
+            last_errors: Mutex::new(Vec::new()),
         })
     }
 
@@ -122,17 +128,24 @@ impl Daemon {
         .context("enforce task")?
     }
 
-    /// After a successful enforce: names for the deny log, counters, and a
+    /// After a successful start or reload: counters, then [`Self::adopt`].
+    fn adopt_reload(&self, applied: Applied, reader: &mut Option<JoinHandle<()>>) -> Mesh {
+        self.counters.last_reload_ok.store(1, Ordering::Relaxed);
+        self.counters
+            .last_reload_success_seconds
+            .store(now_unix(), Ordering::Relaxed);
+        self.adopt(applied, reader)
+    }
+
+    /// After a successful enforce (start, reload, or a drift repair that
+    /// re-enforced): names for the deny log and the tunnel metrics, and a
     /// fresh deny-log reader on the (possibly new) ring buffer.
     fn adopt(&self, mut applied: Applied, reader: &mut Option<JoinHandle<()>>) -> Mesh {
         let slots = applied.maps.peer_slots().unwrap_or_default();
         if let Ok(mut ctx) = self.log_ctx.write() {
             *ctx = denylog::LogContext::new(&applied.mesh, slots);
         }
-        self.counters.last_reload_ok.store(1, Ordering::Relaxed);
-        self.counters
-            .last_reload_success_seconds
-            .store(now_unix(), Ordering::Relaxed);
+        self.tunnels.set_names(&applied.mesh);
         if let Some(events) = applied.maps.events.take() {
             if let Some(old) = reader.take() {
                 old.abort();
@@ -170,14 +183,68 @@ impl Daemon {
         );
     }
 
-    async fn reconcile(&self, mesh: &Mesh, why: &'static str) {
+    /// One drift-repair pass: logs and counts each repair, feeds the
+    /// device's handshake times to the tunnel metrics, adopts a
+    /// re-enforced data plane. Errors are logged when they change (not at
+    /// every pass while they last).
+    async fn reconcile(
+        &self,
+        mesh: &mut Mesh,
+        why: &'static str,
+        reader: &mut Option<JoinHandle<()>>,
+    ) {
         let (r, m) = (self.reconciler.clone(), mesh.clone());
-        match tokio::task::spawn_blocking(move || r.reconcile(&m)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(why, error = %format!("{e:#}"), "WireGuard reconcile failed")
+        let pass = match tokio::task::spawn_blocking(move || r.reconcile(&m)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => Pass {
+                errors: vec![format!("{e:#}")],
+                ..Default::default()
+            },
+            Err(e) => Pass {
+                errors: vec![format!("drift-repair task: {e}")],
+                ..Default::default()
+            },
+        };
+        let c = &self.counters;
+        c.drift_passes.fetch_add(1, Ordering::Relaxed);
+        for rep in &pass.repairs {
+            c.drift_repairs[rep.kind.index()].fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                interface = %mesh.interface,
+                why,
+                kind = rep.kind.as_str(),
+                drift = %rep.drift,
+                action = %rep.action,
+                "drift repaired"
+            );
+        }
+        if let Some(device) = &pass.device {
+            self.tunnels.observe(device);
+        }
+        if !pass.errors.is_empty() {
+            c.drift_pass_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut last) = self.last_errors.lock() {
+            if *last != pass.errors {
+                for e in pass.errors.iter().filter(|e| !last.contains(e)) {
+                    tracing::error!(interface = %mesh.interface, why, error = %e, "drift check or repair failed");
+                }
+                if pass.errors.is_empty() {
+                    tracing::info!(interface = %mesh.interface, "drift checks and repairs work again");
+                }
+                *last = pass.errors.clone();
             }
-            Err(e) => tracing::error!(why, error = %e, "WireGuard reconcile task failed"),
+        }
+        if let Some((maps, enforced)) = pass.reenforced {
+            self.log_enforced(&enforced, "re-enforced the file to repair drift");
+            *mesh = self.adopt(
+                Applied {
+                    mesh: mesh.clone(),
+                    maps,
+                    enforced,
+                },
+                reader,
+            );
         }
     }
 
@@ -198,8 +265,8 @@ impl Daemon {
             },
         );
         let iface = applied.mesh.interface.clone();
-        let mut mesh = self.adopt(applied, &mut reader);
-        self.reconcile(&mesh, "start").await;
+        let mut mesh = self.adopt_reload(applied, &mut reader);
+        self.reconcile(&mut mesh, "start", &mut reader).await;
 
         let server = match self.config.metrics_addr {
             Some(addr) => {
@@ -207,11 +274,10 @@ impl Daemon {
                     .await
                     .with_context(|| format!("metrics: binding {addr}"))?;
                 let local = listener.local_addr()?;
-                let registry = Arc::new(metrics::registry(Collector::new(
-                    &iface,
-                    self.counters.clone(),
-                    self.config.max_deny_series,
-                )));
+                let registry = Arc::new(metrics::registry(
+                    Collector::new(&iface, self.counters.clone(), self.config.max_deny_series)
+                        .with_tunnels(self.tunnels.clone()),
+                ));
                 tracing::info!(address = %local, "metrics: serving /metrics");
                 Some(tokio::spawn(metrics::http::serve(listener, registry)))
             }
@@ -230,8 +296,8 @@ impl Daemon {
                     match self.apply(Some(iface.clone())).await {
                         Ok(applied) => {
                             self.log_enforced(&applied.enforced, "reloaded");
-                            mesh = self.adopt(applied, &mut reader);
-                            self.reconcile(&mesh, "reload").await;
+                            mesh = self.adopt_reload(applied, &mut reader);
+                            self.reconcile(&mut mesh, "reload", &mut reader).await;
                         }
                         Err(e) => {
                             self.counters.reload_failures.fetch_add(1, Ordering::Relaxed);
@@ -245,7 +311,7 @@ impl Daemon {
                     }
                 }
                 _ = tick.tick(), if resync.is_some() => {
-                    self.reconcile(&mesh, "periodic").await;
+                    self.reconcile(&mut mesh, "periodic", &mut reader).await;
                 }
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",

@@ -9,6 +9,7 @@
 //! Every metric is documented in docs/metrics.md; keep the two in step.
 
 pub mod http;
+pub mod tunnels;
 
 use std::{
     fmt,
@@ -27,7 +28,10 @@ use prometheus_client::{
 };
 use wgbpf_common::SLOT_AUDIT_ALL;
 
+pub use tunnels::{TunnelSample, Tunnels};
+
 use crate::{
+    daemon::hook::RepairKind,
     dataplane::{
         counters::{DenyEntry, PeerTotals, Stats, Totals},
         pin_dir, Maps,
@@ -56,6 +60,12 @@ pub struct DaemonCounters {
     /// Deny-map label sets left out of scrapes by the series cap.
     pub dropped_series: AtomicU64,
     pub scrape_errors: AtomicU64,
+    /// Drift repairs, indexed by [`RepairKind::index`].
+    pub drift_repairs: [AtomicU64; 5],
+    /// Drift-repair passes run, and passes in which a check or a repair
+    /// failed.
+    pub drift_passes: AtomicU64,
+    pub drift_pass_errors: AtomicU64,
 }
 
 /// Reads one interface's pinned data plane at every scrape.
@@ -69,6 +79,11 @@ pub struct Collector {
     pub max_deny_series: usize,
     /// The last scrape failed to read the maps (to log transitions only).
     failing: AtomicBool,
+    /// Per-peer WireGuard figures (`wireguard_tunnel_*`), read from the
+    /// device at each scrape; `None`: not exported.
+    pub tunnels: Option<Arc<Tunnels>>,
+    /// The last scrape failed to read the WireGuard device.
+    wg_failing: AtomicBool,
 }
 
 impl Collector {
@@ -79,8 +94,75 @@ impl Collector {
             daemon,
             max_deny_series,
             failing: AtomicBool::new(false),
+            tunnels: None,
+            wg_failing: AtomicBool::new(false),
         }
     }
+
+    /// Also exports the WireGuard device's per-peer figures, named and
+    /// counted by `tunnels`.
+    pub fn with_tunnels(mut self, tunnels: Arc<Tunnels>) -> Self {
+        self.tunnels = Some(tunnels);
+        self
+    }
+
+    /// `wireguard_tunnel_*` and `wgbpf_wireguard_up`.
+    fn encode_tunnels(&self, enc: &mut DescriptorEncoder, tunnels: &Tunnels) -> fmt::Result {
+        let state = crate::wg::open_backend(&self.interface).and_then(|b| b.get());
+        let samples = match state {
+            Ok(s) => {
+                if self.wg_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(interface = %self.interface, "metrics: reading the WireGuard device works again");
+                }
+                Some(tunnels.observe(&s))
+            }
+            Err(e) => {
+                if !self.wg_failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(interface = %self.interface, error = %e,
+                        "metrics: cannot read the WireGuard device");
+                }
+                None
+            }
+        };
+        gauge(
+            enc,
+            "wgbpf_wireguard_up",
+            "1 if the WireGuard device could be read at this scrape (wireguard_tunnel_* come from it)",
+            [(NONE, samples.is_some() as i64)],
+        )?;
+        let samples = samples.unwrap_or_default();
+        encode_tunnel_samples(enc, &samples)
+    }
+}
+
+fn encode_tunnel_samples(enc: &mut DescriptorEncoder, samples: &[TunnelSample]) -> fmt::Result {
+    let label = |t: &TunnelSample| [("peer", t.peer.clone())];
+    counter(
+        enc,
+        "wireguard_tunnel_bytes_in",
+        "Bytes received from the peer through the tunnel (the device's rx counter; resets when the device restarts)",
+        samples.iter().map(|t| (label(t), t.rx_bytes)),
+    )?;
+    counter(
+        enc,
+        "wireguard_tunnel_bytes_out",
+        "Bytes sent to the peer through the tunnel (the device's tx counter; resets when the device restarts)",
+        samples.iter().map(|t| (label(t), t.tx_bytes)),
+    )?;
+    gauge(
+        enc,
+        "wireguard_tunnel_last_handshake_seconds",
+        "Unix time of the peer's latest handshake; 0 when it has had none",
+        samples
+            .iter()
+            .map(|t| (label(t), t.last_handshake_seconds as i64)),
+    )?;
+    counter(
+        enc,
+        "wireguard_tunnel_handshakes",
+        "Handshakes observed: changes of the latest-handshake time seen at scrapes and drift-repair passes since wgbpf started (a lower bound)",
+        samples.iter().map(|t| (label(t), t.handshakes)),
+    )
 }
 
 /// Everything read from the kernel for one scrape, before any encoding, so
@@ -104,9 +186,11 @@ impl Snapshot {
     pub fn read(maps: &Maps, max_deny_series: usize) -> anyhow::Result<Self> {
         let (_, slot) = maps.active_slot()?;
         let slots = maps.peer_slots()?;
-        let mut peers = vec![("-".to_string(), maps.peer_totals(0)?)];
+        let totals = maps.all_peer_totals()?;
+        let of = |idx: u32| totals.get(&idx).copied().unwrap_or_default();
+        let mut peers = vec![("-".to_string(), of(0))];
         for (idx, name) in &slots {
-            peers.push((name.clone(), maps.peer_totals(*idx)?));
+            peers.push((name.clone(), of(*idx)));
         }
         let mut denies = maps.denies()?;
         let deny_keys = denies.len();
@@ -153,21 +237,28 @@ pub fn peer_label(slots: &std::collections::BTreeMap<u32, String>, idx: u32) -> 
     }
 }
 
-/// Which programs are attached, from what is pinned: tcx links
-/// (`link_ingress`, `link_egress`) or clsact programs.
+/// Which pinned programs are really attached, and how: by program id in
+/// the interface's tcx lists and clsact filters
+/// ([`crate::wg::repair::attachment`]). All false when nothing is pinned
+/// or it cannot be read.
 pub fn attached(interface: &str) -> [(&'static str, &'static str, bool); 4] {
-    let dir = pin_dir(interface);
-    let tcx = |l: &str| dir.join(l).exists();
-    let prog = |p: &str| dir.join(p).exists();
-    let in_tcx = tcx("link_ingress");
-    let out_tcx = tcx("link_egress");
-    let in_cls = !in_tcx && prog(wgbpf_common::names::PROG_INGRESS);
-    let out_cls = !out_tcx && prog(wgbpf_common::names::PROG_EGRESS);
+    let [i, e] = crate::wg::repair::attachment(interface).unwrap_or([
+        crate::wg::repair::HookState {
+            direction: "ingress",
+            tcx: false,
+            clsact: false,
+        },
+        crate::wg::repair::HookState {
+            direction: "egress",
+            tcx: false,
+            clsact: false,
+        },
+    ]);
     [
-        ("ingress", "tcx", in_tcx),
-        ("ingress", "clsact", in_cls),
-        ("egress", "tcx", out_tcx),
-        ("egress", "clsact", out_cls),
+        ("ingress", "tcx", i.tcx),
+        ("ingress", "clsact", i.clsact),
+        ("egress", "tcx", e.tcx),
+        ("egress", "clsact", e.clsact),
     ]
 }
 
@@ -256,14 +347,37 @@ impl PromCollector for Collector {
                 ([("outcome", "suppressed")], load(&d.deny_lines_suppressed)),
             ],
         )?;
+        counter(
+            &mut enc,
+            "wgbpf_drift_repairs",
+            "Drift repaired by wgbpf run: WireGuard peers and device fields, programs re-attached, policies re-applied, the link set up",
+            RepairKind::ALL
+                .into_iter()
+                .map(|k| ([("kind", k.as_str())], load(&d.drift_repairs[k.index()]))),
+        )?;
+        counter(
+            &mut enc,
+            "wgbpf_drift_passes",
+            "Drift-repair passes run (after every start and reload, then every --repair-interval)",
+            [(NONE, load(&d.drift_passes))],
+        )?;
+        counter(
+            &mut enc,
+            "wgbpf_drift_pass_errors",
+            "Drift-repair passes in which a check or a repair failed (the reason is logged)",
+            [(NONE, load(&d.drift_pass_errors))],
+        )?;
         gauge(
             &mut enc,
             "wgbpf_program_attached",
-            "1 if the program is attached to the interface in this mode (from what is pinned)",
+            "1 if the program is attached to the interface in this mode (checked by program id)",
             attached(&self.interface)
                 .into_iter()
                 .map(|(p, m, on)| ([("program", p), ("mode", m)], on as i64)),
         )?;
+        if let Some(t) = &self.tunnels {
+            self.encode_tunnels(&mut enc, t)?;
+        }
 
         let snapshot = Maps::open_pinned(&self.pin_dir)
             .map_err(anyhow::Error::from)

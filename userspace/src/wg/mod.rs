@@ -13,6 +13,7 @@ pub mod diff;
 pub mod kernel;
 pub mod key;
 pub mod model;
+pub mod repair;
 pub mod uapi;
 
 use std::path::PathBuf;

@@ -1,0 +1,636 @@
+//! `wgbpf run`'s drift repair over real WireGuard (wireguard-go in network
+//! namespaces; root).
+//!
+//! The daemon runs in the gateway's namespace with the unit's capabilities
+//! and a mesh file that manages WireGuard (`private_key_file`). The test
+//! makes drift with standard tools — `wg set` (a peer removed, a peer's
+//! AllowedIPs changed, a stranger added, the listen port changed), `tc
+//! filter del` (clsact) or a detached tcx link (`BPF_LINK_DETACH`, what
+//! `bpftool link detach` does), `ip link set down`, `wgbpf load` with
+//! another policy — and checks each is put back within a bounded wait,
+//! counted in `wgbpf_drift_repairs_total{kind}` and logged, while bob's
+//! denied datagrams to alice (sent all along from a thread) never arrive.
+//! Also: the tunnel metrics on a scrape, and `promtool check metrics`.
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use testbed::{gateway_mesh_file, udp_send, udp_sink, Host, Mesh, MeshSpec};
+
+const POLICY: &str = r#"
+[policy]
+
+[[policy.rule]]
+name = "alice-to-bob-udp"
+action = "accept"
+from = ["alice"]
+to = ["bob"]
+proto = "udp"
+ports = ["5000-5010"]
+
+[[policy.test]]
+src = "bob"
+proto = "udp"
+deny = ["alice:5001"]
+"#;
+
+/// The capability bounding set of deploy/wgbpf.service.
+const DAEMON_CAPS: &str = "-all,+net_admin,+bpf,+perfmon";
+const WAIT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(200);
+const PAYLOAD: usize = 64;
+
+// ---------------------------------------------------------------- helpers
+
+fn in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let path = format!("/var/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let ns = File::open(&path)?;
+        // SAFETY: plain syscall on a valid fd; affects this thread only.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
+}
+
+fn free_port(netns: &str) -> u16 {
+    in_netns(netns, || {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        Ok(l.local_addr()?.port())
+    })
+    .expect("free port")
+}
+
+fn scrape(netns: &str, port: u16) -> std::io::Result<String> {
+    in_netns(netns, move || {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        s.write_all(
+            b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        )?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        match text.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+            _ => Err(std::io::Error::other(text)),
+        }
+    })
+}
+
+fn sample_in(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
+    panic!("{what}: not within {WAIT:?}");
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: plain syscall on our own child (nsenter and setpriv exec).
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+fn stop(child: &mut Child) -> Option<std::process::ExitStatus> {
+    if let Ok(Some(s)) = child.try_wait() {
+        return Some(s);
+    }
+    signal(child, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn wgbpf_in(gw: &Host, args: &[&str]) -> (bool, String) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", gw.netns))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_wgbpf"))
+        .args(args)
+        .output()
+        .expect("run wgbpf");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Bob sends denied datagrams to alice (udp/5001) every 50 ms until
+/// stopped, whatever drift the test is making meanwhile.
+struct DeniedSender {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl DeniedSender {
+    fn start(bob: &Host, to: IpAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (s, n, bob) = (stop.clone(), sent.clone(), bob.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if udp_send(&bob, to, 5001, 1, PAYLOAD).is_ok() {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self {
+            stop,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for DeniedSender {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Stops the daemon and unloads, even when an assertion failed.
+struct Cleanup {
+    gw: Host,
+    dir: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            stop(&mut c);
+        }
+        let _ = wgbpf_in(&self.gw, &["unload", "-i", &self.gw.wg_if]);
+        if std::thread::panicking() {
+            if let Ok(t) = std::fs::read_to_string(self.dir.join("wgbpf.log")) {
+                let tail: Vec<&str> = t.lines().rev().take(60).collect();
+                eprintln!(
+                    "--- wgbpf.log (last lines, newest first)\n{}",
+                    tail.join("\n")
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Test {
+    gw: Host,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Test {
+    fn start(mesh: &Mesh, tag: &str, attach: &str) -> (Test, Cleanup) {
+        let gw = mesh.gateway.clone();
+        let dir = std::env::temp_dir().join(format!("wgbpf-drift-{tag}-{}", mesh.run_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cleanup = Cleanup {
+            gw: gw.clone(),
+            dir: dir.clone(),
+            daemon: None,
+        };
+        let key = mesh.private_key_file(&gw);
+        let text = gateway_mesh_file(mesh, POLICY).replacen(
+            "[interface]\n",
+            &format!(
+                "[interface]\nprivate_key_file = \"{}\"\nlisten_port = 51820\n",
+                key.display()
+            ),
+            1,
+        );
+        let cfg = dir.join("mesh.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let t = Test {
+            port: free_port(&gw.netns),
+            gw,
+            dir,
+        };
+        let log = File::create(t.dir.join("wgbpf.log")).unwrap();
+        cleanup.daemon = Some(
+            Command::new("nsenter")
+                .arg(format!("--net=/var/run/netns/{}", t.gw.netns))
+                .arg("--")
+                .args(["setpriv", "--bounding-set", DAEMON_CAPS, "--"])
+                .arg(env!("CARGO_BIN_EXE_wgbpf"))
+                .arg("run")
+                .arg("-c")
+                .arg(&cfg)
+                .arg("--metrics-addr")
+                .arg(format!("127.0.0.1:{}", t.port))
+                .args(["--log-format", "json", "--attach", attach])
+                .args(["--repair-interval", "1", "--deny-log-rate", "0"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn wgbpf run"),
+        );
+        let daemon = cleanup.daemon.as_mut().unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = daemon.try_wait() {
+                let text = std::fs::read_to_string(t.dir.join("wgbpf.log")).unwrap_or_default();
+                panic!("wgbpf run exited ({status}):\n{text}");
+            }
+            if t.scrape().is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "wgbpf run did not serve metrics");
+            std::thread::sleep(POLL);
+        }
+        (t, cleanup)
+    }
+
+    fn scrape(&self) -> std::io::Result<String> {
+        scrape(&self.gw.netns, self.port)
+    }
+
+    fn sample(&self, series: &str) -> Option<f64> {
+        sample_in(&self.scrape().ok()?, series)
+    }
+
+    fn repairs(&self, kind: &str) -> f64 {
+        self.sample(&format!("wgbpf_drift_repairs_total{{kind=\"{kind}\"}}"))
+            .unwrap_or_else(|| panic!("no wgbpf_drift_repairs_total{{kind=\"{kind}\"}}"))
+    }
+
+    /// Waits until the repair counter of `kind` exceeds `before`.
+    fn wait_repaired(&self, kind: &str, before: f64) -> f64 {
+        let mut now = before;
+        wait_until(&format!("a {kind} repair counted"), || {
+            now = self.repairs(kind);
+            now > before
+        });
+        now
+    }
+
+    fn log_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join("wgbpf.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// A "drift repaired" log line of `kind` whose drift mentions `word`.
+    fn wait_logged(&self, kind: &str, word: &str) -> Value {
+        let mut found = None;
+        wait_until(&format!("{kind} repair logged ({word})"), || {
+            found = self.log_lines().into_iter().find(|l| {
+                l["message"] == "drift repaired"
+                    && l["kind"] == kind
+                    && l["drift"].as_str().is_some_and(|d| d.contains(word))
+            });
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    fn wg_dump(&self) -> String {
+        self.gw
+            .run(&["wg", "show", &self.gw.wg_if, "dump"])
+            .unwrap()
+    }
+}
+
+/// Alice's datagrams to bob (allowed) arrive again: resent every 250 ms
+/// until one does (a repaired tunnel may need a new handshake first).
+fn allowed_flows(alice: &Host, bob: &Host, sink: &testbed::Listener) {
+    let before = sink.served();
+    wait_until("alice reaches bob", || {
+        let _ = udp_send(alice, IpAddr::V4(bob.tunnel_v4), 5002, 1, PAYLOAD);
+        std::thread::sleep(Duration::from_millis(50));
+        sink.served() > before
+    });
+}
+
+fn promtool_ok(text: &str, dir: &Path) {
+    let path = dir.join("scrape.txt");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(File::open(&path).unwrap())
+        .output()
+        .expect("run promtool (Debian package `prometheus`)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {said}\n{text}"
+    );
+    assert!(said.trim().is_empty(), "promtool lint: {said}");
+}
+
+// ---------------------------------------------------------------- tests
+
+/// clsact: WireGuard drift, a filter deleted with tc, the link down, another
+/// policy loaded; the tunnel metrics.
+#[test]
+fn drift_is_repaired_clsact() {
+    let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
+    let (alice, bob) = (mesh.host("alice"), mesh.host("bob"));
+    let (t, mut cleanup) = Test::start(&mesh, "clsact", "clsact");
+    let gw = t.gw.clone();
+    let iface = gw.wg_if.clone();
+    let alice_5001 = udp_sink(alice, 5001).unwrap();
+    let bob_5002 = udp_sink(bob, 5002).unwrap();
+    for k in [
+        "wireguard_peer",
+        "wireguard_device",
+        "program",
+        "policy",
+        "link",
+    ] {
+        assert_eq!(t.repairs(k), 0.0, "{k}: nothing drifted at start");
+    }
+    assert_eq!(
+        t.sample("wgbpf_program_attached{program=\"ingress\",mode=\"clsact\"}"),
+        Some(1.0)
+    );
+    allowed_flows(alice, bob, &bob_5002);
+    let denied = DeniedSender::start(bob, IpAddr::V4(alice.tunnel_v4));
+
+    // --- WireGuard: bob removed by hand.
+    gw.run(&["wg", "set", &iface, "peer", &bob.public_key, "remove"])
+        .unwrap();
+    t.wait_repaired("wireguard_peer", 0.0);
+    wait_until("bob back on the device", || {
+        t.wg_dump().contains(&bob.public_key)
+    });
+    let line = t.wait_logged("wireguard_peer", "bob");
+    assert!(line["action"].as_str().unwrap().contains("added"), "{line}");
+    allowed_flows(alice, bob, &bob_5002);
+
+    // --- alice's AllowedIPs narrowed, and a stranger added.
+    let before = t.repairs("wireguard_peer");
+    let stranger = wgbpf::wg::Key::from_bytes([7; 32]).to_base64();
+    gw.run(&[
+        "wg",
+        "set",
+        &iface,
+        "peer",
+        &alice.public_key,
+        "allowed-ips",
+        &format!("{}/32", alice.tunnel_v4),
+        "peer",
+        &stranger,
+        "allowed-ips",
+        "10.99.0.0/24",
+    ])
+    .unwrap();
+    wait_until("alice's AllowedIPs and no stranger", || {
+        let d = t.wg_dump();
+        !d.contains(&stranger)
+            && d.lines().any(|l| {
+                l.starts_with(&alice.public_key) && l.contains(&alice.tunnel_v6.to_string())
+            })
+    });
+    wait_until("two more peer repairs", || {
+        t.repairs("wireguard_peer") >= before + 2.0
+    });
+    t.wait_logged("wireguard_peer", "allowed_ips");
+    t.wait_logged("wireguard_peer", "not in the file");
+
+    // --- The listen port changed.
+    gw.run(&["wg", "set", &iface, "listen-port", "51821"])
+        .unwrap();
+    t.wait_repaired("wireguard_device", 0.0);
+    wait_until("listen port 51820 again", || {
+        t.gw.run(&["wg", "show", &iface, "listen-port"])
+            .is_ok_and(|p| p.trim() == "51820")
+    });
+    allowed_flows(alice, bob, &bob_5002);
+
+    // --- The ingress filter deleted with tc: the pinned program comes
+    // back; egress judged bob's datagrams meanwhile.
+    gw.run(&["tc", "filter", "del", "dev", &iface, "ingress"])
+        .unwrap();
+    t.wait_repaired("program", 0.0);
+    wait_until("ingress filter back", || {
+        gw.run(&["tc", "filter", "show", "dev", &iface, "ingress"])
+            .is_ok_and(|o| o.contains("wgbpf_ingress"))
+    });
+    assert_eq!(
+        t.sample("wgbpf_program_attached{program=\"ingress\",mode=\"clsact\"}"),
+        Some(1.0)
+    );
+    t.wait_logged("program", "wgbpf_ingress");
+    // The same pinned program: the policy version did not move.
+    assert_eq!(t.sample("wgbpf_policy_version"), Some(1.0));
+
+    // --- The link set down.
+    gw.run(&["ip", "link", "set", "dev", &iface, "down"])
+        .unwrap();
+    t.wait_repaired("link", 0.0);
+    wait_until("link up", || {
+        gw.run(&["ip", "-o", "link", "show", "dev", &iface])
+            .is_ok_and(|o| o.contains(",UP"))
+    });
+    allowed_flows(alice, bob, &bob_5002);
+
+    // --- Another policy loaded behind the daemon's back (stricter: bob
+    // stays denied); the file's comes back, atomically.
+    let other = t.dir.join("other.toml");
+    std::fs::write(&other, gateway_mesh_file(&mesh, "[policy]\n")).unwrap();
+    let (ok, out) = wgbpf_in(&gw, &["load", "-c", other.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    t.wait_repaired("policy", 0.0);
+    wait_until("policy version 3", || {
+        t.sample("wgbpf_policy_version") == Some(3.0)
+    });
+    allowed_flows(alice, bob, &bob_5002);
+
+    // --- Tunnel metrics on a scrape.
+    let text = t.scrape().unwrap();
+    let rx = sample_in(&text, "wireguard_tunnel_bytes_in_total{peer=\"alice\"}").unwrap();
+    let tx = sample_in(&text, "wireguard_tunnel_bytes_out_total{peer=\"bob\"}").unwrap();
+    assert!(rx > 0.0 && tx > 0.0, "{text}");
+    let shake = sample_in(
+        &text,
+        "wireguard_tunnel_last_handshake_seconds{peer=\"alice\"}",
+    )
+    .unwrap();
+    assert!(shake > 1.6e9, "{text}");
+    assert!(
+        sample_in(&text, "wireguard_tunnel_handshakes_total{peer=\"bob\"}").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert_eq!(sample_in(&text, "wgbpf_wireguard_up"), Some(1.0));
+    promtool_ok(&text, &t.dir);
+    allowed_flows(alice, bob, &bob_5002);
+    wait_until("alice's rx grows", || {
+        let _ = udp_send(alice, IpAddr::V4(bob.tunnel_v4), 5002, 3, PAYLOAD);
+        t.sample("wireguard_tunnel_bytes_in_total{peer=\"alice\"}")
+            .is_some_and(|v| v > rx)
+    });
+
+    // --- Bob's denied datagrams never reached alice.
+    let sent = denied.finish();
+    assert!(sent > 0);
+    assert_eq!(alice_5001.served(), 0, "denied datagrams reached alice");
+    assert_eq!(t.sample("wgbpf_drift_pass_errors_total"), Some(0.0));
+
+    let mut daemon = cleanup.daemon.take().unwrap();
+    assert!(stop(&mut daemon).is_some_and(|s| s.success()));
+    drop(cleanup);
+    mesh.down().unwrap();
+}
+
+/// tcx: one link detached (BPF_LINK_DETACH on the pinned link, as
+/// `bpftool link detach` does) is attached again, the other never
+/// touched; denied traffic stays denied throughout.
+#[test]
+fn detached_tcx_link_is_reattached() {
+    let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
+    let (alice, bob) = (mesh.host("alice"), mesh.host("bob"));
+    let (t, mut cleanup) = Test::start(&mesh, "tcx", "tcx");
+    let gw = t.gw.clone();
+    let alice_5001 = udp_sink(alice, 5001).unwrap();
+    let bob_5002 = udp_sink(bob, 5002).unwrap();
+    assert_eq!(
+        t.sample("wgbpf_program_attached{program=\"egress\",mode=\"tcx\"}"),
+        Some(1.0)
+    );
+    allowed_flows(alice, bob, &bob_5002);
+    let denied = DeniedSender::start(bob, IpAddr::V4(alice.tunnel_v4));
+
+    let pin = wgbpf::dataplane::pin_dir(&gw.wg_if).join("link_egress");
+    // BPF_OBJ_GET gives the pinned link's fd; then BPF_LINK_DETACH.
+    let fd = bpf_obj_get(&pin).expect("open the pinned link");
+    bpf_link_detach(fd).expect("detach the egress link");
+    // SAFETY: our fd.
+    unsafe { libc::close(fd) };
+    t.wait_repaired("program", 0.0);
+    wait_until("egress attached again (tcx)", || {
+        t.sample("wgbpf_program_attached{program=\"egress\",mode=\"tcx\"}") == Some(1.0)
+    });
+    assert!(pin.exists(), "the new link is pinned in place");
+    assert_eq!(
+        t.sample("wgbpf_program_attached{program=\"ingress\",mode=\"tcx\"}"),
+        Some(1.0)
+    );
+    t.wait_logged("program", "wgbpf_egress");
+    assert_eq!(t.sample("wgbpf_policy_version"), Some(1.0));
+    allowed_flows(alice, bob, &bob_5002);
+    // A second detach is repaired too (the renamed pin is a real link).
+    let fd = bpf_obj_get(&pin).expect("open the new pinned link");
+    bpf_link_detach(fd).expect("detach again");
+    // SAFETY: our fd.
+    unsafe { libc::close(fd) };
+    wait_until("second repair", || t.repairs("program") >= 2.0);
+    let (ok, out) = wgbpf_in(
+        &gw,
+        &["audit", "-c", t.dir.join("mesh.toml").to_str().unwrap()],
+    );
+    assert!(ok, "audit after repair: {out}");
+
+    let sent = denied.finish();
+    assert!(sent > 0);
+    assert_eq!(alice_5001.served(), 0, "denied datagrams reached alice");
+    let mut daemon = cleanup.daemon.take().unwrap();
+    assert!(stop(&mut daemon).is_some_and(|s| s.success()));
+    drop(cleanup);
+    mesh.down().unwrap();
+}
+
+// bpf(2) for the test's drift: BPF_OBJ_GET and BPF_LINK_DETACH.
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+fn bpf_obj_get(path: &Path) -> std::io::Result<i32> {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags.
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64;
+    // SAFETY: attr is large enough and zeroed; the path outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd as i32)
+}
+
+fn bpf_link_detach(fd: i32) -> std::io::Result<()> {
+    // union bpf_attr for BPF_LINK_DETACH: link_fd (u32).
+    let mut attr = [0u64; 16];
+    attr[0] = fd as u32 as u64;
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
