@@ -284,6 +284,21 @@ else
 fi
 
 # --- unload: programs gone, traffic flows again ---
+# --- the kernel WireGuard backend: the same mesh file, now also managing
+# the device over generic netlink. bob removed by hand is restored, and the
+# device then matches the file. ---
+awk '{ print } /^name = "wg0"$/ { print "private_key_file = \"/tmp/gw.key\""; print "listen_port = 51820" }' \
+	/tmp/mesh.toml >/tmp/mesh-wg.toml
+check drift-remove-bob wg set wg0 peer "$BOB_PUB" remove
+check_not drift-bob-gone sh -c "wg show wg0 peers | grep -q '$BOB_PUB'"
+check kernel-backend-load sh -c 'wgbpf load -c /tmp/mesh-wg.toml --json >/tmp/load-wg.json 2>/tmp/load-wg.err && grep -q "\"backend\":\"kernel\"" /tmp/load-wg.json'
+check kernel-backend-bob-restored sh -c "wg show wg0 allowed-ips | grep '$BOB_PUB' | grep -q '10.77.0.3/32'"
+check kernel-backend-audit-equal wgbpf audit -c /tmp/mesh-wg.toml
+check kernel-backend-reload-unchanged sh -c 'wgbpf load -c /tmp/mesh-wg.toml --json | grep -q "\"wireguard\":{[^}]*\"changed\":false"'
+# bob still holds his old session, which the gateway forgot with the peer:
+# WireGuard re-handshakes after its keepalive timeout (about 15 s).
+check allow-bob-ping-gw-after-repair retry 15 ping4 bob 10.77.0.1
+
 check wgbpf-unload wgbpf unload -i wg0
 check_not unload-pins-removed test -e /sys/fs/bpf/wgbpf/wg0
 check_not unload-no-filter sh -c '/usr/sbin/tc filter show dev wg0 ingress | grep -q wgbpf'
