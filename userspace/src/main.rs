@@ -2,7 +2,7 @@
 
 mod cli;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +28,8 @@ enum Command {
     /// Check a policy and its tests, or explain a verdict (no kernel needed).
     Policy(cli::policy::PolicyArgs),
     Run(cli::run::RunArgs),
+    Completions(cli::docs::CompletionsArgs),
+    Manpage(cli::docs::ManpageArgs),
 }
 
 fn main() {
@@ -39,6 +41,8 @@ fn main() {
         Command::Audit(a) => cli::audit::run(a),
         Command::Policy(a) => cli::policy::run(a),
         Command::Run(a) => cli::run::run(a),
+        Command::Completions(a) => cli::docs::completions(a, Cli::command()),
+        Command::Manpage(a) => cli::docs::manpage(a, Cli::command()),
     };
     if let Err(e) = result {
         eprintln!("wgbpf: error: {e:#}");

@@ -1,6 +1,7 @@
 //! One module per subcommand: its arguments and what it does.
 pub mod audit;
 pub mod counters;
+pub mod docs;
 pub mod load;
 pub mod policy;
 pub mod run;
