@@ -37,8 +37,22 @@ pub struct Enforced {
 
 /// Checks `mesh`'s policy compiles, then installs or adopts the data plane
 /// on its interface and swaps the policy in. Returns the map handles too,
-/// for callers that keep running.
+/// for callers that keep running. An adopted data plane is left attached
+/// as it is: `wgbpf run`'s drift repair attaches a detached program again
+/// (and logs and counts it).
 pub fn enforce(mesh: &Mesh, mode: AttachMode) -> Result<(Maps, Enforced)> {
+    enforce_with(mesh, mode, false)
+}
+
+/// [`enforce`] for `wgbpf load`: when the data plane is adopted, a pinned
+/// program that is not really attached is attached again, gap-free
+/// ([`crate::dataplane::reattach`]), after the policy swap; the report's
+/// `attach.reattached` lists it.
+pub fn enforce_reattaching(mesh: &Mesh, mode: AttachMode) -> Result<(Maps, Enforced)> {
+    enforce_with(mesh, mode, true)
+}
+
+fn enforce_with(mesh: &Mesh, mode: AttachMode, reattach: bool) -> Result<(Maps, Enforced)> {
     compile(&mesh.policy, capacity::PEERS).context("policy")?;
     // --- WireGuard step 1/2 (crate::wg): validate it all (key files,
     // peers, the device's state); nothing is sent. None without
@@ -100,10 +114,14 @@ pub fn enforce(mesh: &Mesh, mode: AttachMode) -> Result<(Maps, Enforced)> {
         .maps
         .apply(&compiled)
         .context("writing the policy")?;
-    // Attached only now, so the first packet meets the new policy.
-    let (maps, installed) = prepared
-        .attach()
-        .with_context(|| format!("attaching to {}", mesh.interface))?;
+    // Attached only now, so the first packet meets the new policy (and a
+    // detached program is attached again only now, likewise).
+    let attached = if reattach {
+        prepared.attach_reattaching()
+    } else {
+        prepared.attach()
+    };
+    let (maps, installed) = attached.with_context(|| format!("attaching to {}", mesh.interface))?;
     let enforced = Enforced {
         interface: mesh.interface.clone(),
         attach: installed,

@@ -332,7 +332,8 @@ fn policy_enforced_over_real_wireguard() {
 
 /// The clsact fallback (what kernels before 6.6 get), forced on this kernel:
 /// the netlink filters enforce after the controller exits, a reload adopts
-/// them, and unload removes exactly our filters.
+/// them and attaches a deleted filter's pinned program again, and unload
+/// removes exactly our filters.
 #[test]
 fn clsact_fallback_enforces_adopts_and_unloads() {
     let (mesh, _dir, cfg) = setup();
@@ -352,6 +353,7 @@ fn clsact_fallback_enforces_adopts_and_unloads() {
     let _unload = Unload(gw);
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["attach"]["mode"], "clsact");
+    assert_eq!(report["attach"]["reattached"], serde_json::json!([]));
     assert!(
         filters("ingress").contains("wgbpf_ingress"),
         "{}",
@@ -369,11 +371,72 @@ fn clsact_fallback_enforces_adopts_and_unloads() {
     let c = counters(gw, &cfg);
     assert!(counter(&c, "bob", "ingress", "denied_packets") >= 1);
 
+    // Our ingress filter deleted behind wgbpf's back: bob's datagrams to
+    // the gateway (ingress only, denied by the policy) get through.
+    let sink = udp_sink(gw, 5001).unwrap();
+    let sent = 20u64;
+    let bob_sends = || {
+        udp_send(bob, gw4, 5001, sent as usize, 100).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    bob_sends();
+    assert_eq!(sink.served(), 0, "bob's datagrams passed while enforced");
+    gw.run(&["tc", "filter", "del", "dev", &gw.wg_if, "ingress"])
+        .unwrap();
+    assert!(
+        !filters("ingress").contains("wgbpf_ingress"),
+        "{}",
+        filters("ingress")
+    );
+    bob_sends();
+    assert_eq!(sink.served(), sent as usize, "the ingress filter is gone");
+
+    // The next load adopts the data plane and attaches the pinned program
+    // again (same maps: the counters go on); bob is denied again.
+    let denied = counter(&counters(gw, &cfg), "bob", "ingress", "denied_packets");
+    let (ok, out, err) = wgbpf(gw, &["load", "-c", &cfg, "--json"]);
+    assert!(ok, "reload failed: {err}");
+    let repaired: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(repaired["attach"]["adopted"], true);
+    assert_eq!(repaired["attach"]["mode"], "clsact");
+    assert_eq!(
+        repaired["attach"]["reattached"],
+        serde_json::json!(["wgbpf_ingress"])
+    );
+    assert_eq!(repaired["policy"]["changed"], false);
+    assert!(
+        filters("ingress").contains("wgbpf_ingress"),
+        "{}",
+        filters("ingress")
+    );
+    bob_sends();
+    assert_eq!(sink.served(), sent as usize, "bob got through after reload");
+    assert_eq!(
+        counter(&counters(gw, &cfg), "bob", "ingress", "denied_packets"),
+        denied + sent
+    );
+    assert!(!tcp_connect(bob, gw4, 22, T).unwrap());
+    assert!(tcp_connect(alice, gw4, 22, T).unwrap());
+
+    // The egress filter deleted too: the text report says so.
+    gw.run(&["tc", "filter", "del", "dev", &gw.wg_if, "egress"])
+        .unwrap();
+    let (ok, out, err) = wgbpf(gw, &["load", "-c", &cfg]);
+    assert!(ok, "reload failed: {err}");
+    assert!(out.contains("adopted"), "{out}");
+    assert!(out.contains("program(s) wgbpf_egress again"), "{out}");
+    assert!(
+        filters("egress").contains("wgbpf_egress"),
+        "{}",
+        filters("egress")
+    );
+
     let (ok, out, err) = wgbpf(gw, &["load", "-c", &cfg, "--json"]);
     assert!(ok, "reload failed: {err}");
     let again: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(again["attach"]["adopted"], true);
     assert_eq!(again["attach"]["mode"], "clsact");
+    assert_eq!(again["attach"]["reattached"], serde_json::json!([]));
 
     let (ok, _, err) = wgbpf(gw, &["unload", "-i", &gw.wg_if]);
     assert!(ok, "unload failed: {err}");

@@ -4,14 +4,15 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use wgbpf::{dataplane::attach, enforce::enforce, mesh};
+use wgbpf::{dataplane::attach, enforce::enforce_reattaching, mesh};
 
 /// Compile the mesh file's policy and enforce it on its interface.
 ///
 /// Attaches the programs (tcx, or clsact on kernels before 6.6) and pins
 /// them under /sys/fs/bpf/wgbpf/IFACE/ the first time; afterwards adopts
-/// what is pinned and swaps the policy atomically. A policy that fails to
-/// compile or does not fit leaves the running one in place.
+/// what is pinned and swaps the policy atomically, and attaches again a
+/// pinned program found detached. A policy that fails to compile or does
+/// not fit leaves the running one in place.
 #[derive(Args)]
 pub struct LoadArgs {
     /// The mesh file (TOML).
@@ -36,7 +37,7 @@ pub fn run(a: LoadArgs) -> Result<()> {
 
 fn load(config: &std::path::Path, mode: attach::AttachMode, json: bool) -> Result<()> {
     let mesh = mesh::load(config)?;
-    let (_, e) = enforce(&mesh, mode).with_context(|| config.display().to_string())?;
+    let (_, e) = enforce_reattaching(&mesh, mode).with_context(|| config.display().to_string())?;
     if json {
         println!("{}", serde_json::to_string(&e)?);
         return Ok(());
@@ -59,5 +60,12 @@ fn load(config: &std::path::Path, mode: attach::AttachMode, json: bool) -> Resul
         "{}: {how} ({:?}); policy version {} {state} ({} rules, {} identities, {} entries)",
         e.interface, e.attach.mode, e.policy.version, e.rules, e.identities, e.policy_entries
     );
+    if !e.attach.reattached.is_empty() {
+        println!(
+            "{}: attached the detached pinned program(s) {} again (same maps, policy and counters)",
+            e.interface,
+            e.attach.reattached.join(", ")
+        );
+    }
     Ok(())
 }

@@ -37,10 +37,33 @@ impl AttachMode {
     }
 }
 
-/// The programs of both directions, and the pin names of their links.
-const HOOKS: [(&str, TcAttachType, &str); 2] = [
-    (names::PROG_INGRESS, TcAttachType::Ingress, "link_ingress"),
-    (names::PROG_EGRESS, TcAttachType::Egress, "link_egress"),
+/// One direction of the data plane.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Hook {
+    /// The program's name, also its pin name.
+    pub prog: &'static str,
+    pub attach_type: TcAttachType,
+    /// The pin name of its tcx link.
+    pub link_pin: &'static str,
+    /// "ingress" or "egress": the direction's name and its clsact parent.
+    pub direction: &'static str,
+}
+
+/// The programs of both directions, and where they are pinned and
+/// attached. The one list: `reattach` and the drift repair use it too.
+pub(crate) const HOOKS: [Hook; 2] = [
+    Hook {
+        prog: names::PROG_INGRESS,
+        attach_type: TcAttachType::Ingress,
+        link_pin: "link_ingress",
+        direction: "ingress",
+    },
+    Hook {
+        prog: names::PROG_EGRESS,
+        attach_type: TcAttachType::Egress,
+        link_pin: "link_egress",
+        direction: "egress",
+    },
 ];
 
 #[derive(Debug, Serialize)]
@@ -48,18 +71,28 @@ pub struct Installed {
     pub mode: AttachMode,
     /// True when a pinned data plane was found and adopted as it was.
     pub adopted: bool,
+    /// Pinned programs of an adopted data plane that were not attached and
+    /// were attached again ([`Prepared::attach_reattaching`]); empty
+    /// otherwise.
+    pub reattached: Vec<&'static str>,
 }
 
 /// What is pinned for an interface, if anything.
 pub fn pinned_mode(iface: &str) -> Option<AttachMode> {
     let dir = pin_dir(iface);
-    if HOOKS.iter().all(|(_, _, link)| dir.join(link).exists()) {
+    if HOOKS.iter().all(|h| dir.join(h.link_pin).exists()) {
         Some(AttachMode::Tcx)
-    } else if HOOKS.iter().all(|(prog, _, _)| dir.join(prog).exists()) {
+    } else if programs_pinned(iface) {
         Some(AttachMode::Clsact)
     } else {
         None
     }
+}
+
+/// Whether both programs are pinned for an interface.
+pub fn programs_pinned(iface: &str) -> bool {
+    let dir = pin_dir(iface);
+    HOOKS.iter().all(|h| dir.join(h.prog).exists())
 }
 
 /// The data plane of an interface, loaded or adopted, with its programs
@@ -106,14 +139,37 @@ pub fn prepare(
 
 impl Prepared {
     /// Attaches and pins the programs if they were loaded fresh. On failure
-    /// everything pinned for the interface is removed again.
+    /// everything pinned for the interface is removed again. An adopted
+    /// data plane is left as it is.
     pub fn attach(self) -> Result<(Maps, Installed), DataplaneError> {
+        self.attach_with(false)
+    }
+
+    /// [`Prepared::attach`], and if the data plane was adopted, attaches
+    /// again each pinned program that is not really attached (gap-free, see
+    /// [`super::reattach`]), listed in [`Installed::reattached`].
+    pub fn attach_reattaching(self) -> Result<(Maps, Installed), DataplaneError> {
+        self.attach_with(true)
+    }
+
+    fn attach_with(self, reattach: bool) -> Result<(Maps, Installed), DataplaneError> {
         let Some(mut ebpf) = self.ebpf else {
+            let reattached = if reattach {
+                super::reattach::reattach_missing(&self.iface).map_err(|e| {
+                    DataplaneError::Attach {
+                        iface: self.iface.clone(),
+                        message: format!("attaching detached programs again: {e:#}"),
+                    }
+                })?
+            } else {
+                Vec::new()
+            };
             return Ok((
                 self.maps,
                 Installed {
                     mode: self.mode,
                     adopted: true,
+                    reattached,
                 },
             ));
         };
@@ -128,6 +184,7 @@ impl Prepared {
             Installed {
                 mode: self.mode,
                 adopted: false,
+                reattached: Vec::new(),
             },
         ))
     }
@@ -165,7 +222,13 @@ fn attach_all(
         // EEXIST is fine: someone (maybe us) added it before.
         let _ = tc::qdisc_add_clsact(iface);
     }
-    for (name, hook, link_pin) in HOOKS {
+    for Hook {
+        prog: name,
+        attach_type: hook,
+        link_pin,
+        ..
+    } in HOOKS
+    {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
             .ok_or_else(|| err(format!("program {name} missing")))?
@@ -210,8 +273,8 @@ pub fn remove(iface: &str) -> Result<bool, DataplaneError> {
     if !dir.exists() {
         return Ok(false);
     }
-    for (name, hook, link_pin) in HOOKS {
-        let path = dir.join(link_pin);
+    for hook in HOOKS {
+        let path = dir.join(hook.link_pin);
         if path.exists() {
             // Unpinning and dropping the last reference detaches the link.
             let link = PinnedLink::from_pin(&path).map_err(|e| DataplaneError::Pin {
@@ -220,7 +283,7 @@ pub fn remove(iface: &str) -> Result<bool, DataplaneError> {
             })?;
             drop(link.unpin());
         } else {
-            remove_clsact_filter(iface, hook, name);
+            remove_clsact_filter(iface, &hook);
         }
     }
     std::fs::remove_dir_all(&dir).map_err(|e| DataplaneError::Pin {
@@ -230,24 +293,34 @@ pub fn remove(iface: &str) -> Result<bool, DataplaneError> {
     Ok(true)
 }
 
-/// Deletes our netlink filters (found by program name) from `iface`.
-fn remove_clsact_filter(iface: &str, hook: TcAttachType, prog: &str) {
-    let parent = match hook {
-        TcAttachType::Ingress => "ingress",
-        _ => "egress",
-    };
-    let Ok(out) = Command::new("tc")
-        .args(["-j", "filter", "show", "dev", iface, parent])
+/// `iface`'s clsact filters in one direction (`tc -j filter show`); empty
+/// when there is no clsact qdisc.
+pub(crate) fn clsact_filters(
+    iface: &str,
+    direction: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    use anyhow::Context;
+    let out = Command::new("tc")
+        .args(["-j", "filter", "show", "dev", iface, direction])
         .output()
-    else {
-        return;
-    };
-    let Ok(filters) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout) else {
+        .context("running tc")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.trim().is_empty() {
+        // No clsact qdisc: no filters.
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(&text).context("reading tc's JSON")
+}
+
+/// Deletes our netlink filters (found by program name) from `iface`.
+fn remove_clsact_filter(iface: &str, hook: &Hook) {
+    let parent = hook.direction;
+    let Ok(filters) = clsact_filters(iface, parent) else {
         return;
     };
     for f in filters {
         let name = f["options"]["bpf_name"].as_str().unwrap_or("");
-        if !name.starts_with(prog) {
+        if !name.starts_with(hook.prog) {
             continue;
         }
         if let (Some(pref), Some(handle)) = (f["pref"].as_u64(), f["options"]["handle"].as_str()) {

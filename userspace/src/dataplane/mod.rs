@@ -8,6 +8,7 @@ pub mod counters;
 pub mod maps;
 pub mod mmap;
 pub mod peers;
+pub mod reattach;
 pub mod slot;
 
 use std::path::PathBuf;
@@ -136,7 +137,7 @@ impl Dataplane {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
-        for name in [names::PROG_INGRESS, names::PROG_EGRESS] {
+        for name in attach::HOOKS.map(|h| h.prog) {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| DataplaneError::Layout(format!("program {name} missing")))?

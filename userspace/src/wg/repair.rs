@@ -12,14 +12,11 @@
 //! 3. **Programs**: each of the two pinned programs is attached to the
 //!    interface (tcx: in the interface's tcx program list; clsact: one of
 //!    its `tc` filters), checked by program id, not by what is pinned. A
-//!    detached program is attached again *as it is pinned*: the same
-//!    program with the same maps, so the policy, the flow table and the
-//!    counters are kept and the other direction is never touched. For tcx
-//!    the new link is pinned under a temporary name and renamed over the
-//!    old (defunct) pin. Nothing that still enforces is detached at any
-//!    point, so the repair adds no gap to the one the drift made. Only
-//!    when the maps themselves are gone (`wgbpf unload`, bpffs remounted)
-//!    is the data plane loaded afresh with `enforce()`.
+//!    detached program is attached again *as it is pinned*, without a gap
+//!    and without touching the other direction
+//!    ([`crate::dataplane::reattach`] does both). Only when the maps
+//!    themselves are gone (`wgbpf unload`, bpffs remounted) is the data
+//!    plane loaded afresh with `enforce()`.
 //! 4. **Policy**: the active slot holds the file's compiled policy
 //!    (`Maps::active_holds`, as `wgbpf audit`); otherwise `enforce()`
 //!    applies it (it adopts the pinned data plane and swaps atomically).
@@ -31,18 +28,11 @@ use std::{
     collections::BTreeSet,
     ffi::CString,
     net::{SocketAddr, ToSocketAddrs},
-    path::Path,
-    process::Command,
     time::Duration,
 };
 
 use anyhow::{anyhow, Context, Result};
-use aya::programs::{
-    links::FdLink,
-    tc::{self, SchedClassifier, TcAttachOptions, TcAttachType},
-    LinkOrder, ProgramInfo,
-};
-use wgbpf_common::{capacity, names};
+use wgbpf_common::capacity;
 
 use super::{
     config::desired,
@@ -54,7 +44,7 @@ use crate::{
     daemon::hook::{Pass, Reconciler, Repair, RepairKind},
     dataplane::{
         attach::{self, AttachMode},
-        pin_dir, Maps,
+        pin_dir, reattach, Maps,
     },
     enforce::enforce,
     mesh::{Mesh, WgSpec},
@@ -64,22 +54,8 @@ use crate::{
 /// How often `wgbpf run` checks for drift unless told otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The programs of both directions and the pin names of their tcx links
-/// (as `dataplane::attach` pins them).
-const HOOKS: [(&str, TcAttachType, &str, &str); 2] = [
-    (
-        names::PROG_INGRESS,
-        TcAttachType::Ingress,
-        "link_ingress",
-        "ingress",
-    ),
-    (
-        names::PROG_EGRESS,
-        TcAttachType::Egress,
-        "link_egress",
-        "egress",
-    ),
-];
+/// Kept here for the callers that found them here (the metrics).
+pub use crate::dataplane::reattach::{attachment, HookState};
 
 /// The [`Reconciler`] of `wgbpf run`: checks and repairs every
 /// `interval`.
@@ -323,173 +299,11 @@ fn repair_wireguard(mesh: &Mesh, pass: &mut Pass) -> Result<()> {
 
 // ---------------------------------------------------------------- data plane
 
-/// Whether one pinned program is attached to `iface`, and how.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HookState {
-    /// "ingress" or "egress".
-    pub direction: &'static str,
-    /// In the interface's tcx program list.
-    pub tcx: bool,
-    /// One of the interface's clsact filters.
-    pub clsact: bool,
-}
-
-impl HookState {
-    pub fn attached(&self) -> bool {
-        self.tcx || self.clsact
-    }
-}
-
-/// The id of the program pinned at `path`.
-fn pinned_prog_id(path: &Path) -> Result<u32> {
-    Ok(ProgramInfo::from_pin(path)
-        .with_context(|| format!("opening {}", path.display()))?
-        .id())
-}
-
-/// Program ids in `iface`'s tcx list of one direction (`BPF_PROG_QUERY`).
-/// Only the ids: `SchedClassifier::query_tcx` also opens each program by
-/// id, which needs CAP_SYS_ADMIN, and the daemon runs without it. Empty on
-/// kernels without tcx.
-fn tcx_prog_ids(iface: &str, hook: TcAttachType) -> Result<BTreeSet<u32>> {
-    const BPF_PROG_QUERY: libc::c_long = 16;
-    const BPF_TCX_INGRESS: u32 = 46;
-    const BPF_TCX_EGRESS: u32 = 47;
-    let name = CString::new(iface)?;
-    // SAFETY: a valid NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("interface {iface}"));
-    }
-    let mut ids = [0u32; 64];
-    // union bpf_attr, `query`: target_ifindex (u32) at 0, attach_type (u32)
-    // at 4, prog_ids (u64 pointer) at 16, prog_cnt (u32) at 24.
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&ifindex.to_ne_bytes());
-    let t = if hook == TcAttachType::Ingress {
-        BPF_TCX_INGRESS
-    } else {
-        BPF_TCX_EGRESS
-    };
-    attr[4..8].copy_from_slice(&t.to_ne_bytes());
-    attr[16..24].copy_from_slice(&(ids.as_mut_ptr() as u64).to_ne_bytes());
-    attr[24..28].copy_from_slice(&(ids.len() as u32).to_ne_bytes());
-    // SAFETY: attr is a zeroed bpf_attr with a pointer to `ids` and its
-    // length; the kernel writes at most that many ids.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            attr.as_mut_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            // No tcx in this kernel.
-            Some(libc::EINVAL) => Ok(BTreeSet::new()),
-            _ => Err(e).context("BPF_PROG_QUERY (tcx)"),
-        };
-    }
-    let mut cnt = [0u8; 4];
-    cnt.copy_from_slice(&attr[24..28]);
-    let n = (u32::from_ne_bytes(cnt) as usize).min(ids.len());
-    Ok(ids[..n].iter().copied().collect())
-}
-
-/// Program ids of `iface`'s clsact filters in one direction (`tc -j filter
-/// show`); `None` when it lists none or there is no clsact qdisc.
-fn clsact_prog_ids(iface: &str, direction: &str) -> Result<BTreeSet<u64>> {
-    let out = Command::new("tc")
-        .args(["-j", "filter", "show", "dev", iface, direction])
-        .output()
-        .context("running tc")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || text.trim().is_empty() {
-        // No clsact qdisc: no filters.
-        return Ok(BTreeSet::new());
-    }
-    let filters: Vec<serde_json::Value> =
-        serde_json::from_str(&text).context("reading tc's JSON")?;
-    Ok(filters
-        .iter()
-        .filter_map(|f| f["options"]["prog"]["id"].as_u64())
-        .collect())
-}
-
-/// Where each pinned program of `iface` is really attached, checked by
-/// program id against the interface's tcx lists and clsact filters.
-/// Errors when the programs are not pinned or cannot be read.
-pub fn attachment(iface: &str) -> Result<[HookState; 2]> {
-    let dir = pin_dir(iface);
-    let mut out = [HookState {
-        direction: "ingress",
-        tcx: false,
-        clsact: false,
-    }; 2];
-    for (state, (prog, hook, _, direction)) in out.iter_mut().zip(HOOKS) {
-        let id = pinned_prog_id(&dir.join(prog))?;
-        state.direction = direction;
-        state.tcx = tcx_prog_ids(iface, hook)?.contains(&id);
-        if !state.tcx {
-            state.clsact = clsact_prog_ids(iface, direction)?.contains(&u64::from(id));
-        }
-    }
-    Ok(out)
-}
-
-/// Attaches the program pinned for `hook` again, in `mode`: the same
-/// program and maps (policy, flows and counters stay). For tcx the new
-/// link's pin replaces the old one by a rename, so a pin always exists.
-fn reattach(iface: &str, dir: &Path, index: usize, mode: AttachMode) -> Result<()> {
-    let (prog_name, hook, link_pin, _) = HOOKS[index];
-    let mut prog = SchedClassifier::from_pin(dir.join(prog_name))
-        .with_context(|| format!("opening the pinned {prog_name}"))?;
-    match mode {
-        AttachMode::Tcx => {
-            let id = prog
-                .attach_with_options(iface, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .with_context(|| format!("attaching {prog_name} (tcx)"))?;
-            let link: FdLink = prog
-                .take_link(id)?
-                .try_into()
-                .map_err(|e| anyhow!("{prog_name}: {e}"))?;
-            let pin = dir.join(link_pin);
-            // bpffs refuses dots in names.
-            let tmp = dir.join(format!("{link_pin}_new"));
-            let _ = std::fs::remove_file(&tmp);
-            // Pinned, the link stays attached when this handle is dropped.
-            link.pin(&tmp)
-                .map_err(|e| anyhow!("pinning {}: {e}", tmp.display()))?;
-            if std::fs::rename(&tmp, &pin).is_err() {
-                // A bpffs without rename: drop the defunct pin first.
-                let _ = std::fs::remove_file(&pin);
-                std::fs::rename(&tmp, &pin)
-                    .with_context(|| format!("renaming {} to {}", tmp.display(), pin.display()))?;
-            }
-        }
-        AttachMode::Clsact => {
-            // EEXIST is fine: the qdisc is still there.
-            let _ = tc::qdisc_add_clsact(iface);
-            let id = prog
-                .attach_with_options(iface, hook, TcAttachOptions::Netlink(Default::default()))
-                .with_context(|| format!("attaching {prog_name} (clsact)"))?;
-            let link = prog.take_link(id)?;
-            // A netlink filter outlives the process; dropping the handle
-            // would detach it.
-            std::mem::forget(link);
-        }
-    }
-    Ok(())
-}
-
 impl DriftRepair {
     fn repair_dataplane(&self, mesh: &Mesh, pass: &mut Pass) -> Result<()> {
         let iface = mesh.interface.as_str();
         let dir = pin_dir(iface);
-        let complete = attach::pinned_mode(iface).is_some()
-            && HOOKS.iter().all(|(p, _, _, _)| dir.join(p).exists());
+        let complete = attach::pinned_mode(iface).is_some() && attach::programs_pinned(iface);
         let maps = if complete {
             Maps::open_pinned(&dir).ok()
         } else {
@@ -516,21 +330,10 @@ impl DriftRepair {
         };
 
         // Programs: attached by id, or attached again as pinned.
-        let states = attachment(iface)?;
-        let any_link = HOOKS.iter().any(|(_, _, l, _)| dir.join(l).exists());
-        let mode = if any_link {
-            AttachMode::Tcx
-        } else {
-            AttachMode::Clsact
-        };
-        for (i, s) in states.iter().enumerate() {
-            if s.attached() {
-                continue;
-            }
-            reattach(iface, &dir, i, mode)?;
+        reattach::reattach_missing_with(iface, |prog, mode| {
             pass.repairs.push(Repair {
                 kind: RepairKind::Program,
-                drift: format!("program {} is not attached to {iface}", HOOKS[i].0),
+                drift: format!("program {prog} is not attached to {iface}"),
                 action: format!(
                     "attached the pinned program again ({}; same maps, policy and counters)",
                     match mode {
@@ -539,7 +342,7 @@ impl DriftRepair {
                     }
                 ),
             });
-        }
+        })?;
 
         // Policy: the active slot holds the file's compiled policy.
         let (_, cfg) = maps.active_slot()?;
