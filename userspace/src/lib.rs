@@ -2,6 +2,7 @@
 pub mod daemon;
 pub mod dataplane;
 pub mod enforce;
+pub mod import;
 pub mod mesh;
 pub mod metrics;
 pub mod policy;

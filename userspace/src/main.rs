@@ -27,6 +27,8 @@ enum Command {
     Audit(cli::audit::AuditArgs),
     /// Check a policy and its tests, or explain a verdict (no kernel needed).
     Policy(cli::policy::PolicyArgs),
+    /// Bring in wg-quick files, Tailscale ACL files or Netbird policies.
+    Import(cli::import::ImportArgs),
     Run(cli::run::RunArgs),
     Completions(cli::docs::CompletionsArgs),
     Manpage(cli::docs::ManpageArgs),
@@ -40,6 +42,7 @@ fn main() {
         Command::Show(a) => cli::show::run(a),
         Command::Audit(a) => cli::audit::run(a),
         Command::Policy(a) => cli::policy::run(a),
+        Command::Import(a) => cli::import::run(a),
         Command::Run(a) => cli::run::run(a),
         Command::Completions(a) => cli::docs::completions(a, Cli::command()),
         Command::Manpage(a) => cli::docs::manpage(a, Cli::command()),

@@ -2,6 +2,7 @@
 pub mod audit;
 pub mod counters;
 pub mod docs;
+pub mod import;
 pub mod load;
 pub mod policy;
 pub mod run;

@@ -154,7 +154,29 @@ pub fn parse(file: &str, text: &str) -> Result<Mesh, MeshError> {
         let span = e.span().unwrap_or(0..0);
         ctx.err(span, e.message().to_string())
     })?;
-    resolve(&ctx, raw)
+    // ---- begin: imported policies (crate::import, docs/imports.md) ----
+    // `[policy] tailscale = "FILE"` / `netbird = "FILE"`: the file's groups,
+    // hosts, rules and tests come after the mesh file's own.
+    let includes: Vec<crate::import::Include> = [
+        (crate::import::IncludeKind::Tailscale, &raw.policy.tailscale),
+        (crate::import::IncludeKind::Netbird, &raw.policy.netbird),
+    ]
+    .into_iter()
+    .filter_map(|(kind, path)| {
+        let path = path.as_ref()?;
+        let (line, column) = ctx.position(path.span());
+        Some(crate::import::Include {
+            kind,
+            path: path.get_ref().clone(),
+            line,
+            column,
+        })
+    })
+    .collect();
+    let mut mesh = resolve(&ctx, raw)?;
+    crate::import::apply_includes(file, &includes, &mut mesh)?;
+    Ok(mesh)
+    // ---- end: imported policies ----
 }
 
 fn parse_net(ctx: &Ctx, s: &Spanned<String>, host_only: bool) -> Result<IpNet, MeshError> {

@@ -1,0 +1,461 @@
+//! Tailscale / Headscale ACL files (HuJSON): `groups`, `tagOwners`, `hosts`,
+//! `acls` and `tests`, translated into the mesh file's language. What is
+//! mapped and what is refused: docs/imports.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+use serde::{de::IgnoredAny, Deserialize};
+use serde_json::Value;
+use wgbpf_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+
+use super::{
+    group_by_ports, hujson, json_error, named_proto, spanned::Sp, special, ImportError, Item, Loc,
+    Source, TRule, TTest, Translated,
+};
+use crate::policy::model::{Action, PortRange};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclFile {
+    #[serde(default)]
+    groups: BTreeMap<String, Sp<Vec<Sp<String>>>>,
+    #[serde(default, rename = "tagOwners")]
+    tag_owners: BTreeMap<String, Sp<IgnoredAny>>,
+    #[serde(default)]
+    hosts: BTreeMap<String, Sp<String>>,
+    #[serde(default)]
+    acls: Vec<Acl>,
+    #[serde(default)]
+    tests: Vec<Test>,
+    /// Refused when not empty: a grant is not a plain network rule.
+    #[serde(default)]
+    grants: Option<Sp<Vec<IgnoredAny>>>,
+    /// Refused when not empty: device posture cannot be checked here.
+    #[serde(default)]
+    postures: Option<Sp<BTreeMap<String, IgnoredAny>>>,
+    #[serde(default, rename = "defaultSrcPosture")]
+    default_src_posture: Option<Sp<Vec<IgnoredAny>>>,
+    // Not about which packets pass: read and ignored.
+    #[serde(default)]
+    ssh: Option<IgnoredAny>,
+    #[serde(default, rename = "sshTests")]
+    ssh_tests: Option<IgnoredAny>,
+    #[serde(default, rename = "nodeAttrs")]
+    node_attrs: Option<IgnoredAny>,
+    #[serde(default, rename = "autoApprovers")]
+    auto_approvers: Option<IgnoredAny>,
+    #[serde(default, rename = "derpMap")]
+    derp_map: Option<IgnoredAny>,
+    #[serde(default, rename = "disableIPv4")]
+    disable_ipv4: Option<IgnoredAny>,
+    #[serde(default, rename = "randomizeClientPort")]
+    randomize_client_port: Option<IgnoredAny>,
+    #[serde(default, rename = "OneCGNATRoute")]
+    one_cgnat_route: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Acl {
+    action: Sp<String>,
+    #[serde(default)]
+    src: Vec<Sp<String>>,
+    /// The legacy name of `src`.
+    #[serde(default)]
+    users: Vec<Sp<String>>,
+    #[serde(default)]
+    dst: Vec<Sp<String>>,
+    /// The legacy name of `dst`.
+    #[serde(default)]
+    ports: Vec<Sp<String>>,
+    #[serde(default)]
+    proto: Option<Sp<Value>>,
+    #[serde(default, rename = "srcPosture")]
+    src_posture: Option<Sp<Vec<IgnoredAny>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Test {
+    src: Sp<String>,
+    #[serde(default)]
+    proto: Option<Sp<Value>>,
+    #[serde(default)]
+    accept: Vec<Sp<String>>,
+    #[serde(default)]
+    deny: Vec<Sp<String>>,
+}
+
+/// Parses a Tailscale ACL file (HuJSON) and translates it. `file` names it
+/// in errors and rule names.
+pub fn translate(file: &str, text: &str) -> Result<Translated, ImportError> {
+    let s = Source { file, text };
+    let json = hujson::normalize(text).map_err(|e| s.err(e.offset, e.message))?;
+    let acl: AclFile = serde_json::from_str(&json).map_err(|e| json_error(&s, &e))?;
+    Tr {
+        s,
+        json: &json,
+        acl: &acl,
+    }
+    .run()
+}
+
+struct Tr<'a> {
+    s: Source<'a>,
+    /// The normalized text, which the spans point into.
+    json: &'a str,
+    acl: &'a AclFile,
+}
+
+/// The protocols a rule without `proto` allows (Tailscale: TCP, UDP and
+/// ICMP, ports applying to TCP and UDP only).
+const DEFAULT_PROTOS: [u8; 4] = [PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6];
+
+impl Tr<'_> {
+    fn loc<T>(&self, v: &Sp<T>) -> Loc {
+        self.s.loc(v.offset(self.json))
+    }
+
+    fn err<T>(&self, v: &Sp<T>, msg: impl Into<String>) -> ImportError {
+        self.s.err_at(self.loc(v), msg)
+    }
+
+    fn run(&self) -> Result<Translated, ImportError> {
+        let a = self.acl;
+        if let Some(g) = a.grants.as_ref().filter(|g| !g.value.is_empty()) {
+            return Err(self.err(
+                g,
+                "grants are not imported (write them as acls: action, src, proto, dst)",
+            ));
+        }
+        if let Some(p) = a.postures.as_ref().filter(|p| !p.value.is_empty()) {
+            return Err(self.err(p, "postures cannot be checked by a WireGuard gateway"));
+        }
+        if let Some(p) = a
+            .default_src_posture
+            .as_ref()
+            .filter(|p| !p.value.is_empty())
+        {
+            return Err(self.err(p, "postures cannot be checked by a WireGuard gateway"));
+        }
+        let mut t = Translated {
+            file: self.s.file.to_string(),
+            ..Default::default()
+        };
+        let ignored: Vec<&str> = [
+            ("ssh", a.ssh.is_some()),
+            ("sshTests", a.ssh_tests.is_some()),
+            ("nodeAttrs", a.node_attrs.is_some()),
+            ("autoApprovers", a.auto_approvers.is_some()),
+            ("derpMap", a.derp_map.is_some()),
+            ("disableIPv4", a.disable_ipv4.is_some()),
+            ("randomizeClientPort", a.randomize_client_port.is_some()),
+            ("OneCGNATRoute", a.one_cgnat_route.is_some()),
+        ]
+        .iter()
+        .filter(|(_, present)| *present)
+        .map(|(n, _)| *n)
+        .collect();
+        if !ignored.is_empty() {
+            t.notes.push(format!(
+                "{} not translated (not about which packets pass)",
+                super::and_list(&ignored)
+            ));
+        }
+        for (tag, owners) in &a.tag_owners {
+            let name = tag.strip_prefix("tag:").filter(|n| valid_name(n));
+            match name {
+                Some(n) => {
+                    t.declared_tags.insert(n.to_string());
+                }
+                None => {
+                    return Err(self.err(
+                        owners,
+                        format!("tagOwners: `{tag}` is not a tag (expected tag:NAME)"),
+                    ))
+                }
+            }
+        }
+        for (name, addr) in &a.hosts {
+            if !valid_name(name) || name.contains(':') || name.contains('@') {
+                return Err(self.err(addr, format!("hosts: `{name}` is not a host name")));
+            }
+            let net = parse_net(addr.get()).ok_or_else(|| {
+                self.err(
+                    addr,
+                    format!("hosts: `{}` is not an IP address or CIDR", addr.get()),
+                )
+            })?;
+            t.hosts.push((name.clone(), net, self.loc(addr)));
+        }
+        for (g, members) in &a.groups {
+            let name = g
+                .strip_prefix("group:")
+                .filter(|n| valid_name(n))
+                .ok_or_else(|| {
+                    self.err(
+                        members,
+                        format!("groups: `{g}` is not a group (expected group:NAME)"),
+                    )
+                })?;
+            let mut items = Vec::new();
+            for m in &members.value {
+                let v = m.get().as_str();
+                let item = if let Some(inner) = v.strip_prefix("group:") {
+                    if !a.groups.contains_key(v) {
+                        return Err(self.err(m, format!("unknown group `{inner}`")));
+                    }
+                    v.to_string()
+                } else if v.contains('@') && !v.contains(':') {
+                    format!("user:{v}")
+                } else {
+                    return Err(self.err(
+                        m,
+                        format!("group member `{v}`: expected a user (email) or group:NAME"),
+                    ));
+                };
+                items.push(Item {
+                    name: item,
+                    loc: self.loc(m),
+                });
+            }
+            t.groups.push((name.to_string(), items));
+        }
+        for acl in &a.acls {
+            self.acl(acl, &mut t)?;
+        }
+        for test in &a.tests {
+            self.test(test, &mut t)?;
+        }
+        Ok(t)
+    }
+
+    /// A source or destination alias (without ports), in mesh language.
+    fn alias(&self, v: &str, at: &Sp<String>) -> Result<String, ImportError> {
+        let a = self.acl;
+        if v == "*" {
+            return Ok("*".into());
+        }
+        if v == special::MEMBERS || v == special::TAGGED {
+            return Ok(v.into());
+        }
+        if v.starts_with("autogroup:") {
+            return Err(self.err(
+                at,
+                format!(
+                    "`{v}` is not supported (autogroup:member and autogroup:tagged are; \
+                     write the others out as users, groups or tags)"
+                ),
+            ));
+        }
+        if let Some(g) = v.strip_prefix("group:") {
+            if !a.groups.contains_key(v) {
+                return Err(self.err(at, format!("unknown group `{g}` (not in groups)")));
+            }
+            return Ok(v.into());
+        }
+        if let Some(tag) = v.strip_prefix("tag:") {
+            if !a.tag_owners.contains_key(v) {
+                return Err(self.err(at, format!("tag `{tag}` is not in tagOwners")));
+            }
+            return Ok(v.into());
+        }
+        if v.contains('@') && !v.contains(':') {
+            return Ok(format!("user:{v}"));
+        }
+        if a.hosts.contains_key(v) {
+            return Ok(format!("host:{v}"));
+        }
+        if let Some(net) = parse_net(v) {
+            return Ok(net.to_string());
+        }
+        Err(self.err(
+            at,
+            format!(
+                "unknown alias `{v}` (expected *, a user's email, group:NAME, tag:NAME, \
+                 a name from hosts, an IP address or CIDR, or autogroup:member)"
+            ),
+        ))
+    }
+
+    fn protos(&self, proto: &Option<Sp<Value>>) -> Result<Option<Vec<u8>>, ImportError> {
+        let Some(p) = proto else { return Ok(None) };
+        let found = match p.get() {
+            Value::String(s) => named_proto(s),
+            Value::Number(n) => n
+                .as_u64()
+                .filter(|n| (1..=255).contains(n))
+                .map(|n| vec![n as u8]),
+            _ => None,
+        };
+        found.map(Some).ok_or_else(|| {
+            self.err(
+                p,
+                "proto: expected tcp, udp, sctp, icmp, ipv6-icmp, igmp, ipv4, egp, igp, gre, \
+                 esp, ah or a protocol number 1-255",
+            )
+        })
+    }
+
+    fn acl(&self, acl: &Acl, t: &mut Translated) -> Result<(), ImportError> {
+        if acl.action.get() != "accept" {
+            return Err(self.err(
+                &acl.action,
+                format!(
+                    "action `{}`: Tailscale ACLs only accept (everything else is denied)",
+                    acl.action.get()
+                ),
+            ));
+        }
+        if let Some(p) = acl.src_posture.as_ref().filter(|p| !p.value.is_empty()) {
+            return Err(self.err(p, "srcPosture cannot be checked by a WireGuard gateway"));
+        }
+        let loc = self.loc(&acl.action);
+        let file_name = std::path::Path::new(self.s.file)
+            .file_name()
+            .map_or_else(|| self.s.file.to_string(), |n| n.to_string_lossy().into());
+        let protos = self.protos(&acl.proto)?;
+        let mut from = Vec::new();
+        for s in acl.src.iter().chain(&acl.users) {
+            from.push(Item {
+                name: self.alias(s.get(), s)?,
+                loc: self.loc(s),
+            });
+        }
+        let mut dsts = Vec::new();
+        for d in acl.dst.iter().chain(&acl.ports) {
+            let (alias, ports) = split_dst(d.get())
+                .ok_or_else(|| self.err(d, format!("dst `{}`: expected alias:ports", d.get())))?;
+            let ports =
+                parse_ports(ports).map_err(|e| self.err(d, format!("dst `{}`: {e}", d.get())))?;
+            if !ports.is_empty() {
+                if let Some(ps) = &protos {
+                    if let Some(p) = ps
+                        .iter()
+                        .find(|p| !matches!(**p, PROTO_TCP | PROTO_UDP | PROTO_SCTP))
+                    {
+                        return Err(self.err(
+                            d,
+                            format!(
+                                "dst `{}`: ports need proto tcp, udp or sctp (proto {} takes \"*\")",
+                                d.get(),
+                                crate::policy::model::proto_name(*p)
+                            ),
+                        ));
+                    }
+                }
+            }
+            dsts.push((
+                ports,
+                Item {
+                    name: self.alias(alias, d)?,
+                    loc: self.loc(d),
+                },
+            ));
+        }
+        let protos = protos.unwrap_or_else(|| DEFAULT_PROTOS.to_vec());
+        for (ports, to) in group_by_ports(dsts) {
+            for &proto in &protos {
+                let ported = matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP);
+                t.rules.push(TRule {
+                    name: format!(
+                        "{file_name}:{} {}",
+                        loc.line,
+                        crate::policy::model::proto_name(proto)
+                    ),
+                    action: Action::Accept,
+                    from: from.clone(),
+                    to: to.clone(),
+                    proto: Some(proto),
+                    // Tailscale matches ICMP (and protocols without ports)
+                    // on addresses only.
+                    ports: if ported { ports.clone() } else { Vec::new() },
+                    loc,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn test(&self, test: &Test, t: &mut Translated) -> Result<(), ImportError> {
+        let proto = match self.protos(&test.proto)? {
+            None => PROTO_TCP,
+            Some(ps) => ps[0],
+        };
+        let src = Item {
+            name: self.alias(test.src.get(), &test.src)?,
+            loc: self.loc(&test.src),
+        };
+        let mut expect = Vec::new();
+        for (list, accept) in [(&test.accept, true), (&test.deny, false)] {
+            for d in list {
+                let (alias, port) = split_dst(d.get()).ok_or_else(|| {
+                    self.err(d, format!("`{}`: expected destination:port", d.get()))
+                })?;
+                let port = port.parse::<u16>().map_err(|_| {
+                    self.err(
+                        d,
+                        format!("`{}`: `{port}` is not one port number 0-65535", d.get()),
+                    )
+                })?;
+                expect.push((
+                    Item {
+                        name: self.alias(alias, d)?,
+                        loc: self.loc(d),
+                    },
+                    port,
+                    accept,
+                ));
+            }
+        }
+        t.tests.push(TTest { src, proto, expect });
+        Ok(())
+    }
+}
+
+/// A group, tag or host name: non-empty, printable, no spaces.
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 253 && n.chars().all(|c| c.is_ascii_graphic())
+}
+
+fn parse_net(v: &str) -> Option<IpNet> {
+    v.parse::<IpNet>()
+        .ok()
+        .or_else(|| v.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+/// `alias:ports`, `[v6]:ports` (an IPv6 CIDR may also go without brackets:
+/// the ports are after the last colon).
+pub fn split_dst(v: &str) -> Option<(&str, &str)> {
+    if let Some(rest) = v.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']')?;
+        return Some((inner, after.strip_prefix(':')?));
+    }
+    let (alias, ports) = v.rsplit_once(':')?;
+    (!alias.is_empty()).then_some((alias, ports))
+}
+
+/// `*`, `22`, `80,443`, `1000-2000` (and lists of both). Empty is any.
+pub fn parse_ports(v: &str) -> Result<Vec<PortRange>, String> {
+    if v == "*" {
+        return Ok(Vec::new());
+    }
+    let num = |s: &str| -> Result<u16, String> {
+        s.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("`{s}` is not a port number 0-65535"))
+    };
+    let mut out = BTreeSet::new();
+    for part in v.split(',') {
+        let range = match part.split_once('-') {
+            Some((a, b)) => PortRange::new(num(a)?, num(b)?),
+            None => PortRange::single(num(part)?),
+        };
+        if range.first > range.last {
+            return Err(format!("port range `{part}` is empty"));
+        }
+        out.insert(range);
+    }
+    Ok(out.into_iter().collect())
+}
