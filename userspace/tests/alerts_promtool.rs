@@ -4,6 +4,8 @@
 //! metric the rules and the dashboard use is one wgbpf exports (named in
 //! docs/metrics.md). Needs Debian's `prometheus` package (promtool).
 
+mod common;
+
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
 use serde_json::Value;
@@ -18,14 +20,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
         .current_dir(deploy())
         .output()
         .expect("run promtool (Debian package `prometheus`)");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    common::ok_said(&out)
 }
 
 /// Metric names in a PromQL expression: identifiers followed by `{`, `[`

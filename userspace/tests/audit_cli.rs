@@ -2,32 +2,10 @@
 //! and each kind of drift (a peer removed behind wgbpf's back, the programs
 //! gone, the file changed) reported with exit status 1.
 
-use std::{path::PathBuf, process::Command};
+mod common;
 
-use testbed::{gateway_mesh_file, Host, Mesh, MeshSpec};
-
-fn wgbpf(gw: &Host, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", gw.netns))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_wgbpf"))
-        .args(args)
-        .output()
-        .expect("run wgbpf");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-struct Cleanup<'a>(&'a Host, PathBuf);
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = wgbpf(self.0, &["unload", "-i", &self.0.wg_if]);
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
+use common::{managed_mesh_file, wgbpf_code as wgbpf, TempDir, Unload};
+use testbed::{Mesh, MeshSpec};
 
 const POLICY: &str = "[policy]\n\n[[policy.rule]]\naction = \"accept\"\nfrom = [\"alice\"]\n\
                       to = [\"gateway\"]\nproto = \"icmp\"\n";
@@ -37,18 +15,10 @@ fn audit_reports_drift_and_nothing_else() {
     let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
     let gw = &mesh.gateway;
     let dir = std::env::temp_dir().join(format!("wgbpf-audit-{}", mesh.run_id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let _cleanup = Cleanup(gw, dir.clone());
-    // The gateway's mesh file, now also managing WireGuard.
-    let key = mesh.private_key_file(gw);
-    let text = gateway_mesh_file(&mesh, POLICY).replacen(
-        "[interface]\n",
-        &format!(
-            "[interface]\nprivate_key_file = \"{}\"\nlisten_port = 51820\n",
-            key.display()
-        ),
-        1,
-    );
+    let _dir = TempDir::create(dir.clone());
+    let _unload = Unload(gw); // dropped first: unloads, then the directory goes
+                              // The gateway's mesh file, now also managing WireGuard.
+    let text = managed_mesh_file(&mesh, POLICY, &mesh.private_key_file(gw));
     let cfg = dir.join("mesh.toml");
     std::fs::write(&cfg, &text).unwrap();
     let cfg = cfg.to_str().unwrap();

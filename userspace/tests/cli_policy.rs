@@ -2,6 +2,8 @@
 //! failing test is named by file and line and exits 1, and `load` refuses a
 //! policy whose tests fail before touching the kernel.
 
+mod common;
+
 use std::process::Command;
 
 fn wgbpf(args: &[&str]) -> (i32, String, String) {
@@ -10,11 +12,7 @@ fn wgbpf(args: &[&str]) -> (i32, String, String) {
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::code_out_err(&out)
 }
 
 #[test]

@@ -12,13 +12,13 @@
 //! denied datagrams to alice (sent all along from a thread) never arrive.
 //! Also: the tunnel metrics on a scrape, and `promtool check metrics`.
 
+mod common;
+
 use std::{
     fs::File,
-    io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    net::IpAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
@@ -27,6 +27,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::{
+    free_port, json_lines, managed_mesh_file, print_log_tails, promtool_check, sample_in, stop,
+    unload, wgbpf_daemon_command, wgbpf_said,
+};
 use serde_json::Value;
 use testbed::{gateway_mesh_file, udp_send, udp_sink, Host, Mesh, MeshSpec};
 
@@ -47,64 +51,13 @@ proto = "udp"
 deny = ["alice:5001"]
 "#;
 
-/// The capability bounding set of deploy/wgbpf.service.
-const DAEMON_CAPS: &str = "-all,+net_admin,+bpf,+perfmon";
 const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
 const PAYLOAD: usize = 64;
+/// How long the daemon has to exit on SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------- helpers
-
-fn in_netns<T: Send + 'static>(
-    netns: &str,
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    let path = format!("/var/run/netns/{netns}");
-    std::thread::spawn(move || {
-        let ns = File::open(&path)?;
-        // SAFETY: plain syscall on a valid fd; affects this thread only.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        f()
-    })
-    .join()
-    .expect("netns thread panicked")
-}
-
-fn free_port(netns: &str) -> u16 {
-    in_netns(netns, || {
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        Ok(l.local_addr()?.port())
-    })
-    .expect("free port")
-}
-
-fn scrape(netns: &str, port: u16) -> std::io::Result<String> {
-    in_netns(netns, move || {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(15)))?;
-        s.write_all(
-            b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-        )?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        match text.split_once("\r\n\r\n") {
-            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
-            _ => Err(std::io::Error::other(text)),
-        }
-    })
-}
-
-fn sample_in(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
-}
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
@@ -115,46 +68,6 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(POLL);
     }
     panic!("{what}: not within {WAIT:?}");
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: plain syscall on our own child (nsenter and setpriv exec).
-    unsafe { libc::kill(child.id() as i32, sig) };
-}
-
-fn stop(child: &mut Child) -> Option<std::process::ExitStatus> {
-    if let Ok(Some(s)) = child.try_wait() {
-        return Some(s);
-    }
-    signal(child, libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-fn wgbpf_in(gw: &Host, args: &[&str]) -> (bool, String) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", gw.netns))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_wgbpf"))
-        .args(args)
-        .output()
-        .expect("run wgbpf");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 /// Bob sends denied datagrams to alice (udp/5001) every 50 ms until
@@ -213,17 +126,11 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(mut c) = self.daemon.take() {
-            stop(&mut c);
+            stop(&mut c, STOP_GRACE);
         }
-        let _ = wgbpf_in(&self.gw, &["unload", "-i", &self.gw.wg_if]);
+        unload(&self.gw);
         if std::thread::panicking() {
-            if let Ok(t) = std::fs::read_to_string(self.dir.join("wgbpf.log")) {
-                let tail: Vec<&str> = t.lines().rev().take(60).collect();
-                eprintln!(
-                    "--- wgbpf.log (last lines, newest first)\n{}",
-                    tail.join("\n")
-                );
-            }
+            print_log_tails(&self.dir, &["wgbpf.log"], 60);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -245,15 +152,7 @@ impl Test {
             dir: dir.clone(),
             daemon: None,
         };
-        let key = mesh.private_key_file(&gw);
-        let text = gateway_mesh_file(mesh, POLICY).replacen(
-            "[interface]\n",
-            &format!(
-                "[interface]\nprivate_key_file = \"{}\"\nlisten_port = 51820\n",
-                key.display()
-            ),
-            1,
-        );
+        let text = managed_mesh_file(mesh, POLICY, &mesh.private_key_file(&gw));
         let cfg = dir.join("mesh.toml");
         std::fs::write(&cfg, text).unwrap();
         let t = Test {
@@ -263,11 +162,7 @@ impl Test {
         };
         let log = File::create(t.dir.join("wgbpf.log")).unwrap();
         cleanup.daemon = Some(
-            Command::new("nsenter")
-                .arg(format!("--net=/var/run/netns/{}", t.gw.netns))
-                .arg("--")
-                .args(["setpriv", "--bounding-set", DAEMON_CAPS, "--"])
-                .arg(env!("CARGO_BIN_EXE_wgbpf"))
+            wgbpf_daemon_command(&t.gw)
                 .arg("run")
                 .arg("-c")
                 .arg(&cfg)
@@ -298,7 +193,7 @@ impl Test {
     }
 
     fn scrape(&self) -> std::io::Result<String> {
-        scrape(&self.gw.netns, self.port)
+        common::scrape(&self.gw.netns, self.port)
     }
 
     fn sample(&self, series: &str) -> Option<f64> {
@@ -321,11 +216,7 @@ impl Test {
     }
 
     fn log_lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.join("wgbpf.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        json_lines(&self.dir.join("wgbpf.log"))
     }
 
     /// A "drift repaired" log line of `kind` whose drift mentions `word`.
@@ -361,22 +252,8 @@ fn allowed_flows(alice: &Host, bob: &Host, sink: &testbed::Listener) {
 }
 
 fn promtool_ok(text: &str, dir: &Path) {
-    let path = dir.join("scrape.txt");
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(File::open(&path).unwrap())
-        .output()
-        .expect("run promtool (Debian package `prometheus`)");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {said}\n{text}"
-    );
+    let (ok, said) = promtool_check(text, dir);
+    assert!(ok, "promtool check metrics: {said}\n{text}");
     assert!(said.trim().is_empty(), "promtool lint: {said}");
 }
 
@@ -491,7 +368,7 @@ fn drift_is_repaired_clsact() {
     // stays denied); the file's comes back, atomically.
     let other = t.dir.join("other.toml");
     std::fs::write(&other, gateway_mesh_file(&mesh, "[policy]\n")).unwrap();
-    let (ok, out) = wgbpf_in(&gw, &["load", "-c", other.to_str().unwrap()]);
+    let (ok, out) = wgbpf_said(&gw, &["load", "-c", other.to_str().unwrap()]);
     assert!(ok, "{out}");
     t.wait_repaired("policy", 0.0);
     wait_until("policy version 3", || {
@@ -530,7 +407,7 @@ fn drift_is_repaired_clsact() {
     assert_eq!(t.sample("wgbpf_drift_pass_errors_total"), Some(0.0));
 
     let mut daemon = cleanup.daemon.take().unwrap();
-    assert!(stop(&mut daemon).is_some_and(|s| s.success()));
+    assert!(stop(&mut daemon, STOP_GRACE).is_some_and(|s| s.success()));
     drop(cleanup);
     mesh.down().unwrap();
 }
@@ -577,7 +454,7 @@ fn detached_tcx_link_is_reattached() {
     // SAFETY: our fd.
     unsafe { libc::close(fd) };
     wait_until("second repair", || t.repairs("program") >= 2.0);
-    let (ok, out) = wgbpf_in(
+    let (ok, out) = wgbpf_said(
         &gw,
         &["audit", "-c", t.dir.join("mesh.toml").to_str().unwrap()],
     );
@@ -587,7 +464,7 @@ fn detached_tcx_link_is_reattached() {
     assert!(sent > 0);
     assert_eq!(alice_5001.served(), 0, "denied datagrams reached alice");
     let mut daemon = cleanup.daemon.take().unwrap();
-    assert!(stop(&mut daemon).is_some_and(|s| s.success()));
+    assert!(stop(&mut daemon, STOP_GRACE).is_some_and(|s| s.success()));
     drop(cleanup);
     mesh.down().unwrap();
 }

@@ -4,8 +4,11 @@
 //! policy says, the counters match the traffic sent, enforcement survives
 //! the controller, and `unload` removes it.
 
-use std::{net::IpAddr, path::PathBuf, process::Command, time::Duration};
+mod common;
 
+use std::{net::IpAddr, time::Duration};
+
+use common::{counter, counters, wgbpf, wgbpf_command, TempDir, Unload};
 use serde_json::Value;
 use testbed::{
     gateway_mesh_file, ping, tcp_connect, tcp_listen, udp_echo, udp_roundtrip, udp_send, udp_sink,
@@ -58,59 +61,10 @@ ports = [128]
 
 const T: Duration = Duration::from_millis(1500);
 
-/// Runs the real `wgbpf` inside the gateway's network namespace.
-fn wgbpf(gw: &Host, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", gw.netns))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_wgbpf"))
-        .args(args)
-        .output()
-        .expect("run wgbpf");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn counters(gw: &Host, cfg: &str) -> Value {
-    let (ok, out, err) = wgbpf(gw, &["counters", "-c", cfg, "--json"]);
-    assert!(ok, "counters failed: {err}");
-    serde_json::from_str(&out).expect("counters json")
-}
-
-/// One counter of one peer: `dir` is ingress or egress.
-fn counter(c: &Value, peer: &str, dir: &str, key: &str) -> u64 {
-    let p = c["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["peer"] == peer)
-        .unwrap_or_else(|| panic!("peer {peer} in {c}"));
-    p[dir][key].as_u64().unwrap()
-}
-
-/// Unloads even when an assertion fails half way.
-struct Unload<'a>(&'a Host);
-impl Drop for Unload<'_> {
-    fn drop(&mut self) {
-        let _ = wgbpf(self.0, &["unload", "-i", &self.0.wg_if]);
-    }
-}
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A gateway and two peers, and the gateway's mesh file in a temp dir.
 fn setup() -> (Mesh, TempDir, String) {
     let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
-    let dir = TempDir(std::env::temp_dir().join(format!("wgbpf-e2e-{}", mesh.run_id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = TempDir::create(std::env::temp_dir().join(format!("wgbpf-e2e-{}", mesh.run_id())));
     let cfg = dir.0.join("mesh.toml");
     std::fs::write(&cfg, gateway_mesh_file(&mesh, POLICY)).unwrap();
     let cfg = cfg.to_str().unwrap().to_string();
@@ -463,10 +417,7 @@ fn enforcement_survives_sigkill_and_is_adopted() {
     let gw4 = IpAddr::V4(gw.tunnel_v4);
     let _listeners: Vec<_> = [22].iter().map(|p| tcp_listen(gw, *p).unwrap()).collect();
     let start = || {
-        Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", gw.netns))
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_wgbpf"))
+        wgbpf_command(gw)
             .args(["run", "-c", &cfg, "--no-metrics", "--log-format", "json"])
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.0.join("run.log")).unwrap())

@@ -13,16 +13,20 @@
 //! says why), with a changed file applies it; SIGTERM leaves enforcement in
 //! place and a restart adopts it with counters kept; deny log lines.
 
+mod common;
+
 use std::{
     fs::File,
-    io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
-    path::{Path, PathBuf},
+    net::IpAddr,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
+use common::{
+    free_port, http_get, json_lines, print_log_tails, promtool_check, sample_in, scrape, signal,
+    stop, unload, wgbpf_daemon_command,
+};
 use serde_json::Value;
 use testbed::{gateway_mesh_file, udp_send, udp_sink, Host, Mesh, MeshSpec};
 
@@ -75,89 +79,9 @@ proto = "udp"
 deny = ["alice:5001"]
 "#;
 
-/// The capability bounding set of deploy/wgbpf.service.
-const DAEMON_CAPS: &str = "-all,+net_admin,+bpf,+perfmon";
-
 const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(250);
 const PAYLOAD: usize = 64;
-
-// ---------------------------------------------------------------- netns I/O
-
-/// Runs `f` on a thread that joined `netns` (setns affects the thread only).
-fn in_netns<T: Send + 'static>(
-    netns: &str,
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    let path = format!("/var/run/netns/{netns}");
-    std::thread::spawn(move || {
-        let ns = File::open(&path)?;
-        // SAFETY: plain syscall on a valid fd; affects this thread only.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        f()
-    })
-    .join()
-    .expect("netns thread panicked")
-}
-
-/// A port free on the namespace's loopback (the namespace is ours alone).
-fn free_port(netns: &str) -> u16 {
-    in_netns(netns, || {
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        Ok(l.local_addr()?.port())
-    })
-    .expect("free port")
-}
-
-/// GET `path` from 127.0.0.1:`port` in `netns`: (status, body).
-fn http_get(netns: &str, port: u16, path: &str, accept: &str) -> std::io::Result<(u16, String)> {
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-    );
-    in_netns(netns, move || {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(15)))?;
-        s.set_write_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(req.as_bytes())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        // Prometheus answers chunked; the API's JSON is one chunk or more.
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        Ok((status, body))
-    })
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
 
 fn urlencode(s: &str) -> String {
     s.bytes()
@@ -171,31 +95,6 @@ fn urlencode(s: &str) -> String {
 }
 
 // ---------------------------------------------------------------- processes
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: plain syscall; the pid is our own child (nsenter execs wgbpf
-    // and Prometheus without forking, so it is the program itself).
-    unsafe { libc::kill(child.id() as i32, sig) };
-}
-
-/// Sends SIGTERM, waits up to `grace`, then kills. Returns the exit status
-/// if it exited by itself.
-fn stop(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
-    if let Ok(Some(s)) = child.try_wait() {
-        return Some(s);
-    }
-    signal(child, libc::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
 
 /// Stops what the test started and unloads, even when an assertion failed.
 struct Cleanup {
@@ -213,20 +112,14 @@ impl Drop for Cleanup {
         if let Some(mut c) = self.prometheus.take() {
             stop(&mut c, Duration::from_secs(10));
         }
-        let _ = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.gw.netns))
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_wgbpf"))
-            .args(["unload", "-i", &self.gw.wg_if])
-            .output();
+        unload(&self.gw);
         if std::thread::panicking() {
             // Keep the logs of a failed run visible.
-            for f in ["wgbpf-1.log", "wgbpf-2.log", "prometheus.log"] {
-                if let Ok(t) = std::fs::read_to_string(self.dir.join(f)) {
-                    let tail: Vec<&str> = t.lines().rev().take(40).collect();
-                    eprintln!("--- {f} (last lines, newest first)\n{}", tail.join("\n"));
-                }
-            }
+            print_log_tails(
+                &self.dir,
+                &["wgbpf-1.log", "wgbpf-2.log", "prometheus.log"],
+                40,
+            );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -243,12 +136,8 @@ struct Test {
 impl Test {
     fn start_daemon(&self, log_name: &str) -> Child {
         let log = File::create(self.dir.join(log_name)).unwrap();
-        Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.gw.netns))
-            .arg("--")
-            // Only the capabilities deploy/wgbpf.service grants.
-            .args(["setpriv", "--bounding-set", DAEMON_CAPS, "--"])
-            .arg(env!("CARGO_BIN_EXE_wgbpf"))
+        // Only the capabilities deploy/wgbpf.service grants.
+        wgbpf_daemon_command(&self.gw)
             .arg("run")
             .arg("-c")
             .arg(&self.cfg)
@@ -313,22 +202,13 @@ impl Test {
 
     /// One scrape of wgbpf's /metrics, in the Prometheus text format.
     fn scrape(&self) -> std::io::Result<String> {
-        let (status, body) = http_get(&self.gw.netns, self.metrics_port, "/metrics", "*/*")?;
-        if status != 200 {
-            return Err(std::io::Error::other(format!("status {status}: {body}")));
-        }
-        Ok(body)
+        scrape(&self.gw.netns, self.metrics_port)
     }
 
     /// The value of one series in a scrape (exact name and labels as
     /// exposed), if present.
     fn sample(&self, series: &str) -> Option<f64> {
-        let text = self.scrape().ok()?;
-        text.lines().find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-        })
+        sample_in(&self.scrape().ok()?, series)
     }
 
     /// Polls a scrape until `series` has `want`; returns the last value seen.
@@ -376,11 +256,7 @@ impl Test {
 
     /// JSON log lines of a daemon run.
     fn log_lines(&self, name: &str) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.join(name))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        json_lines(&self.dir.join(name))
     }
 
     /// Polls the log until a line satisfies `pred`.
@@ -413,24 +289,6 @@ fn wait_served(l: &testbed::Listener, want: usize) -> usize {
         std::thread::sleep(POLL);
     }
     l.served()
-}
-
-fn promtool_check(text: &str, dir: &Path) -> (bool, String) {
-    let path = dir.join("scrape.txt");
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(File::open(&path).unwrap())
-        .output()
-        .expect("run promtool (Debian package `prometheus`)");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 fn hup(daemon: &Option<Child>) {

@@ -17,6 +17,9 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
+mod common;
+
+use common::{managed_mesh_file, wgbpf, TempDir, Unload};
 use ipnet::IpNet;
 use serde_json::Value;
 use testbed::{gateway_mesh_file, ping, Host, Mesh, MeshSpec};
@@ -27,20 +30,12 @@ use wgbpf::{
 
 const PING: Duration = Duration::from_secs(3);
 
-/// A scratch directory, removed even when the test fails.
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str, mesh: &Mesh) -> TempDir {
-        let p = std::env::temp_dir().join(format!("wgbpf-wgtest-{tag}-{}", mesh.run_id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::DirBuilder::new().mode(0o700).create(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh scratch directory (mode 0700), removed even when the test fails.
+fn temp_dir(tag: &str, mesh: &Mesh) -> TempDir {
+    let p = std::env::temp_dir().join(format!("wgbpf-wgtest-{tag}-{}", mesh.run_id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::DirBuilder::new().mode(0o700).create(&p).unwrap();
+    TempDir(p)
 }
 use std::os::unix::fs::DirBuilderExt;
 
@@ -222,7 +217,7 @@ fn check_agree(gw: &Host) {
 fn uapi_reads_and_writes_like_wg() {
     let mesh = Mesh::up(&MeshSpec::new(&["alice"])).expect("mesh");
     let (gw, alice) = (&mesh.gateway, mesh.host("alice"));
-    let dir = TempDir::new("rw", &mesh);
+    let dir = temp_dir("rw", &mesh);
 
     // 1. Reading: wgbpf and `wg show dump` agree on the testbed's device.
     check_agree(gw);
@@ -508,30 +503,6 @@ fn reconcile_leaves_other_peers_alone() {
     mesh.down().unwrap();
 }
 
-/// Runs the real `wgbpf` inside the host's network namespace.
-fn wgbpf(host: &Host, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", host.netns))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_wgbpf"))
-        .args(args)
-        .output()
-        .expect("run wgbpf");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Unloads the data plane even when an assertion fails half way.
-struct Unload<'a>(&'a Host);
-impl Drop for Unload<'_> {
-    fn drop(&mut self) {
-        let _ = wgbpf(self.0, &["unload", "-i", &self.0.wg_if]);
-    }
-}
-
 /// Where the testbed keeps the gateway's private key (mode 0600).
 fn testbed_key_file(mesh: &Mesh) -> PathBuf {
     let p = mesh.private_key_file(&mesh.gateway);
@@ -546,20 +517,13 @@ const POLICY: &str = "[policy]\n\n[[policy.rule]]\naction = \"accept\"\nfrom = [
 fn load_configures_wireguard_from_the_mesh_file() {
     let mesh = Mesh::up(&MeshSpec::new(&["alice"])).expect("mesh");
     let (gw, alice) = (&mesh.gateway, mesh.host("alice"));
-    let dir = TempDir::new("load", &mesh);
+    let dir = temp_dir("load", &mesh);
     let (_, carol) = new_key();
     let (psk, _) = new_key();
     let psk_file = dir.0.join("carol.psk");
     write_file(&psk_file, &format!("{}\n", psk.to_base64()), 0o600);
     let write_mesh = |key_file: &Path, extra_peer: bool| {
-        let mut text = gateway_mesh_file(&mesh, POLICY).replacen(
-            "[interface]\n",
-            &format!(
-                "[interface]\nprivate_key_file = \"{}\"\nlisten_port = 51820\n",
-                key_file.display()
-            ),
-            1,
-        );
+        let mut text = managed_mesh_file(&mesh, POLICY, key_file);
         if extra_peer {
             text = text.replacen(
                 "[policy]",
@@ -692,7 +656,7 @@ fn load_without_a_device_says_so() {
     let dir = std::env::temp_dir().join(format!("wgbpf-wgtest-nodev-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
-    let guard = TempDirPath(dir.clone());
+    let guard = TempDir(dir.clone());
     let key = dir.join("k");
     write_file(&key, &new_key().0.to_base64(), 0o600);
     let iface = format!("wgbnodev{}", std::process::id() % 100_000);
@@ -718,11 +682,4 @@ fn load_without_a_device_says_so() {
     );
     assert!(!wgbpf::dataplane::pin_dir(&iface).exists());
     drop(guard);
-}
-
-struct TempDirPath(PathBuf);
-impl Drop for TempDirPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -1,0 +1,308 @@
+//! Helpers shared by the integration tests that drive the real `wgbpf`
+//! binary (most of them inside a testbed gateway's network namespace).
+//! Each test file declares `mod common;` and uses what it needs.
+
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use testbed::{Host, Mesh};
+
+/// The capability bounding set of deploy/wgbpf.service.
+pub const DAEMON_CAPS: &str = "-all,+net_admin,+bpf,+perfmon";
+
+// ---------------------------------------------------------------- running wgbpf
+
+/// stdout then stderr, as one text.
+pub fn said(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// (success, stdout + stderr).
+pub fn ok_said(out: &Output) -> (bool, String) {
+    (out.status.success(), said(out))
+}
+
+/// (exit code or -1, stdout, stderr).
+pub fn code_out_err(out: &Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `nsenter --net=/var/run/netns/NS -- wgbpf`: add the arguments.
+pub fn wgbpf_command(host: &Host) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/var/run/netns/{}", host.netns))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_wgbpf"));
+    c
+}
+
+/// The same, with only the capabilities deploy/wgbpf.service grants.
+pub fn wgbpf_daemon_command(host: &Host) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/var/run/netns/{}", host.netns))
+        .arg("--")
+        .args(["setpriv", "--bounding-set", DAEMON_CAPS, "--"])
+        .arg(env!("CARGO_BIN_EXE_wgbpf"));
+    c
+}
+
+fn wgbpf_output(host: &Host, args: &[&str]) -> Output {
+    wgbpf_command(host).args(args).output().expect("run wgbpf")
+}
+
+/// Runs the real `wgbpf` inside the host's network namespace:
+/// (success, stdout, stderr).
+pub fn wgbpf(host: &Host, args: &[&str]) -> (bool, String, String) {
+    let (code, out, err) = code_out_err(&wgbpf_output(host, args));
+    (code == 0, out, err)
+}
+
+/// The same: (exit code or -1, stdout, stderr).
+pub fn wgbpf_code(host: &Host, args: &[&str]) -> (i32, String, String) {
+    code_out_err(&wgbpf_output(host, args))
+}
+
+/// The same: (success, stdout + stderr).
+pub fn wgbpf_said(host: &Host, args: &[&str]) -> (bool, String) {
+    ok_said(&wgbpf_output(host, args))
+}
+
+/// `wgbpf unload -i IF` in the host's namespace, whatever happens.
+pub fn unload(host: &Host) {
+    let _ = wgbpf_command(host)
+        .args(["unload", "-i", &host.wg_if])
+        .output();
+}
+
+/// Unloads even when an assertion fails half way.
+pub struct Unload<'a>(pub &'a Host);
+impl Drop for Unload<'_> {
+    fn drop(&mut self) {
+        unload(self.0);
+    }
+}
+
+/// A scratch directory, removed even when the test fails.
+pub struct TempDir(pub PathBuf);
+impl TempDir {
+    /// Creates `path` (and its parents).
+    pub fn create(path: PathBuf) -> TempDir {
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The gateway's mesh file (`testbed::gateway_mesh_file`), also managing
+/// WireGuard: the private key at `key_file`, listen port 51820.
+pub fn managed_mesh_file(mesh: &Mesh, policy: &str, key_file: &Path) -> String {
+    testbed::gateway_mesh_file(mesh, policy).replacen(
+        "[interface]\n",
+        &format!(
+            "[interface]\nprivate_key_file = \"{}\"\nlisten_port = 51820\n",
+            key_file.display()
+        ),
+        1,
+    )
+}
+
+/// `wgbpf counters -c CFG --json`, parsed.
+pub fn counters(gw: &Host, cfg: &str) -> Value {
+    let (ok, out, err) = wgbpf(gw, &["counters", "-c", cfg, "--json"]);
+    assert!(ok, "counters failed: {err}");
+    serde_json::from_str(&out).expect("counters json")
+}
+
+/// One counter of one peer: `dir` is ingress or egress.
+pub fn counter(c: &Value, peer: &str, dir: &str, key: &str) -> u64 {
+    let p = c["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer"] == peer)
+        .unwrap_or_else(|| panic!("peer {peer} in {c}"));
+    p[dir][key].as_u64().unwrap()
+}
+
+// ---------------------------------------------------------------- processes
+
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: plain syscall; the pid is our own child (nsenter and setpriv
+    // exec without forking, so it is the program itself).
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// Sends SIGTERM, waits up to `grace`, then kills. Returns the exit status
+/// if it exited by itself.
+pub fn stop(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(s)) = child.try_wait() {
+        return Some(s);
+    }
+    signal(child, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// JSON log lines of a daemon run (lines that are not JSON are skipped).
+pub fn json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Prints the last `n` lines of each log in `dir`, newest first (to keep
+/// the logs of a failed run visible).
+pub fn print_log_tails(dir: &Path, files: &[&str], n: usize) {
+    for f in files {
+        if let Ok(t) = std::fs::read_to_string(dir.join(f)) {
+            let tail: Vec<&str> = t.lines().rev().take(n).collect();
+            eprintln!("--- {f} (last lines, newest first)\n{}", tail.join("\n"));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- netns I/O
+
+/// Runs `f` on a thread that joined `netns` (setns affects the thread only).
+pub fn in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let path = format!("/var/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let ns = File::open(&path)?;
+        // SAFETY: plain syscall on a valid fd; affects this thread only.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
+}
+
+/// A port free on the namespace's loopback (the namespace is ours alone).
+pub fn free_port(netns: &str) -> u16 {
+    in_netns(netns, || {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        Ok(l.local_addr()?.port())
+    })
+    .expect("free port")
+}
+
+/// GET `path` from 127.0.0.1:`port` in `netns`: (status, body).
+pub fn http_get(
+    netns: &str,
+    port: u16,
+    path: &str,
+    accept: &str,
+) -> std::io::Result<(u16, String)> {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    );
+    in_netns(netns, move || {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(req.as_bytes())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        // Prometheus answers chunked; the API's JSON is one chunk or more.
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        Ok((status, body))
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// One scrape of wgbpf's /metrics on 127.0.0.1:`port` in `netns`, in the
+/// Prometheus text format; any status but 200 is an error.
+pub fn scrape(netns: &str, port: u16) -> std::io::Result<String> {
+    let (status, body) = http_get(netns, port, "/metrics", "*/*")?;
+    if status != 200 {
+        return Err(std::io::Error::other(format!("status {status}: {body}")));
+    }
+    Ok(body)
+}
+
+/// The value of one series in a scrape (exact name and labels as exposed),
+/// if present.
+pub fn sample_in(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// `promtool check metrics` on a scrape: (success, what it said).
+pub fn promtool_check(text: &str, dir: &Path) -> (bool, String) {
+    let path = dir.join("scrape.txt");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(File::open(&path).unwrap())
+        .output()
+        .expect("run promtool (Debian package `prometheus`)");
+    ok_said(&out)
+}
