@@ -299,6 +299,53 @@ check kernel-backend-reload-unchanged sh -c 'wgbpf load -c /tmp/mesh-wg.toml --j
 # WireGuard re-handshakes after its keepalive timeout (about 15 s).
 check allow-bob-ping-gw-after-repair retry 15 ping4 bob 10.77.0.1
 
+# --- wgbpf load creates the kernel interface (userspace/src/wg/link.rs):
+# a mesh file for wg1, which does not exist yet, with addresses, an MTU and
+# a peer whose AllowedIPs are partly outside the interface's subnet. ---
+{
+	(umask 077 && wg genkey >/tmp/wg1.key)
+	W1_PEER=$(wg genkey | wg pubkey)
+	cat >/tmp/mesh-wg1.toml <<EOF
+[interface]
+name = "wg1"
+private_key_file = "/tmp/wg1.key"
+listen_port = 51821
+mtu = 1380
+addresses = ["10.88.0.1/24", "fd88::1/64"]
+
+[[peer]]
+name = "remote"
+public_key = "$W1_PEER"
+allowed_ips = ["10.88.0.5/32", "10.99.0.0/24", "fd99::/64"]
+
+[policy]
+
+[[policy.rule]]
+action = "accept"
+from = ["*"]
+to = ["*"]
+proto = "icmp"
+EOF
+	check_not link-wg1-absent-before ip link show wg1
+	if wgbpf load -c /tmp/mesh-wg1.toml >/tmp/load-wg1.out 2>/tmp/load-wg1.err; then
+		ok link-load-creates-wg1
+	else
+		fail link-load-creates-wg1 "$(tr '\n' ' ' </tmp/load-wg1.err)"
+	fi
+	check link-wg1-type-wireguard sh -c '/usr/sbin/ip -d link show wg1 | grep -q wireguard'
+	check link-wg1-up sh -c '/usr/sbin/ip link show wg1 | grep -q "[<,]UP[,>]"'
+	check link-wg1-mtu sh -c '/usr/sbin/ip link show wg1 | grep -q "mtu 1380"'
+	check link-wg1-address4 sh -c '/usr/sbin/ip -4 addr show dev wg1 | grep -q "inet 10.88.0.1/24"'
+	check link-wg1-address6 sh -c '/usr/sbin/ip -6 addr show dev wg1 | grep -q "inet6 fd88::1/64"'
+	check link-wg1-route4 sh -c '/usr/sbin/ip -4 route show dev wg1 | grep -q "^10.99.0.0/24 "'
+	check link-wg1-route6 sh -c '/usr/sbin/ip -6 route show dev wg1 | grep -q "^fd99::/64 "'
+	check_not link-wg1-no-route-inside-subnet sh -c '/usr/sbin/ip -4 route show dev wg1 | grep -q "^10.88.0.5"'
+	check link-wg1-peer-configured sh -c "wg show wg1 allowed-ips | grep '$W1_PEER' | grep -q 10.99.0.0/24"
+	check link-wg1-reload wgbpf load -c /tmp/mesh-wg1.toml
+	check link-wg1-unload wgbpf unload -i wg1
+	check link-wg1-del ip link del wg1
+}
+
 check wgbpf-unload wgbpf unload -i wg0
 check_not unload-pins-removed test -e /sys/fs/bpf/wgbpf/wg0
 check_not unload-no-filter sh -c '/usr/sbin/tc filter show dev wg0 ingress | grep -q wgbpf'

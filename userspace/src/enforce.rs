@@ -54,6 +54,9 @@ pub fn enforce_reattaching(mesh: &Mesh, mode: AttachMode) -> Result<(Maps, Enfor
 
 fn enforce_with(mesh: &Mesh, mode: AttachMode, reattach: bool) -> Result<(Maps, Enforced)> {
     compile(&mesh.policy, capacity::PEERS).context("policy")?;
+    // A kernel WireGuard interface the file describes is created (addresses,
+    // MTU, up, routes) if missing; WireGuard settings are checked first.
+    crate::wg::link::ensure_link_for_mesh(mesh).context("creating the WireGuard interface")?;
     // --- WireGuard step 1/2 (crate::wg): validate it all (key files,
     // peers, the device's state); nothing is sent. None without
     // private_key_file. ---

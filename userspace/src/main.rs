@@ -30,6 +30,8 @@ enum Command {
     /// Bring in wg-quick files, Tailscale ACL files or Netbird policies.
     Import(cli::import::ImportArgs),
     Run(cli::run::RunArgs),
+    /// Key management: rotate a peer's key with a transition window.
+    Keys(cli::keys::KeysArgs),
     Completions(cli::docs::CompletionsArgs),
     Manpage(cli::docs::ManpageArgs),
 }
@@ -44,6 +46,7 @@ fn main() {
         Command::Policy(a) => cli::policy::run(a),
         Command::Import(a) => cli::import::run(a),
         Command::Run(a) => cli::run::run(a),
+        Command::Keys(a) => cli::keys::run(a),
         Command::Completions(a) => cli::docs::completions(a, Cli::command()),
         Command::Manpage(a) => cli::docs::manpage(a, Cli::command()),
     };

@@ -3,6 +3,7 @@ pub mod audit;
 pub mod counters;
 pub mod docs;
 pub mod import;
+pub mod keys;
 pub mod load;
 pub mod policy;
 pub mod run;

@@ -12,8 +12,10 @@ pub mod config;
 pub mod diff;
 pub mod kernel;
 pub mod key;
+pub mod link;
 pub mod model;
 pub mod repair;
+pub mod rotate;
 pub mod uapi;
 
 use std::path::PathBuf;

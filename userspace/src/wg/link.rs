@@ -1,0 +1,478 @@
+//! The kernel WireGuard interface itself, as wg-quick sets it up: the
+//! `type wireguard` link, its addresses, MTU, up state, and routes for the
+//! peers' AllowedIPs. Over rtnetlink (`RTM_NEWLINK`, `RTM_NEWADDR`,
+//! `RTM_NEWROUTE`), blocking, one request at a time, each acknowledged.
+//!
+//! [`ensure_link`] only ever adds: a missing link is created, missing
+//! addresses and routes are added (an existing one, `EEXIST`, is left as it
+//! is), the MTU is set when given and different, the link is set up when it
+//! is down. Nothing is removed. [`routes_for`] is wg-quick's route choice:
+//! the AllowedIPs not already reached through the interface's own address
+//! prefixes (nor through another AllowedIP); default routes (`/0`) are left
+//! out, since they need wg-quick's fwmark policy routing.
+//!
+//! [`ensure_link_for_mesh`] is the step of `wgbpf load`: only with
+//! `private_key_file` and the kernel backend.
+
+use std::{io, net::IpAddr, os::fd::AsRawFd, time::Duration};
+
+use ipnet::IpNet;
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressMessage, AddressScope},
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+        RouteType,
+    },
+    AddressFamily, RouteNetlinkMessage,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use serde::Serialize;
+
+use super::{config, uapi, WgError};
+use crate::mesh::Mesh;
+
+const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What [`ensure_link`] did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct LinkReport {
+    pub interface: String,
+    /// The link did not exist and was created (`type wireguard`).
+    pub created: bool,
+    /// The MTU set, when it was set.
+    pub mtu: Option<u32>,
+    /// The link was down and was set up.
+    pub brought_up: bool,
+    pub addresses_added: Vec<IpNet>,
+    pub routes_added: Vec<IpNet>,
+}
+
+impl LinkReport {
+    pub fn changed(&self) -> bool {
+        self.created
+            || self.mtu.is_some()
+            || self.brought_up
+            || !self.addresses_added.is_empty()
+            || !self.routes_added.is_empty()
+    }
+
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        if !self.changed() {
+            return "unchanged".into();
+        }
+        let mut parts = Vec::new();
+        if self.created {
+            parts.push("created (type wireguard)".to_string());
+        }
+        let list = |v: &[IpNet]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        if !self.addresses_added.is_empty() {
+            parts.push(format!(
+                "addresses {}",
+                list(&self.addresses_added).join(", ")
+            ));
+        }
+        if let Some(m) = self.mtu {
+            parts.push(format!("mtu {m}"));
+        }
+        if self.brought_up {
+            parts.push("up".into());
+        }
+        if !self.routes_added.is_empty() {
+            parts.push(format!("routes {}", list(&self.routes_added).join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+/// The routes wg-quick would add for `allowed` on an interface with
+/// `addresses`: each AllowedIP (host bits cleared, once) unless one of the
+/// interface's own prefixes or another, wider AllowedIP already covers it;
+/// never a default route (`/0`). Sorted, IPv4 first.
+pub fn routes_for(addresses: &[IpNet], allowed: &[IpNet]) -> Vec<IpNet> {
+    let own: Vec<IpNet> = addresses.iter().map(IpNet::trunc).collect();
+    let mut nets: Vec<IpNet> = allowed
+        .iter()
+        .map(IpNet::trunc)
+        .filter(|n| n.prefix_len() > 0)
+        .filter(|n| !own.iter().any(|o| o.contains(n)))
+        .collect();
+    nets.sort_by_key(|n| (n.addr().is_ipv6(), n.network(), n.prefix_len()));
+    nets.dedup();
+    let wider = nets.clone();
+    nets.retain(|n| !wider.iter().any(|w| w != n && w.contains(n)));
+    nets
+}
+
+/// The AllowedIPs a default route would have needed (`/0`): left out by
+/// [`routes_for`], worth a warning.
+pub fn default_routes(allowed: &[IpNet]) -> Vec<IpNet> {
+    let mut v: Vec<IpNet> = allowed
+        .iter()
+        .map(IpNet::trunc)
+        .filter(|n| n.prefix_len() == 0)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// A blocking rtnetlink socket.
+struct RtSocket {
+    sock: Socket,
+    seq: u32,
+}
+
+impl RtSocket {
+    fn open() -> io::Result<RtSocket> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        let tv = libc::timeval {
+            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        // SAFETY: a valid timeval of the size given, on our own socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RtSocket { sock, seq: 0 })
+    }
+
+    /// Sends `msg` and returns the first answer (for a request without
+    /// `NLM_F_ACK` that has one), or `None` at the acknowledgement. An
+    /// `NLMSG_ERROR` with an errno is that errno.
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Option<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.seq;
+        let mut m = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        m.finalize();
+        let mut buf = vec![0u8; m.buffer_len()];
+        m.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+        loop {
+            let (data, _) = self.sock.recv_from_full()?;
+            let mut off = 0;
+            while off + 16 <= data.len() {
+                let len =
+                    u32::from_ne_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]])
+                        as usize;
+                if len < 16 || off + len > data.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "malformed rtnetlink reply",
+                    ));
+                }
+                let parsed =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..off + len])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                off += (len + 3) & !3;
+                if parsed.header.sequence_number != self.seq {
+                    continue;
+                }
+                match parsed.payload {
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(None),
+                            Some(_) => Err(e.to_io()),
+                        }
+                    }
+                    NetlinkPayload::Done(_) => return Ok(None),
+                    NetlinkPayload::InnerMessage(inner) => return Ok(Some(inner)),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// What the kernel says about a link.
+struct LinkInfoNow {
+    index: u32,
+    kind: Option<String>,
+    up: bool,
+    mtu: Option<u32>,
+}
+
+fn get_link(s: &mut RtSocket, iface: &str) -> io::Result<Option<LinkInfoNow>> {
+    let mut m = LinkMessage::default();
+    m.attributes.push(LinkAttribute::IfName(iface.to_string()));
+    let reply = match s.request(RouteNetlinkMessage::GetLink(m), NLM_F_REQUEST) {
+        Ok(r) => r,
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(RouteNetlinkMessage::NewLink(l)) = reply else {
+        return Err(io::Error::other(
+            "no RTM_NEWLINK in the answer to RTM_GETLINK",
+        ));
+    };
+    let mut info = LinkInfoNow {
+        index: l.header.index,
+        kind: None,
+        up: l.header.flags.contains(LinkFlags::Up),
+        mtu: None,
+    };
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::Mtu(m) => info.mtu = Some(*m),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        info.kind = Some(k.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Some(info))
+}
+
+const CREATE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+
+/// Makes `iface` a `type wireguard` link that is up, has `addresses`, `mtu`
+/// (when given) and `routes` (in the main table, `proto boot scope link`
+/// as `ip route add NET dev IFACE` makes them). Adds what is missing,
+/// removes nothing. Fails on a link of another kind.
+pub fn ensure_link(
+    iface: &str,
+    addresses: &[IpNet],
+    mtu: Option<u32>,
+    routes: &[IpNet],
+) -> Result<LinkReport, WgError> {
+    let err = |what: &str, e: io::Error| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EPERM) => " (needs CAP_NET_ADMIN)",
+            Some(libc::EOPNOTSUPP) => " (the kernel has no WireGuard: modprobe wireguard)",
+            _ => "",
+        };
+        WgError::Device {
+            iface: iface.to_string(),
+            backend: "rtnetlink",
+            message: format!("{what}: {e}{hint}"),
+        }
+    };
+    let mut report = LinkReport {
+        interface: iface.to_string(),
+        ..Default::default()
+    };
+    let mut s = RtSocket::open().map_err(|e| err("rtnetlink socket", e))?;
+    let mut link = get_link(&mut s, iface).map_err(|e| err("reading the link", e))?;
+    if link.is_none() {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(iface.to_string()));
+        m.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Wireguard,
+            )]));
+        s.request(RouteNetlinkMessage::NewLink(m), CREATE)
+            .map_err(|e| {
+                err(
+                    &format!("creating it (ip link add {iface} type wireguard)"),
+                    e,
+                )
+            })?;
+        report.created = true;
+        link = get_link(&mut s, iface).map_err(|e| err("reading the new link", e))?;
+    }
+    let link = link.ok_or_else(|| err("the link", io::Error::other("vanished")))?;
+    if link.kind.as_deref() != Some("wireguard") {
+        return Err(err(
+            "the link",
+            io::Error::other(format!(
+                "exists but is not a WireGuard interface (kind {})",
+                link.kind.as_deref().unwrap_or("none")
+            )),
+        ));
+    }
+    for a in addresses {
+        let mut m = AddressMessage::default();
+        m.header.family = match a {
+            IpNet::V4(_) => AddressFamily::Inet,
+            IpNet::V6(_) => AddressFamily::Inet6,
+        };
+        m.header.prefix_len = a.prefix_len();
+        m.header.index = link.index;
+        m.header.scope = AddressScope::Universe;
+        let ip: IpAddr = a.addr();
+        if a.addr().is_ipv4() {
+            m.attributes.push(AddressAttribute::Local(ip));
+        }
+        m.attributes.push(AddressAttribute::Address(ip));
+        match s.request(RouteNetlinkMessage::NewAddress(m), CREATE) {
+            Ok(_) => report.addresses_added.push(*a),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(err(&format!("adding address {a}"), e)),
+        }
+    }
+    if let Some(want) = mtu {
+        if link.mtu != Some(want) {
+            let mut m = LinkMessage::default();
+            m.header.index = link.index;
+            m.attributes.push(LinkAttribute::Mtu(want));
+            s.request(RouteNetlinkMessage::SetLink(m), NLM_F_REQUEST | NLM_F_ACK)
+                .map_err(|e| err(&format!("setting mtu {want}"), e))?;
+            report.mtu = Some(want);
+        }
+    }
+    if !link.up {
+        let mut m = LinkMessage::default();
+        m.header.index = link.index;
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        s.request(RouteNetlinkMessage::SetLink(m), NLM_F_REQUEST | NLM_F_ACK)
+            .map_err(|e| err("setting it up", e))?;
+        report.brought_up = true;
+    }
+    for r in routes {
+        let mut m = RouteMessage::default();
+        m.header.address_family = match r {
+            IpNet::V4(_) => AddressFamily::Inet,
+            IpNet::V6(_) => AddressFamily::Inet6,
+        };
+        m.header.destination_prefix_length = r.prefix_len();
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = RouteScope::Link;
+        m.header.kind = RouteType::Unicast;
+        m.attributes.push(RouteAttribute::Destination(match r {
+            IpNet::V4(n) => RouteAddress::Inet(n.network()),
+            IpNet::V6(n) => RouteAddress::Inet6(n.network()),
+        }));
+        m.attributes.push(RouteAttribute::Oif(link.index));
+        match s.request(RouteNetlinkMessage::NewRoute(m), CREATE) {
+            Ok(_) => report.routes_added.push(*r),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(err(&format!("adding the route {r}"), e)),
+        }
+    }
+    Ok(report)
+}
+
+/// The interface step of `wgbpf load`, before the WireGuard step: `None`
+/// unless the mesh file has `private_key_file` and the device is the
+/// kernel's (no UAPI socket for it, or `WGBPF_WG_BACKEND=kernel`). The
+/// WireGuard configuration is validated first (key files, peers,
+/// AllowedIPs, endpoints), so a file that would fail the load creates
+/// nothing; then [`ensure_link`] with the mesh's addresses and MTU and the
+/// routes of [`routes_for`].
+pub fn ensure_link_for_mesh(mesh: &Mesh) -> Result<Option<LinkReport>, WgError> {
+    if mesh.wg.private_key_file.is_none() {
+        return Ok(None);
+    }
+    let iface = &mesh.interface;
+    match std::env::var("WGBPF_WG_BACKEND")
+        .unwrap_or_default()
+        .as_str()
+    {
+        "uapi" => return Ok(None),
+        "kernel" => {}
+        _ if uapi::socket_path(iface).exists() => return Ok(None),
+        // No module: nothing to create; the WireGuard step says what is
+        // missing (neither a userspace socket nor the kernel module).
+        _ if super::kernel::family_id().is_none() => return Ok(None),
+        _ => {}
+    }
+    config::desired(iface, &mesh.wg)?;
+    let allowed: Vec<IpNet> = mesh
+        .wg
+        .peers
+        .iter()
+        .flat_map(|p| p.allowed_ips.iter().copied())
+        .collect();
+    let skipped = default_routes(&allowed);
+    if !skipped.is_empty() {
+        tracing::warn!(
+            iface = %iface,
+            skipped = ?skipped,
+            "no route added for default-route AllowedIPs (needs policy routing, as wg-quick's fwmark tables)"
+        );
+    }
+    let routes = routes_for(&mesh.wg.addresses, &allowed);
+    let report = ensure_link(iface, &mesh.wg.addresses, mesh.wg.mtu, &routes)?;
+    if report.changed() {
+        tracing::info!(iface = %iface, "interface: {}", report.summary());
+    }
+    Ok(Some(report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(v: &[&str]) -> Vec<IpNet> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn routes_like_wg_quick() {
+        let addrs = nets(&["10.88.0.1/24", "fd88::1/64"]);
+        let allowed = nets(&[
+            "10.88.0.5/32",   // inside the interface's /24: no route
+            "fd88::5/128",    // inside the /64
+            "10.99.0.7/24",   // outside: route, host bits cleared
+            "10.99.0.9/32",   // inside the AllowedIP above: no route of its own
+            "192.168.5.0/24", // outside
+            "fd99::/64",      // outside
+            "0.0.0.0/0",      // default: never
+            "::/0",
+            "10.99.0.0/24", // twice
+        ]);
+        assert_eq!(
+            routes_for(&addrs, &allowed),
+            nets(&["10.99.0.0/24", "192.168.5.0/24", "fd99::/64"])
+        );
+        assert_eq!(default_routes(&allowed), nets(&["0.0.0.0/0", "::/0"]));
+        // No addresses: every AllowedIP is routed.
+        assert_eq!(
+            routes_for(&[], &nets(&["10.0.0.2/32", "10.0.0.3/32"])),
+            nets(&["10.0.0.2/32", "10.0.0.3/32"])
+        );
+        // A wide interface prefix covers everything inside it.
+        assert!(routes_for(&nets(&["10.0.0.1/8"]), &nets(&["10.1.2.3/32"])).is_empty());
+        assert!(routes_for(&[], &[]).is_empty());
+    }
+
+    #[test]
+    fn report_summary() {
+        let r = LinkReport {
+            interface: "wg1".into(),
+            ..Default::default()
+        };
+        assert!(!r.changed());
+        assert_eq!(r.summary(), "unchanged");
+        let r = LinkReport {
+            interface: "wg1".into(),
+            created: true,
+            mtu: Some(1380),
+            brought_up: true,
+            addresses_added: nets(&["10.88.0.1/24"]),
+            routes_added: nets(&["10.99.0.0/24"]),
+        };
+        assert_eq!(
+            r.summary(),
+            "created (type wireguard); addresses 10.88.0.1/24; mtu 1380; up; routes 10.99.0.0/24"
+        );
+    }
+}
