@@ -9,16 +9,22 @@ use std::{
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
-    },
     time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
 use testbed::{gateway_mesh_file, ping, Host, Mesh, MeshSpec};
 use wgbpf::wg::{Backend, Key, UapiBackend};
+
+mod common;
+use common::{wgbpf, Pinger};
+
+/// `wgbpf ARGS` inside `host`'s network namespace.
+fn wgbpf_cmd_args(host: &Host, args: &[&str]) -> Command {
+    let mut c = common::wgbpf_command(host);
+    c.args(args);
+    c
+}
 
 const PING: Duration = Duration::from_secs(3);
 const WINDOW: u64 = 14;
@@ -50,80 +56,6 @@ fn write_file(path: &Path, text: &str) {
         .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
         .unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-fn wgbpf_cmd(host: &Host, args: &[&str]) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/var/run/netns/{}", host.netns))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_wgbpf"))
-        .args(args);
-    c
-}
-
-fn wgbpf(host: &Host, args: &[&str]) -> (bool, String, String) {
-    let out = wgbpf_cmd(host, args).output().expect("run wgbpf");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Pings in a loop until stopped; counts failures.
-struct Pinger {
-    stop: Arc<AtomicBool>,
-    failed: Arc<AtomicUsize>,
-    sent: Arc<AtomicUsize>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-impl Pinger {
-    fn start(from: &Host, to: IpAddr) -> Pinger {
-        let (stop, failed, sent): (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>) =
-            Default::default();
-        let (s, f, n, from) = (
-            Arc::clone(&stop),
-            Arc::clone(&failed),
-            Arc::clone(&sent),
-            from.clone(),
-        );
-        let thread = std::thread::spawn(move || {
-            for _ in 0..400 {
-                if s.load(Ordering::SeqCst) {
-                    break;
-                }
-                if !ping(&from, to, PING).unwrap_or(false) {
-                    f.fetch_add(1, Ordering::SeqCst);
-                }
-                n.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        Pinger {
-            stop,
-            failed,
-            sent,
-            thread: Some(thread),
-        }
-    }
-    fn finish(mut self) -> (usize, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        (
-            self.sent.load(Ordering::SeqCst),
-            self.failed.load(Ordering::SeqCst),
-        )
-    }
-}
-impl Drop for Pinger {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Kills the rotation if the test fails half way.
@@ -230,13 +162,13 @@ fn rotate_alice_while_bob_keeps_talking() {
     assert!(ping(bob, gw4, PING).unwrap());
     let bob0 = b.get().unwrap().peer(&bob_key).unwrap().clone();
     assert!(bob0.last_handshake.is_some() && bob0.rx_bytes > 0);
-    let pinger = Pinger::start(bob, gw4);
+    let pinger = Pinger::start(bob, gw4, 400, Duration::from_millis(50));
 
     let new_pub_file = dir.0.join("alice.pub");
     write_file(&new_pub_file, &format!("{}\n", new.to_base64()));
     let t0 = Instant::now();
     let mut child = Child(Some(
-        wgbpf_cmd(
+        wgbpf_cmd_args(
             gw,
             &[
                 "keys",

@@ -10,16 +10,12 @@ use std::{
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     process::Command,
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
-    },
     time::{Duration, UNIX_EPOCH},
 };
 
 mod common;
 
-use common::{managed_mesh_file, wgbpf, TempDir, Unload};
+use common::{managed_mesh_file, wgbpf, Pinger, TempDir, Unload};
 use ipnet::IpNet;
 use serde_json::Value;
 use testbed::{gateway_mesh_file, ping, Host, Mesh, MeshSpec};
@@ -366,63 +362,6 @@ fn testbed_config(mesh: &Mesh) -> DeviceConfig {
     }
 }
 
-/// Pings from `from` to `to` in a loop until stopped; counts failures.
-struct Pinger {
-    stop: Arc<AtomicBool>,
-    failed: Arc<AtomicUsize>,
-    sent: Arc<AtomicUsize>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-impl Pinger {
-    fn start(from: &Host, to: IpAddr) -> Pinger {
-        let (stop, failed, sent): (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>) =
-            Default::default();
-        let (s, f, n, from) = (
-            Arc::clone(&stop),
-            Arc::clone(&failed),
-            Arc::clone(&sent),
-            from.clone(),
-        );
-        let thread = std::thread::spawn(move || {
-            // Bounded: at most 200 pings, whatever happens to the test.
-            for _ in 0..200 {
-                if s.load(Ordering::SeqCst) {
-                    break;
-                }
-                if !ping(&from, to, PING).unwrap_or(false) {
-                    f.fetch_add(1, Ordering::SeqCst);
-                }
-                n.fetch_add(1, Ordering::SeqCst);
-            }
-        });
-        Pinger {
-            stop,
-            failed,
-            sent,
-            thread: Some(thread),
-        }
-    }
-    /// Stops and returns (sent, failed).
-    fn finish(mut self) -> (usize, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        (
-            self.sent.load(Ordering::SeqCst),
-            self.failed.load(Ordering::SeqCst),
-        )
-    }
-}
-impl Drop for Pinger {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 #[test]
 fn reconcile_leaves_other_peers_alone() {
     let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
@@ -438,7 +377,7 @@ fn reconcile_leaves_other_peers_alone() {
     assert!(cs.is_empty(), "{cs:?}");
 
     let gw4 = IpAddr::V4(gw.tunnel_v4);
-    let pinger = Pinger::start(alice, gw4);
+    let pinger = Pinger::start(alice, gw4, 200, Duration::ZERO);
     assert!(ping(alice, gw4, PING).unwrap());
     let before = b.get().unwrap();
     let a0 = before.peer(&alice_key).unwrap().clone();

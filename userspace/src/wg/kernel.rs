@@ -10,7 +10,7 @@
 //! See docs/wireguard.md, "The kernel backend".
 
 pub mod messages;
-mod netlink;
+pub(crate) mod netlink;
 
 use std::{
     io,

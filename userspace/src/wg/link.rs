@@ -14,7 +14,7 @@
 //! [`ensure_link_for_mesh`] is the step of `wgbpf load`: only with
 //! `private_key_file` and the kernel backend.
 
-use std::{io, net::IpAddr, os::fd::AsRawFd, time::Duration};
+use std::{io, net::IpAddr};
 
 use ipnet::IpNet;
 use netlink_packet_core::{
@@ -30,13 +30,11 @@ use netlink_packet_route::{
     },
     AddressFamily, RouteNetlinkMessage,
 };
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use serde::Serialize;
 
 use super::{config, uapi, WgError};
 use crate::mesh::Mesh;
-
-const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What [`ensure_link`] did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -130,27 +128,10 @@ struct RtSocket {
 
 impl RtSocket {
     fn open() -> io::Result<RtSocket> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        let tv = libc::timeval {
-            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: a valid timeval of the size given, on our own socket.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(RtSocket { sock, seq: 0 })
+        Ok(RtSocket {
+            sock: super::kernel::netlink::open_socket(NETLINK_ROUTE)?,
+            seq: 0,
+        })
     }
 
     /// Sends `msg` and returns the first answer (for a request without

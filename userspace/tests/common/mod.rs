@@ -306,3 +306,69 @@ pub fn promtool_check(text: &str, dir: &Path) -> (bool, String) {
         .expect("run promtool (Debian package `prometheus`)");
     ok_said(&out)
 }
+
+// ---------------------------------------------------------------- traffic
+
+/// Pings `to` from `from` in a loop (at most `max` times, `pause` apart)
+/// until finished; counts what was sent and what failed.
+pub struct Pinger {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pinger {
+    pub fn start(from: &Host, to: std::net::IpAddr, max: usize, pause: Duration) -> Pinger {
+        use std::sync::{atomic::Ordering, Arc};
+        let stop: Arc<std::sync::atomic::AtomicBool> = Default::default();
+        let failed: Arc<std::sync::atomic::AtomicUsize> = Default::default();
+        let sent: Arc<std::sync::atomic::AtomicUsize> = Default::default();
+        let (s, f, n, from) = (
+            Arc::clone(&stop),
+            Arc::clone(&failed),
+            Arc::clone(&sent),
+            from.clone(),
+        );
+        let thread = std::thread::spawn(move || {
+            for _ in 0..max {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                if !testbed::ping(&from, to, Duration::from_secs(3)).unwrap_or(false) {
+                    f.fetch_add(1, Ordering::SeqCst);
+                }
+                n.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(pause);
+            }
+        });
+        Pinger {
+            stop,
+            failed,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops and returns (sent, failed).
+    pub fn finish(mut self) -> (usize, usize) {
+        self.halt();
+        (
+            self.sent.load(std::sync::atomic::Ordering::SeqCst),
+            self.failed.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}

@@ -25,6 +25,32 @@ pub(crate) struct Replies<T> {
     pub interrupted: bool,
 }
 
+/// A blocking netlink socket of `protocol`, bound, with a receive timeout
+/// so that no request waits forever. Shared with the rtnetlink code.
+pub(crate) fn open_socket(protocol: isize) -> io::Result<Socket> {
+    let mut sock = Socket::new(protocol)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    let tv = libc::timeval {
+        tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    // SAFETY: a valid timeval of the size given, on our own socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
 pub(crate) struct GenlSocket {
     sock: Socket,
     seq: u32,
@@ -32,27 +58,10 @@ pub(crate) struct GenlSocket {
 
 impl GenlSocket {
     pub fn open() -> io::Result<GenlSocket> {
-        let mut sock = Socket::new(NETLINK_GENERIC)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        let tv = libc::timeval {
-            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: a valid timeval of the size given, on our own socket.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(GenlSocket { sock, seq: 0 })
+        Ok(GenlSocket {
+            sock: open_socket(NETLINK_GENERIC)?,
+            seq: 0,
+        })
     }
 
     /// The id of generic netlink family `name` (`CTRL_CMD_GETFAMILY`);
