@@ -198,16 +198,6 @@ impl Prepared {
     }
 }
 
-/// Loads (or adopts) and attaches in one step, for callers that write the
-/// policy afterwards.
-pub fn install(
-    iface: &str,
-    opts: &LoadOptions,
-    mode: AttachMode,
-) -> Result<(Maps, Installed), DataplaneError> {
-    prepare(iface, opts, mode)?.attach()
-}
-
 fn attach_all(
     ebpf: &mut aya::Ebpf,
     iface: &str,
