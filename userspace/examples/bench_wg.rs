@@ -12,7 +12,7 @@ use std::{net::Ipv4Addr, time::Instant};
 
 use anyhow::{ensure, Result};
 use ipnet::IpNet;
-use wgbpf::wg::{reconcile, Backend, DeviceConfig, Key, PeerConfig, UapiBackend};
+use wgbpf::wg::{changes_between, Backend, DeviceConfig, Key, PeerConfig, UapiBackend};
 
 fn peers(n: usize, salt: u8) -> Vec<PeerConfig> {
     (0..n)
@@ -37,7 +37,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Removes every peer (not timed).
 fn clear(b: &UapiBackend) -> Result<()> {
-    b.apply(&reconcile(&DeviceConfig::default(), &b.get()?))?;
+    b.apply(&changes_between(&DeviceConfig::default(), &b.get()?))?;
     ensure!(b.get()?.peers.is_empty(), "peers left after clearing");
     Ok(())
 }
@@ -81,7 +81,7 @@ fn main() -> Result<()> {
             ..Default::default()
         };
         let t = Instant::now();
-        let changes = reconcile(&config, &backend.get()?);
+        let changes = changes_between(&config, &backend.get()?);
         backend.apply(&changes)?;
         ours.push(t.elapsed().as_secs_f64());
         ensure!(
@@ -94,7 +94,7 @@ fn main() -> Result<()> {
         changed.peers[n / 2].allowed_ips = vec!["10.99.0.1/32".parse().unwrap()];
         let before = backend.set_operations();
         let t = Instant::now();
-        let changes = reconcile(&changed, &backend.get()?);
+        let changes = changes_between(&changed, &backend.get()?);
         ensure!(
             changes.peers.len() == 1,
             "one peer must change, not {}",

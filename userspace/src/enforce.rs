@@ -1,25 +1,28 @@
-//! Enforcing a mesh file's policy on its interface: what `wgbpf load` and
-//! `wgbpf run` both do. Validation and compilation happen before the kernel
-//! is touched; the policy swap is atomic; peers keep their counter slots.
+//! Applying an [`EnforcementPlan`]: what `wgbpf load`, `wgbpf run` (start,
+//! SIGHUP, drift repair) all do. The plan was checked before it got here
+//! (policy compiled, its tests run, key files read); this step is ordered
+//! so that a refusal at any point changes nothing, and the first packet
+//! meets the new policy:
+//!
+//! 1. the WireGuard interface made to exist (kernel backend only) and the
+//!    device read: the least change set computed, nothing sent;
+//! 2. the data plane loaded or adopted, not attached; the peers' counter
+//!    slots planned and the policy checked to fit;
+//! 3. the WireGuard change set sent;
+//! 4. the counter slots and the policy written (atomic swap);
+//! 5. the programs attached (or, adopted, a detached one attached again).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
-use wgbpf_common::{capacity, EventConfig};
 
 use crate::{
     dataplane::{
-        attach::{self, AttachMode, Installed},
+        attach::{self, Installed},
         slot::ApplyReport,
         LoadOptions, Maps,
     },
-    mesh::Mesh,
-    policy::{check::run_tests, compile::compile},
-};
-
-/// Deny events per second and burst, per CPU, unless told otherwise.
-pub const DEFAULT_EVENTS: EventConfig = EventConfig {
-    per_second: 100,
-    burst: 200,
+    plan::EnforcementPlan,
+    wg::{open_backend, DeviceUpdate, WgReport},
 };
 
 #[derive(Debug, Serialize)]
@@ -32,107 +35,108 @@ pub struct Enforced {
     pub policy_entries: usize,
     /// The WireGuard step: `None` when the mesh file has no
     /// `private_key_file` (the device is managed elsewhere).
-    pub wireguard: Option<crate::wg::WgReport>,
+    pub wireguard: Option<WgReport>,
 }
 
-/// Checks `mesh`'s policy compiles, then installs or adopts the data plane
-/// on its interface and swaps the policy in. Returns the map handles too,
-/// for callers that keep running. An adopted data plane is left attached
-/// as it is: `wgbpf run`'s drift repair attaches a detached program again
-/// (and logs and counts it).
-pub fn enforce(mesh: &Mesh, mode: AttachMode) -> Result<(Maps, Enforced)> {
-    enforce_with(mesh, mode, false)
+/// What to do with a pinned program found detached when the data plane is
+/// adopted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detached {
+    /// Attach it again, gap-free, after the policy swap (`wgbpf load`);
+    /// the report's `attach.reattached` lists it.
+    Reattach,
+    /// Leave it: the daemon's drift repair attaches it again and counts it.
+    Leave,
 }
 
-/// [`enforce`] for `wgbpf load`: when the data plane is adopted, a pinned
-/// program that is not really attached is attached again, gap-free
-/// ([`crate::dataplane::reattach`]), after the policy swap; the report's
-/// `attach.reattached` lists it.
-pub fn enforce_reattaching(mesh: &Mesh, mode: AttachMode) -> Result<(Maps, Enforced)> {
-    enforce_with(mesh, mode, true)
-}
-
-fn enforce_with(mesh: &Mesh, mode: AttachMode, reattach: bool) -> Result<(Maps, Enforced)> {
-    compile(&mesh.policy, capacity::PEERS).context("policy")?;
-    // A kernel WireGuard interface the file describes is created (addresses,
-    // MTU, up, routes) if missing; WireGuard settings are checked first.
-    crate::wg::link::ensure_link_for_mesh(mesh).context("creating the WireGuard interface")?;
-    // --- WireGuard step 1/2 (crate::wg): validate it all (key files,
-    // peers, the device's state); nothing is sent. None without
-    // private_key_file. ---
-    let wg_plan = crate::wg::plan_for_mesh(mesh).context("WireGuard")?;
-    // The policy's own tests gate every apply.
-    let (_, failures) = run_tests(mesh);
-    if !failures.is_empty() {
-        let lines: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
-        bail!(
-            "{} policy test(s) failed, nothing applied:\n{}",
-            failures.len(),
-            lines.join("\n")
-        );
-    }
-    // The data plane, loaded or adopted but not yet attached, and the policy
-    // compiled with the peers' counter slots; refused here if it cannot fit.
+/// Applies `plan` on its interface. Returns the map handles too, for
+/// callers that keep running.
+pub fn enforce(plan: &EnforcementPlan, detached: Detached) -> Result<(Maps, Enforced)> {
+    let iface = plan.interface();
+    let wg_update = wireguard_update(plan)?;
+    // The data plane, loaded or adopted but not yet attached, and the
+    // policy with the peers' counter slots; refused here if it cannot fit.
     let opts = LoadOptions {
-        events: Some(DEFAULT_EVENTS),
+        events: Some(plan.settings.events),
         ..Default::default()
     };
-    let prepared = attach::prepare(&mesh.interface, &opts, mode)
-        .with_context(|| format!("installing on {}", mesh.interface))?;
-    // Peers keep the counter slots they had; compile again with them.
-    let names: Vec<String> = mesh.policy.peers.iter().map(|p| p.name.clone()).collect();
+    let prepared = attach::prepare(iface, &opts, plan.settings.attach)
+        .with_context(|| format!("installing on {iface}"))?;
     let staged = prepared
         .maps
-        .plan_peer_slots(&names)
+        .plan_peer_slots(&plan.peer_names())
         .map_err(anyhow::Error::from)
-        .and_then(|plan| {
-            let mut policy = mesh.policy.clone();
-            for p in &mut policy.peers {
-                p.index = plan.slots[&p.name];
-            }
-            let compiled = compile(&policy, capacity::PEERS)?;
+        .and_then(|slots| {
+            let compiled = plan.compiled_for(&slots);
             prepared.maps.check_room(&compiled)?;
-            Ok((plan, compiled))
+            Ok((slots, compiled))
         });
-    let (plan, compiled) = match staged {
+    let (slots, compiled) = match staged {
         Ok(s) => s,
         Err(e) => {
             prepared.abandon();
             return Err(e.context("writing the policy"));
         }
     };
-    // --- WireGuard step 2/2: everything is checked; configure the device
-    // (the least change set; nothing when unchanged), then the data plane.
-    let wireguard = match wg_plan.map(|plan| plan.apply()).transpose() {
+    // Everything is checked: configure the device (the least change set;
+    // nothing when unchanged), then the data plane.
+    let wireguard = match wg_update.map(DeviceUpdate::apply).transpose() {
         Ok(w) => w,
         Err(e) => {
             prepared.abandon();
             return Err(anyhow::Error::from(e).context("configuring WireGuard"));
         }
     };
-    // --- end of the WireGuard step ---
     let mut prepared = prepared;
-    prepared.maps.commit_peer_slots(&plan)?;
+    prepared.maps.commit_peer_slots(&slots)?;
     let report = prepared
         .maps
         .apply(&compiled)
         .context("writing the policy")?;
     // Attached only now, so the first packet meets the new policy (and a
     // detached program is attached again only now, likewise).
-    let attached = if reattach {
-        prepared.attach_reattaching()
-    } else {
-        prepared.attach()
+    let attached = match detached {
+        Detached::Reattach => prepared.attach_reattaching(),
+        Detached::Leave => prepared.attach(),
     };
-    let (maps, installed) = attached.with_context(|| format!("attaching to {}", mesh.interface))?;
+    let (maps, installed) = attached.with_context(|| format!("attaching to {iface}"))?;
     let enforced = Enforced {
-        interface: mesh.interface.clone(),
+        interface: iface.to_string(),
         attach: installed,
         policy: report,
-        rules: mesh.policy.rules.len(),
+        rules: plan.mesh.policy.rules.len(),
         identities: compiled.identities,
         policy_entries: compiled.policy.len(),
         wireguard,
     };
     Ok((maps, enforced))
+}
+
+/// Step 1: `None` when the plan does not manage WireGuard. A kernel
+/// interface the plan describes is created (addresses, MTU, up, routes) if
+/// missing, since a device must exist to be read.
+fn wireguard_update(plan: &EnforcementPlan) -> Result<Option<DeviceUpdate>> {
+    let Some(w) = &plan.wireguard else {
+        return Ok(None);
+    };
+    let iface = plan.interface();
+    let backend = open_backend(iface, plan.settings.wg_backend).context("WireGuard")?;
+    if let Some(link) = backend
+        .ensure_interface(&w.interface)
+        .context("creating the WireGuard interface")?
+    {
+        if link.changed() {
+            tracing::info!(iface = %iface, "interface: {}", link.summary());
+        }
+        if !w.default_routes_skipped.is_empty() {
+            tracing::warn!(
+                iface = %iface,
+                skipped = ?w.default_routes_skipped,
+                "no route added for default-route AllowedIPs (needs policy routing, as wg-quick's fwmark tables)"
+            );
+        }
+    }
+    DeviceUpdate::new(backend, w.desired.clone())
+        .map(Some)
+        .context("WireGuard")
 }

@@ -2,8 +2,12 @@
 pub mod daemon;
 pub mod dataplane;
 pub mod enforce;
+pub mod ifname;
 pub mod import;
 pub mod mesh;
 pub mod metrics;
+pub mod netlink;
+pub mod plan;
 pub mod policy;
+pub mod source;
 pub mod wg;

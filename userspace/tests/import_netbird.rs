@@ -1,7 +1,7 @@
 //! Netbird policies: groups of the mesh, protocols, ports and ranges,
 //! bidirectional rules, drop, disabled rules, and errors with positions.
 
-use wgbpf::{import::netbird, mesh, policy::check::explain};
+use wgbpf::{import::netbird, policy::check::explain, source};
 
 const MESH: &str = r#"
 [interface]
@@ -62,9 +62,9 @@ const POLICIES: &str = r#"[
   {"name": "disabled", "enabled": false, "rules": []}
 ]"#;
 
-fn with_policy(json: &str) -> Result<mesh::Mesh, String> {
+fn with_policy(json: &str) -> Result<wgbpf::mesh::Mesh, String> {
     let t = netbird::translate("policies.json", json).map_err(|e| e.to_string())?;
-    let mut m = mesh::parse("mesh.toml", MESH).unwrap();
+    let mut m = source::parse("mesh.toml", MESH).unwrap();
     wgbpf::import::apply(&t, &mut m).map_err(|e| e.to_string())?;
     Ok(m)
 }
@@ -176,7 +176,7 @@ fn an_include_in_a_mesh_file() {
         format!("{MESH}\n[policy]\nnetbird = \"policies.json\"\n"),
     )
     .unwrap();
-    let m = mesh::load(&dir.join("mesh.toml")).unwrap();
+    let m = source::load(&dir.join("mesh.toml")).unwrap();
     assert_eq!(m.policy.rules.len(), 1 + 4 + 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,16 +6,16 @@ use std::{net::IpAddr, path::PathBuf, process::Command};
 
 use wgbpf::{
     import::tailscale,
-    mesh,
     policy::check::{explain, run_tests},
+    source,
 };
 
 fn root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-fn example() -> mesh::Mesh {
-    mesh::load(&root().join("examples/tailscale-import.toml")).unwrap()
+fn example() -> wgbpf::mesh::Mesh {
+    source::load(&root().join("examples/tailscale-import.toml")).unwrap()
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -35,7 +35,7 @@ fn the_example_imports_and_its_tests_pass() {
         "{}",
         m.tests[1].at
     );
-    let (checked, failures) = run_tests(&m);
+    let (checked, failures) = run_tests(&m.policy, &m.tests);
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(checked >= 30, "{checked}");
     // Groups and hosts joined the directory: explain can use them.
@@ -159,8 +159,8 @@ fn the_printed_translation_is_a_mesh_policy() {
     let head = std::fs::read_to_string(root().join("examples/tailscale-import.toml")).unwrap();
     let head = &head[..head.find("[policy]").unwrap()];
     let text = format!("{head}\n{toml}");
-    let m2 = mesh::parse("printed.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let (_, failures) = run_tests(&m2);
+    let m2 = source::parse("printed.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let (_, failures) = run_tests(&m2.policy, &m2.tests);
     assert!(failures.is_empty(), "{failures:#?}");
     assert_eq!(m2.policy.rules.len() + 1, m.policy.rules.len());
 }
@@ -278,7 +278,7 @@ fn an_include_that_fails_names_the_acl_file() {
                      [[peer]]\nname = \"db\"\ntags = [\"db\"]\nallowed_ips = [\"10.0.0.2/32\"]\n\n\
                      [policy]\ntailscale = \"acl.hujson\"\n";
     std::fs::write(dir.join("mesh.toml"), mesh_text).unwrap();
-    let e = mesh::load(&dir.join("mesh.toml")).unwrap_err();
+    let e = source::load(&dir.join("mesh.toml")).unwrap_err();
     assert!(e.file.ends_with("acl.hujson"), "{e}");
     assert_eq!((e.line, e.column), pos(&acl, "\"tag:db:80,https\""), "{e}");
     assert!(e.message.contains("https"), "{e}");
@@ -288,7 +288,7 @@ fn an_include_that_fails_names_the_acl_file() {
         mesh_text.replace("acl.hujson", "nope.hujson"),
     )
     .unwrap();
-    let e = mesh::load(&dir.join("mesh.toml")).unwrap_err();
+    let e = source::load(&dir.join("mesh.toml")).unwrap_err();
     assert!(e.file.ends_with("mesh.toml"), "{e}");
     assert_eq!((e.line, e.column), (11, 13), "{e}");
     // A good file: users without a peer here and declared tags without a
@@ -304,7 +304,7 @@ fn an_include_that_fails_names_the_acl_file() {
     );
     std::fs::write(dir.join("acl.hujson"), &acl).unwrap();
     std::fs::write(dir.join("mesh.toml"), mesh_text).unwrap();
-    let m = mesh::load(&dir.join("mesh.toml")).unwrap();
+    let m = source::load(&dir.join("mesh.toml")).unwrap();
     assert_eq!(m.policy.rules.len(), 4 * 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }

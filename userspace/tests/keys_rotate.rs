@@ -262,9 +262,10 @@ fn rotate_alice_while_bob_keeps_talking() {
         .expect("the old key stays until the window ends");
     assert!(o.config.allowed_ips.is_empty(), "{:?}", o.config);
     let alice_pub = Key::from_base64(
-        &alice
+        alice
             .run(&["wg", "show", &alice.wg_if, "public-key"])
-            .unwrap(),
+            .unwrap()
+            .trim(),
     )
     .unwrap();
     assert_eq!(alice_pub, new);

@@ -487,13 +487,13 @@ fn same_config(want: &DeviceConfig, have: &DeviceState) {
         assert_eq!(h.config.persistent_keepalive, p.persistent_keepalive);
         assert_eq!(h.config.allowed_set(), p.allowed_set());
     }
-    assert!(wg::reconcile(want, have).is_empty());
+    assert!(wg::changes_between(want, have).is_empty());
 }
 
 #[test]
 fn ten_thousand_peers_split_below_the_buffer_size() {
     let want = big_config(10_000);
-    let cs = wg::reconcile(&want, &empty_device());
+    let cs = wg::changes_between(&want, &empty_device());
     assert_eq!(cs.peers.len(), 10_000);
     let msgs = set_device_messages("wg0", &cs);
     assert!(msgs.len() > 100, "{} messages", msgs.len());
@@ -572,7 +572,7 @@ fn ten_thousand_peers_split_below_the_buffer_size() {
     same_config(&want, &k.dev);
 
     // And re-applying the same configuration sends nothing.
-    assert!(set_device_messages("wg0", &wg::reconcile(&want, &k.dev)).is_empty());
+    assert!(set_device_messages("wg0", &wg::changes_between(&want, &k.dev)).is_empty());
 }
 
 #[test]
@@ -586,7 +586,7 @@ fn a_peer_with_many_allowed_ips_spans_messages() {
         peers: vec![PeerConfig::new(key(0)), p.clone(), PeerConfig::new(key(2))],
         ..Default::default()
     };
-    let cs = wg::reconcile(&want, &empty_device());
+    let cs = wg::changes_between(&want, &empty_device());
     for limit in [MESSAGE_LIMIT, 1024, 300] {
         let msgs = set_device_messages_within("wg-long", &cs, limit);
         let msgs = through_bytes(&msgs, limit);
@@ -851,7 +851,7 @@ fn round_trip_through_the_kernel_model() {
     // replies), to bytes, coalesced: the same configuration.
     let want = big_config(2_000);
     let mut k = FakeKernel::new("wg0");
-    let cs = wg::reconcile(&want, &k.dev);
+    let cs = wg::changes_between(&want, &k.dev);
     for m in through_bytes(&set_device_messages("wg0", &cs), MESSAGE_LIMIT) {
         k.set_device(&m);
     }
@@ -883,7 +883,7 @@ fn round_trip_through_the_kernel_model() {
         ..PeerConfig::new(key(999_999))
     });
     next.listen_port = Some(4000);
-    let cs = wg::reconcile(&next, &read);
+    let cs = wg::changes_between(&next, &read);
     assert_eq!(cs.peers.len(), 4);
     let msgs = through_bytes(&set_device_messages("wg0", &cs), MESSAGE_LIMIT);
     assert_eq!(msgs.len(), 1);
@@ -919,7 +919,9 @@ fn without_socket_or_module_the_error_says_so() {
         return;
     }
     let iface = format!("wgbnone{}", std::process::id() % 100_000);
-    let e = wg::open_backend(&iface).unwrap_err().to_string();
+    let e = wg::open_backend(&iface, wg::BackendChoice::Auto)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains(&format!("no userspace WireGuard socket for {iface}"))
             && e.contains("the kernel has no WireGuard"),

@@ -1,7 +1,7 @@
 //! WireGuard control over the userspace API, against real wireguard-go
 //! devices (testbed meshes) and the real `wg` tool: what wgbpf reads is what
 //! `wg show dump` reads, what wgbpf writes `wg` reads back and the other way
-//! round; reconcile leaves unchanged peers' sessions alone; `wgbpf load`
+//! round; the change set leaves unchanged peers' sessions alone; `wgbpf load`
 //! configures the device from the mesh file. Needs root.
 
 use std::{
@@ -20,7 +20,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 use testbed::{gateway_mesh_file, ping, Host, Mesh, MeshSpec};
 use wgbpf::{
-    mesh,
+    source,
     wg::{self, Backend, DeviceConfig, DeviceState, Key, PeerConfig, UapiBackend},
 };
 
@@ -249,7 +249,7 @@ fn uapi_reads_and_writes_like_wg() {
         ],
     });
     let b = gw_backend(gw);
-    let cs = wg::reconcile(&want, &b.get().unwrap());
+    let cs = wg::changes_between(&want, &b.get().unwrap());
     assert_eq!(cs.peers.len(), 1, "only carol is new: {cs:?}");
     b.apply(&cs).unwrap();
     let d = wg_dump(gw);
@@ -270,7 +270,7 @@ fn uapi_reads_and_writes_like_wg() {
     );
     check_agree(gw);
     // Applying the same again sends nothing.
-    let cs = wg::reconcile(&want, &b.get().unwrap());
+    let cs = wg::changes_between(&want, &b.get().unwrap());
     assert!(cs.is_empty(), "{cs:?}");
     let sets = b.set_operations();
     b.apply(&cs).unwrap();
@@ -342,7 +342,7 @@ fn uapi_reads_and_writes_like_wg() {
     mesh.down().unwrap();
 }
 
-/// The gateway's configuration as the testbed made it, for reconcile.
+/// The gateway's configuration as the testbed made it, for the change set.
 fn testbed_config(mesh: &Mesh) -> DeviceConfig {
     DeviceConfig {
         private_key: None,
@@ -373,7 +373,7 @@ fn reconcile_leaves_other_peers_alone() {
     let b = gw_backend(gw);
     let mut want = testbed_config(&mesh);
     // The testbed's own configuration: nothing to send.
-    let cs = wg::reconcile(&want, &b.get().unwrap());
+    let cs = wg::changes_between(&want, &b.get().unwrap());
     assert!(cs.is_empty(), "{cs:?}");
 
     let gw4 = IpAddr::V4(gw.tunnel_v4);
@@ -387,7 +387,7 @@ fn reconcile_leaves_other_peers_alone() {
     want.peers[1]
         .allowed_ips
         .push("10.78.0.0/24".parse().unwrap());
-    let cs = wg::reconcile(&want, &before);
+    let cs = wg::changes_between(&want, &before);
     assert_eq!(cs.peers.len(), 1, "{cs:?}");
     assert_eq!(cs.peers[0].public_key(), &bob_key);
     let sets = b.set_operations();
@@ -414,14 +414,14 @@ fn reconcile_leaves_other_peers_alone() {
     assert_eq!(bob_ips.len(), 3);
 
     // The same configuration again: an empty change set, no set operation.
-    let cs = wg::reconcile(&want, &b.get().unwrap());
+    let cs = wg::changes_between(&want, &b.get().unwrap());
     assert!(cs.is_empty(), "{cs:?}");
     b.apply(&cs).unwrap();
     assert_eq!(b.set_operations(), sets + 1);
 
     // Bob leaves the configuration: he is removed, alice stays as she was.
     want.peers.remove(1);
-    let cs = wg::reconcile(&want, &b.get().unwrap());
+    let cs = wg::changes_between(&want, &b.get().unwrap());
     assert_eq!(cs.peers, vec![wg::PeerChange::Remove(bob_key.clone())]);
     b.apply(&cs).unwrap();
     let last = b.get().unwrap();
@@ -578,7 +578,7 @@ fn load_configures_wireguard_from_the_mesh_file() {
     // Without private_key_file: the policy alone, the device left as it is.
     let plain = dir.0.join("plain.toml");
     std::fs::write(&plain, gateway_mesh_file(&mesh, POLICY)).unwrap();
-    assert!(mesh::load(&plain).unwrap().wg.private_key_file.is_none());
+    assert!(source::load(&plain).unwrap().wg.private_key_file.is_none());
     let sets_before = as_dump(&gw_backend(gw).get().unwrap());
     let (ok, out, err) = wgbpf(gw, &["load", "-c", plain.to_str().unwrap(), "--json"]);
     assert!(ok, "load failed: {err}");

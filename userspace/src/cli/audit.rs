@@ -10,11 +10,9 @@ use clap::Args;
 use serde::Serialize;
 use wgbpf::{
     dataplane::{attach, pin_dir, Maps},
-    mesh,
-    policy::compile::compile,
-    wg::plan_for_mesh,
+    plan::{EnforcementPlan, Settings},
+    wg::{open_backend, BackendChoice, DeviceUpdate},
 };
-use wgbpf_common::capacity;
 
 /// Compare the interface with the mesh file, changing nothing.
 ///
@@ -52,15 +50,23 @@ pub fn run(a: AuditArgs) -> Result<()> {
 
 /// Prints the comparison; true when equal.
 fn compare(a: &AuditArgs) -> Result<bool> {
-    let mesh = mesh::load(&a.config)?;
+    let settings = Settings::new(
+        attach::AttachMode::best(),
+        BackendChoice::from_env().map_err(anyhow::Error::msg)?,
+    );
+    let plan = EnforcementPlan::from_file(&a.config, settings)?;
+    let iface = plan.interface();
     let mut audit = Audit {
-        interface: mesh.interface.clone(),
+        interface: iface.to_string(),
         wireguard: Vec::new(),
         dataplane: Vec::new(),
         policy_version: None,
     };
-    if let Some(plan) = plan_for_mesh(&mesh).context("reading the WireGuard device")? {
-        let r = plan.report();
+    if let Some(w) = &plan.wireguard {
+        let r = open_backend(iface, settings.wg_backend)
+            .and_then(|b| DeviceUpdate::new(b, w.desired.clone()))
+            .context("reading the WireGuard device")?
+            .report();
         if r.private_key_changed {
             audit.wireguard.push("private key differs".into());
         }
@@ -82,23 +88,17 @@ fn compare(a: &AuditArgs) -> Result<bool> {
                 .push(format!("peer {}: {} differ", u.peer, u.fields.join(", ")));
         }
     }
-    match attach::pinned_mode(&mesh.interface) {
+    match attach::pinned_mode(iface) {
         None => audit.dataplane.push(format!(
             "no wgbpf programs are attached (nothing pinned at {})",
-            pin_dir(&mesh.interface).display()
+            pin_dir(iface).display()
         )),
         Some(_) => {
-            let maps = Maps::open_pinned(&pin_dir(&mesh.interface))?;
+            let maps = Maps::open_pinned(&pin_dir(iface))?;
             let (_, cfg) = maps.active_slot()?;
             audit.policy_version = Some(cfg.version);
-            let names: Vec<String> = mesh.policy.peers.iter().map(|p| p.name.clone()).collect();
-            let plan = maps.plan_peer_slots(&names)?;
-            let mut policy = mesh.policy.clone();
-            for p in &mut policy.peers {
-                p.index = plan.slots[&p.name];
-            }
-            let compiled = compile(&policy, capacity::PEERS).context("policy")?;
-            if !maps.active_holds(&compiled)? {
+            let slots = maps.plan_peer_slots(&plan.peer_names())?;
+            if !maps.active_holds(&plan.compiled_for(&slots))? {
                 audit.dataplane.push(format!(
                     "the enforced policy (version {}) differs from the file's",
                     cfg.version
@@ -110,9 +110,9 @@ fn compare(a: &AuditArgs) -> Result<bool> {
     if a.json {
         println!("{}", serde_json::json!({"equal": equal, "audit": audit}));
     } else if equal {
-        println!("{}: matches {}", mesh.interface, a.config.display());
+        println!("{iface}: matches {}", a.config.display());
     } else {
-        println!("{}: differs from {}:", mesh.interface, a.config.display());
+        println!("{iface}: differs from {}:", a.config.display());
         for line in audit.wireguard.iter().chain(&audit.dataplane) {
             println!("  {line}");
         }

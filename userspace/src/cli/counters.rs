@@ -7,15 +7,15 @@ use clap::Args;
 use serde_json::json;
 use wgbpf::{
     dataplane::{attach, pin_dir, Maps},
-    mesh,
     policy::model::proto_name,
+    source,
 };
 
 /// Show per-peer allowed, denied and audited counters and the top denies.
 #[derive(Args)]
 pub struct CountersArgs {
     /// The interface (or give the mesh file with -c).
-    #[arg(short, long, required_unless_present = "config")]
+    #[arg(short, long, required_unless_present = "config", value_parser = wgbpf::ifname::parse)]
     interface: Option<String>,
     /// The mesh file, to take the interface from.
     #[arg(short, long)]
@@ -33,7 +33,7 @@ pub fn run(a: CountersArgs) -> Result<()> {
 fn interface_of(interface: Option<String>, config: Option<PathBuf>) -> Result<String> {
     match (interface, config) {
         (Some(i), _) => Ok(i),
-        (None, Some(c)) => Ok(mesh::load(&c)?.interface),
+        (None, Some(c)) => Ok(source::load(&c)?.interface),
         (None, None) => bail!("give the interface (-i) or the mesh file (-c)"),
     }
 }

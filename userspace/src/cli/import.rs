@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
-use wgbpf::{import, mesh};
+use wgbpf::{import, source};
 
 #[derive(Args)]
 pub struct ImportArgs {
@@ -39,7 +39,7 @@ enum ImportCommand {
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// The interface name (default: the first file's name without .conf).
-        #[arg(long)]
+        #[arg(long, value_parser = wgbpf::ifname::parse)]
         interface: Option<String>,
     },
     /// Translate a Tailscale/Headscale ACL file (HuJSON) to mesh-file TOML,
@@ -103,7 +103,7 @@ fn wg_quick(
         parsed.push(import::wgquick::parse(&f.display().to_string(), &text)?);
     }
     let out = import::wgquick::to_mesh(&parsed, interface).map_err(|e| anyhow!(e))?;
-    mesh::parse("(imported mesh file)", &out.toml)
+    source::parse("(imported mesh file)", &out.toml)
         .context("the translated mesh file does not parse (a bug: please report it)")?;
     for w in &out.warnings {
         eprintln!("wgbpf: {w}");
@@ -135,10 +135,10 @@ fn policy(
         print!("{}", import::to_toml(&t, None));
         return Ok(());
     };
-    let mut m = mesh::load(config)?;
+    let mut m = source::load(config)?;
     import::apply(&t, &mut m)?;
     print!("{}", import::to_toml(&t, Some(&m.directory)));
-    let (checked, failures) = wgbpf::policy::check::run_tests(&m);
+    let (checked, failures) = wgbpf::policy::check::run_tests(&m.policy, &m.tests);
     for f in &failures {
         eprintln!("{f}");
     }

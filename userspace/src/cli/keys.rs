@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use wgbpf::{
-    mesh,
+    source,
     wg::{self, rotate, Key},
 };
 
@@ -72,8 +72,9 @@ fn rotate_cmd(a: RotateArgs) -> Result<()> {
             .with_context(|| format!("new public key file {}", f.display()))?,
         (None, None) => bail!("give --new-public-key or --new-public-key-file"),
     };
-    let new = Key::from_base64(&text).map_err(|w| anyhow::anyhow!("the new public key: {w}"))?;
-    let m = mesh::load(&a.config)?;
+    let new =
+        Key::from_base64(text.trim()).map_err(|w| anyhow::anyhow!("the new public key: {w}"))?;
+    let m = source::load(&a.config)?;
     let spec =
         m.wg.peers
             .iter()
@@ -85,16 +86,18 @@ fn rotate_cmd(a: RotateArgs) -> Result<()> {
                     a.peer
                 )
             })?;
-    let old_text = spec.public_key.as_deref().with_context(|| {
+    let old = spec.public_key.clone().with_context(|| {
         format!(
             "{}: peer `{}` has no public_key",
             a.config.display(),
             a.peer
         )
     })?;
-    let old = Key::from_base64(old_text)
-        .map_err(|w| anyhow::anyhow!("peer `{}`: public_key: {w}", a.peer))?;
-    let backend = wg::open_backend(&m.interface)?;
+    let old_text = old.to_base64();
+    let backend = wg::open_backend(
+        &m.interface,
+        wg::BackendChoice::from_env().map_err(anyhow::Error::msg)?,
+    )?;
     let json_out = a.json;
     if !json_out {
         println!(

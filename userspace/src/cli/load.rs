@@ -4,7 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use wgbpf::{dataplane::attach, enforce::enforce_reattaching, mesh};
+use wgbpf::{
+    dataplane::attach,
+    enforce::{enforce, Detached},
+    plan::{EnforcementPlan, Settings},
+    wg::BackendChoice,
+};
 
 /// Compile the mesh file's policy and enforce it on its interface.
 ///
@@ -28,16 +33,17 @@ pub struct LoadArgs {
 }
 
 pub fn run(a: LoadArgs) -> Result<()> {
-    load(
-        &a.config,
+    let settings = Settings::new(
         a.attach.unwrap_or_else(attach::AttachMode::best),
-        a.json,
-    )
+        BackendChoice::from_env().map_err(anyhow::Error::msg)?,
+    );
+    load(&a.config, settings, a.json)
 }
 
-fn load(config: &std::path::Path, mode: attach::AttachMode, json: bool) -> Result<()> {
-    let mesh = mesh::load(config)?;
-    let (_, e) = enforce_reattaching(&mesh, mode).with_context(|| config.display().to_string())?;
+fn load(config: &std::path::Path, settings: Settings, json: bool) -> Result<()> {
+    let plan = EnforcementPlan::from_file(config, settings)?;
+    let (_, e) =
+        enforce(&plan, Detached::Reattach).with_context(|| config.display().to_string())?;
     if json {
         println!("{}", serde_json::to_string(&e)?);
         return Ok(());

@@ -7,8 +7,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use wgbpf::{
-    mesh,
     policy::{check, compile::compile},
+    source,
 };
 use wgbpf_common::capacity;
 
@@ -64,10 +64,10 @@ pub fn run(a: PolicyArgs) -> Result<()> {
 }
 
 fn check_file(file: &std::path::Path, json: bool) -> Result<()> {
-    let mesh = mesh::load(file)?;
+    let mesh = source::load(file)?;
     let compiled = compile(&mesh.policy, capacity::PEERS)
         .with_context(|| format!("{}: policy", file.display()))?;
-    let (checked, failures) = check::run_tests(&mesh);
+    let (checked, failures) = check::run_tests(&mesh.policy, &mesh.tests);
     if json {
         println!(
             "{}",
@@ -117,7 +117,7 @@ fn explain(
     proto: &str,
     json: bool,
 ) -> Result<()> {
-    let mesh = mesh::load(config)?;
+    let mesh = source::load(config)?;
     let proto = parse_proto(proto)?;
     let srcs = mesh
         .directory

@@ -6,10 +6,16 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Result;
 use clap::Args;
 use wgbpf::{
-    daemon::{self, logging::LogFormat, RateLimit, Reconciler, Unmanaged},
+    daemon::{
+        self,
+        drift::{DriftRepair, DEFAULT_INTERVAL},
+        logging::LogFormat,
+        RateLimit, Reconciler, Unmanaged,
+    },
     dataplane::attach,
     metrics::DEFAULT_MAX_DENY_SERIES,
-    wg::repair::{DriftRepair, DEFAULT_INTERVAL},
+    plan::Settings,
+    wg::BackendChoice,
 };
 
 /// Enforce the mesh file, then keep running: metrics over HTTP, deny logs,
@@ -54,7 +60,10 @@ pub fn run(a: RunArgs) -> Result<()> {
     let config = daemon::Config {
         mesh_file: a.config,
         metrics_addr: (!a.no_metrics).then_some(a.metrics_addr),
-        attach: a.attach.unwrap_or_else(attach::AttachMode::best),
+        settings: Settings::new(
+            a.attach.unwrap_or_else(attach::AttachMode::best),
+            BackendChoice::from_env().map_err(anyhow::Error::msg)?,
+        ),
         max_deny_series: a.max_deny_series,
         deny_log: RateLimit {
             per_second: a.deny_log_rate,
@@ -67,10 +76,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     let reconciler: Arc<dyn Reconciler> = if a.repair_interval == 0.0 {
         Arc::new(Unmanaged)
     } else {
-        Arc::new(DriftRepair::new(
-            Duration::from_secs_f64(a.repair_interval.max(0.1)),
-            config.attach,
-        ))
+        Arc::new(DriftRepair::new(Duration::from_secs_f64(
+            a.repair_interval.max(0.1),
+        )))
     };
     let json = a.log_format.json();
     let result = daemon::run(config, reconciler);

@@ -13,7 +13,7 @@ use clap::Args;
 use serde_json::json;
 use wgbpf::{
     dataplane::{attach, counters::PeerTotals, pin_dir, Maps},
-    mesh,
+    source,
     wg::{self, Key, PeerState},
 };
 use wgbpf_common::{ipcache_prefix_len, IpCacheKey};
@@ -22,7 +22,7 @@ use wgbpf_common::{ipcache_prefix_len, IpCacheKey};
 /// names and the ACL counters of wgbpf's data plane when it is loaded.
 #[derive(Args)]
 pub struct ShowArgs {
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = wgbpf::ifname::parse)]
     interface: String,
     /// The mesh file, to name peers by public key. Without it, peers are
     /// named from the loaded data plane (by their AllowedIPs), if any.
@@ -40,16 +40,15 @@ struct Acl {
 }
 
 pub fn run(a: ShowArgs) -> Result<()> {
-    let backend = wg::open_backend(&a.interface)?;
+    let backend = wg::open_backend(
+        &a.interface,
+        wg::BackendChoice::from_env().map_err(anyhow::Error::msg)?,
+    )?;
     let state = backend.get()?;
     let mut names: BTreeMap<Key, String> = BTreeMap::new();
     if let Some(c) = &a.config {
-        for p in mesh::load(c)?.wg.peers {
-            if let Some(k) = p
-                .public_key
-                .as_deref()
-                .and_then(|k| Key::from_base64(k).ok())
-            {
+        for p in source::load(c)?.wg.peers {
+            if let Some(k) = p.public_key {
                 names.insert(k, p.name);
             }
         }

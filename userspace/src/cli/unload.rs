@@ -8,7 +8,7 @@ use wgbpf::dataplane::attach;
 /// Detach the programs from IFACE and remove their pins and maps.
 #[derive(Args)]
 pub struct UnloadArgs {
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = wgbpf::ifname::parse)]
     interface: String,
     /// Print a JSON report instead of text.
     #[arg(long)]

@@ -1,17 +1,17 @@
 //! The daemon's hook for ongoing work between reloads.
 //!
-//! `enforce()` configures the device and the data plane from the mesh file
-//! at start and at every reload. What a long-running daemon adds is
+//! `enforce()` configures the device and the data plane from the plan of
+//! the mesh file at start and at every reload. What a long-running daemon adds is
 //! periodic work in between: repairing drift (someone ran `wg set` or `tc
 //! filter del` by hand, set the link down, loaded another policy) and
 //! re-resolving DNS names in endpoints. It plugs in here by implementing
-//! [`Reconciler`]; `wgbpf run` uses [`crate::wg::repair::DriftRepair`], or
+//! [`Reconciler`]; `wgbpf run` uses [`super::drift::DriftRepair`], or
 //! [`Unmanaged`] when drift repair is turned off. The daemon logs and counts
 //! what a pass reports ([`Pass`]).
 
 use std::time::Duration;
 
-use crate::{dataplane::Maps, enforce::Enforced, mesh::Mesh, wg::DeviceState};
+use crate::{dataplane::Maps, enforce::Enforced, plan::EnforcementPlan, wg::DeviceState};
 
 /// What drifted, for `wgbpf_drift_repairs_total{kind}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -84,10 +84,10 @@ pub struct Pass {
 /// never concurrently with each other or with an enforce.
 pub trait Reconciler: Send + Sync + 'static {
     /// Called after every successful enforce (start and each SIGHUP
-    /// reload), and then every [`Reconciler::interval`], with the mesh
-    /// file last enforced. An error means the pass could not run at all;
+    /// reload), and then every [`Reconciler::interval`], with the plan
+    /// last enforced. An error means the pass could not run at all;
     /// it is logged and the daemon keeps running, the policy stays.
-    fn reconcile(&self, mesh: &Mesh) -> anyhow::Result<Pass>;
+    fn reconcile(&self, plan: &EnforcementPlan) -> anyhow::Result<Pass>;
 
     /// How often to call [`Reconciler::reconcile`] between reloads (drift
     /// repair, DNS re-resolution); `None`: only after enforces.
@@ -101,7 +101,7 @@ pub trait Reconciler: Send + Sync + 'static {
 pub struct Unmanaged;
 
 impl Reconciler for Unmanaged {
-    fn reconcile(&self, _mesh: &Mesh) -> anyhow::Result<Pass> {
+    fn reconcile(&self, _plan: &EnforcementPlan) -> anyhow::Result<Pass> {
         Ok(Pass::default())
     }
 }

@@ -2,16 +2,18 @@
 //! reload on SIGHUP, exit on SIGTERM/SIGINT leaving the data plane pinned
 //! and enforcing (the next start adopts it).
 //!
-//! Everything that touches the kernel goes through
-//! [`crate::enforce::enforce`], which validates and compiles the whole file
-//! before it writes anything: a reload that fails is refused with its
-//! reason logged, and the running policy stays.
+//! Every start and reload builds the file's [`EnforcementPlan`] (which
+//! validates, compiles and tests the whole file before anything is
+//! written) and applies it with [`crate::enforce::enforce`]: a reload that
+//! fails is refused with its reason logged, and the running policy stays.
+//! Drift repair ([`drift`]) works from the plan last enforced.
 //!
 //! One tokio runtime (current thread): signals, the metrics server and the
 //! deny-log reader are tasks; enforcing and scraping (syscalls on the maps)
 //! run on the blocking pool.
 
 pub mod denylog;
+pub mod drift;
 pub mod hook;
 pub mod logging;
 
@@ -30,9 +32,9 @@ use tokio::{
 
 use crate::{
     dataplane::{attach::AttachMode, Maps},
-    enforce::{enforce, Enforced},
-    mesh::{self, Mesh},
+    enforce::{enforce, Detached, Enforced},
     metrics::{self, Collector, DaemonCounters, Tunnels},
+    plan::{EnforcementPlan, Settings},
 };
 
 pub use denylog::RateLimit;
@@ -46,8 +48,8 @@ pub struct Config {
     pub mesh_file: PathBuf,
     /// `None`: no metrics server.
     pub metrics_addr: Option<SocketAddr>,
-    /// How to attach when nothing is pinned yet.
-    pub attach: AttachMode,
+    /// How plans are applied (attach mode, WireGuard backend, events).
+    pub settings: Settings,
     /// Deny-map label sets per scrape (0: no cap).
     pub max_deny_series: usize,
     pub deny_log: RateLimit,
@@ -83,7 +85,7 @@ struct Daemon {
 
 /// The result of one enforce, as the main loop uses it.
 struct Applied {
-    mesh: Mesh,
+    plan: Arc<EnforcementPlan>,
     maps: Maps,
     enforced: Enforced,
 }
@@ -104,22 +106,22 @@ impl Daemon {
     /// the interface the daemon already guards (a reload must not move).
     async fn apply(&self, interface: Option<String>) -> Result<Applied> {
         let path = self.config.mesh_file.clone();
-        let mode = self.config.attach;
+        let settings = self.config.settings;
         tokio::task::spawn_blocking(move || -> Result<Applied> {
-            let mesh = mesh::load(&path)?;
+            let plan = EnforcementPlan::from_file(&path, settings)?;
             if let Some(iface) = interface {
-                if mesh.interface != iface {
+                if plan.interface() != iface {
                     bail!(
                         "the file now names interface {} instead of {iface}; restart wgbpf run to move",
-                        mesh.interface
+                        plan.interface()
                     );
                 }
             }
-            // Mesh errors name the file already; enforce's do not.
-            let (maps, enforced) =
-                enforce(&mesh, mode).with_context(|| path.display().to_string())?;
+            // The plan's errors name the file already; enforce's do not.
+            let (maps, enforced) = enforce(&plan, Detached::Leave)
+                .with_context(|| path.display().to_string())?;
             Ok(Applied {
-                mesh,
+                plan: Arc::new(plan),
                 maps,
                 enforced,
             })
@@ -129,7 +131,11 @@ impl Daemon {
     }
 
     /// After a successful start or reload: counters, then [`Self::adopt`].
-    fn adopt_reload(&self, applied: Applied, reader: &mut Option<JoinHandle<()>>) -> Mesh {
+    fn adopt_reload(
+        &self,
+        applied: Applied,
+        reader: &mut Option<JoinHandle<()>>,
+    ) -> Arc<EnforcementPlan> {
         self.counters.last_reload_ok.store(1, Ordering::Relaxed);
         self.counters
             .last_reload_success_seconds
@@ -140,12 +146,16 @@ impl Daemon {
     /// After a successful enforce (start, reload, or a drift repair that
     /// re-enforced): names for the deny log and the tunnel metrics, and a
     /// fresh deny-log reader on the (possibly new) ring buffer.
-    fn adopt(&self, mut applied: Applied, reader: &mut Option<JoinHandle<()>>) -> Mesh {
+    fn adopt(
+        &self,
+        mut applied: Applied,
+        reader: &mut Option<JoinHandle<()>>,
+    ) -> Arc<EnforcementPlan> {
         let slots = applied.maps.peer_slots().unwrap_or_default();
         if let Ok(mut ctx) = self.log_ctx.write() {
-            *ctx = denylog::LogContext::new(&applied.mesh, slots);
+            *ctx = denylog::LogContext::new(&applied.plan.mesh, slots);
         }
-        self.tunnels.set_names(&applied.mesh);
+        self.tunnels.set_names(&applied.plan.mesh);
         if let Some(events) = applied.maps.events.take() {
             if let Some(old) = reader.take() {
                 old.abort();
@@ -161,7 +171,7 @@ impl Daemon {
                 }
             }));
         }
-        applied.mesh
+        applied.plan
     }
 
     fn log_enforced(&self, e: &Enforced, what: &str) {
@@ -189,12 +199,12 @@ impl Daemon {
     /// every pass while they last).
     async fn reconcile(
         &self,
-        mesh: &mut Mesh,
+        plan: &mut Arc<EnforcementPlan>,
         why: &'static str,
         reader: &mut Option<JoinHandle<()>>,
     ) {
-        let (r, m) = (self.reconciler.clone(), mesh.clone());
-        let pass = match tokio::task::spawn_blocking(move || r.reconcile(&m)).await {
+        let (r, p) = (self.reconciler.clone(), plan.clone());
+        let pass = match tokio::task::spawn_blocking(move || r.reconcile(&p)).await {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => Pass {
                 errors: vec![format!("{e:#}")],
@@ -210,7 +220,7 @@ impl Daemon {
         for rep in &pass.repairs {
             c.drift_repairs[rep.kind.index()].fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                interface = %mesh.interface,
+                interface = %plan.interface(),
                 why,
                 kind = rep.kind.as_str(),
                 drift = %rep.drift,
@@ -227,19 +237,19 @@ impl Daemon {
         if let Ok(mut last) = self.last_errors.lock() {
             if *last != pass.errors {
                 for e in pass.errors.iter().filter(|e| !last.contains(e)) {
-                    tracing::error!(interface = %mesh.interface, why, error = %e, "drift check or repair failed");
+                    tracing::error!(interface = %plan.interface(), why, error = %e, "drift check or repair failed");
                 }
                 if pass.errors.is_empty() {
-                    tracing::info!(interface = %mesh.interface, "drift checks and repairs work again");
+                    tracing::info!(interface = %plan.interface(), "drift checks and repairs work again");
                 }
                 *last = pass.errors.clone();
             }
         }
         if let Some((maps, enforced)) = pass.reenforced {
             self.log_enforced(&enforced, "re-enforced the file to repair drift");
-            *mesh = self.adopt(
+            *plan = self.adopt(
                 Applied {
-                    mesh: mesh.clone(),
+                    plan: plan.clone(),
                     maps,
                     enforced,
                 },
@@ -264,9 +274,9 @@ impl Daemon {
                 "attached; enforcing"
             },
         );
-        let iface = applied.mesh.interface.clone();
-        let mut mesh = self.adopt_reload(applied, &mut reader);
-        self.reconcile(&mut mesh, "start", &mut reader).await;
+        let iface = applied.plan.interface().to_string();
+        let mut plan = self.adopt_reload(applied, &mut reader);
+        self.reconcile(&mut plan, "start", &mut reader).await;
 
         let server = match self.config.metrics_addr {
             Some(addr) => {
@@ -276,6 +286,7 @@ impl Daemon {
                 let local = listener.local_addr()?;
                 let registry = Arc::new(metrics::registry(
                     Collector::new(&iface, self.counters.clone(), self.config.max_deny_series)
+                        .with_wg_backend(self.config.settings.wg_backend)
                         .with_tunnels(self.tunnels.clone()),
                 ));
                 tracing::info!(address = %local, "metrics: serving /metrics");
@@ -296,8 +307,8 @@ impl Daemon {
                     match self.apply(Some(iface.clone())).await {
                         Ok(applied) => {
                             self.log_enforced(&applied.enforced, "reloaded");
-                            mesh = self.adopt_reload(applied, &mut reader);
-                            self.reconcile(&mut mesh, "reload", &mut reader).await;
+                            plan = self.adopt_reload(applied, &mut reader);
+                            self.reconcile(&mut plan, "reload", &mut reader).await;
                         }
                         Err(e) => {
                             self.counters.reload_failures.fetch_add(1, Ordering::Relaxed);
@@ -311,7 +322,7 @@ impl Daemon {
                     }
                 }
                 _ = tick.tick(), if resync.is_some() => {
-                    self.reconcile(&mut mesh, "periodic", &mut reader).await;
+                    self.reconcile(&mut plan, "periodic", &mut reader).await;
                 }
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",

@@ -4,18 +4,20 @@
 //! controller exits. clsact (older kernels): netlink filters stay by
 //! themselves; the programs are pinned so `unload` can find ours.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use aya::programs::{
     links::{FdLink, PinnedLink},
-    tc::{self, SchedClassifier, TcAttachOptions, TcAttachType},
+    tc::{self, SchedClassifier, TcAttachOptions},
     LinkOrder,
 };
 use aya::util::KernelVersion;
 use serde::Serialize;
-use wgbpf_common::names;
 
-use super::{pin_dir, Dataplane, DataplaneError, LoadOptions, Maps};
+use super::{
+    hooks::{remove_clsact_filters, Hook, HOOKS},
+    pin_dir, Dataplane, DataplaneError, LoadOptions, Maps,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -36,35 +38,6 @@ impl AttachMode {
         }
     }
 }
-
-/// One direction of the data plane.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Hook {
-    /// The program's name, also its pin name.
-    pub prog: &'static str,
-    pub attach_type: TcAttachType,
-    /// The pin name of its tcx link.
-    pub link_pin: &'static str,
-    /// "ingress" or "egress": the direction's name and its clsact parent.
-    pub direction: &'static str,
-}
-
-/// The programs of both directions, and where they are pinned and
-/// attached. The one list: `reattach` and the drift repair use it too.
-pub(crate) const HOOKS: [Hook; 2] = [
-    Hook {
-        prog: names::PROG_INGRESS,
-        attach_type: TcAttachType::Ingress,
-        link_pin: "link_ingress",
-        direction: "ingress",
-    },
-    Hook {
-        prog: names::PROG_EGRESS,
-        attach_type: TcAttachType::Egress,
-        link_pin: "link_egress",
-        direction: "egress",
-    },
-];
 
 #[derive(Debug, Serialize)]
 pub struct Installed {
@@ -273,7 +246,7 @@ pub fn remove(iface: &str) -> Result<bool, DataplaneError> {
             })?;
             drop(link.unpin());
         } else {
-            remove_clsact_filter(iface, &hook);
+            remove_clsact_filters(iface, &hook);
         }
     }
     std::fs::remove_dir_all(&dir).map_err(|e| DataplaneError::Pin {
@@ -281,44 +254,4 @@ pub fn remove(iface: &str) -> Result<bool, DataplaneError> {
         source: e.into(),
     })?;
     Ok(true)
-}
-
-/// `iface`'s clsact filters in one direction (`tc -j filter show`); empty
-/// when there is no clsact qdisc.
-pub(crate) fn clsact_filters(
-    iface: &str,
-    direction: &str,
-) -> anyhow::Result<Vec<serde_json::Value>> {
-    use anyhow::Context;
-    let out = Command::new("tc")
-        .args(["-j", "filter", "show", "dev", iface, direction])
-        .output()
-        .context("running tc")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || text.trim().is_empty() {
-        // No clsact qdisc: no filters.
-        return Ok(Vec::new());
-    }
-    serde_json::from_str(&text).context("reading tc's JSON")
-}
-
-/// Deletes our netlink filters (found by program name) from `iface`.
-fn remove_clsact_filter(iface: &str, hook: &Hook) {
-    let parent = hook.direction;
-    let Ok(filters) = clsact_filters(iface, parent) else {
-        return;
-    };
-    for f in filters {
-        let name = f["options"]["bpf_name"].as_str().unwrap_or("");
-        if !name.starts_with(hook.prog) {
-            continue;
-        }
-        if let (Some(pref), Some(handle)) = (f["pref"].as_u64(), f["options"]["handle"].as_str()) {
-            let _ = Command::new("tc")
-                .args(["filter", "del", "dev", iface, parent, "pref"])
-                .arg(pref.to_string())
-                .args(["handle", handle, "bpf"])
-                .status();
-        }
-    }
 }

@@ -5,6 +5,7 @@
 pub mod attach;
 pub mod batch;
 pub mod counters;
+pub mod hooks;
 pub mod maps;
 pub mod mmap;
 pub mod peers;
@@ -137,7 +138,7 @@ impl Dataplane {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
-        for name in attach::HOOKS.map(|h| h.prog) {
+        for name in hooks::HOOKS.map(|h| h.prog) {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| DataplaneError::Layout(format!("program {name} missing")))?

@@ -3,7 +3,7 @@
 //! exactly what the fuzzers run. Each takes any bytes; errors are fine, a
 //! panic is a bug.
 
-use crate::{mesh, policy::check::run_tests};
+use crate::{policy::check::run_tests, source};
 
 /// Mesh-file names under a directory that does not exist, so relative
 /// `[policy] tailscale = / netbird =` includes read nothing.
@@ -35,8 +35,8 @@ pub fn mesh(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(m) = mesh::parse(MESH_NAME, text) {
-        let _ = run_tests(&m);
+    if let Ok(m) = source::parse(MESH_NAME, text) {
+        let _ = run_tests(&m.policy, &m.tests);
     }
 }
 
@@ -56,10 +56,10 @@ pub fn tailscale(data: &[u8]) {
     .flatten()
     {
         let _ = super::to_toml(&translated, None);
-        let mut m = mesh::parse("mesh.toml", MESH).expect("the fuzz mesh parses");
+        let mut m = source::parse("mesh.toml", MESH).expect("the fuzz mesh parses");
         if super::apply(&translated, &mut m).is_ok() {
             let _ = super::to_toml(&translated, Some(&m.directory));
-            let _ = run_tests(&m);
+            let _ = run_tests(&m.policy, &m.tests);
         }
     }
 }
@@ -80,7 +80,7 @@ pub fn wgquick(data: &[u8]) {
     let Ok(out) = super::wgquick::to_mesh(&files, None) else {
         return;
     };
-    if let Err(e) = mesh::parse("imported.toml", &out.toml) {
+    if let Err(e) = source::parse("imported.toml", &out.toml) {
         panic!(
             "the mesh file written from wg-quick does not parse: {e}\n{}",
             out.toml

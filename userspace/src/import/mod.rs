@@ -26,8 +26,8 @@ use ipnet::IpNet;
 use thiserror::Error;
 
 use crate::{
-    mesh::{Directory, Expectation, Mesh, MeshError, PolicyTest, Resolved},
-    policy::model::{proto_name, Action, PortRange, Rule, Selector},
+    mesh::{Directory, IncludeKind, Mesh, MeshError, Resolved},
+    policy::model::{proto_name, Action, Expectation, PolicyTest, PortRange, Rule, Selector},
 };
 
 /// An error in an imported file, with its position (1-based; 0 when the
@@ -182,31 +182,10 @@ pub fn read_file(path: &Path) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| "not UTF-8 text".into())
 }
 
-/// Which kind of file a mesh file's `[policy]` includes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IncludeKind {
-    Tailscale,
-    Netbird,
-}
-
-/// `[policy] tailscale = "FILE"` or `netbird = "FILE"`, with the position
-/// of the value in the mesh file.
-#[derive(Debug, Clone)]
-pub struct Include {
-    pub kind: IncludeKind,
-    pub path: String,
-    pub line: usize,
-    pub column: usize,
-}
-
-/// Reads, translates and applies a mesh file's includes, in order. Paths
-/// are relative to the mesh file.
-pub fn apply_includes(
-    mesh_file: &str,
-    includes: &[Include],
-    mesh: &mut Mesh,
-) -> Result<(), MeshError> {
-    for inc in includes {
+/// Reads, translates and applies the mesh's includes
+/// ([`Mesh::includes`]), in order. Paths are relative to the mesh file.
+pub fn apply_includes(mesh_file: &str, mesh: &mut Mesh) -> Result<(), MeshError> {
+    for inc in std::mem::take(&mut mesh.includes) {
         let base = Path::new(mesh_file).parent().unwrap_or(Path::new(""));
         let path: PathBuf = base.join(&inc.path);
         let text = read_file(&path).map_err(|e| MeshError {

@@ -5,11 +5,13 @@
 
 use std::fmt::Write as _;
 
-use base64::{engine::general_purpose::STANDARD, Engine};
 use ipnet::IpNet;
-use zeroize::Zeroize;
 
 use super::{cs, q, ImportError, Loc, Source};
+use crate::{
+    ifname,
+    wg::{Endpoint, Key},
+};
 
 /// One parsed wg-quick file. Holds no secret: a private key is kept only as
 /// the public key it derives.
@@ -199,12 +201,7 @@ pub fn parse(file: &str, text: &str) -> Result<WgQuick, ImportError> {
                         }
                     }
                     "endpoint" => {
-                        if !endpoint_ok(value) {
-                            return Err(err(
-                                n,
-                                format!("Endpoint: `{value}`: expected host:port or [v6]:port"),
-                            ));
-                        }
+                        Endpoint::parse(value).map_err(|m| err(n, format!("Endpoint: {m}")))?;
                         peer.endpoint = Some(value.to_string());
                     }
                     "persistentkeepalive" => {
@@ -317,56 +314,15 @@ fn sanitize(v: &str) -> Option<String> {
     ok.then_some(s)
 }
 
-fn decode_key(v: &str) -> Result<[u8; 32], &'static str> {
-    if v.len() != 44 || !v.ends_with('=') {
-        return Err("not a base64 WireGuard key (44 characters ending in '=')");
-    }
-    let mut buf = [0u8; 33];
-    let n = STANDARD
-        .decode_slice(v, &mut buf)
-        .map_err(|_| "not valid base64");
-    let mut key = [0u8; 32];
-    let out = match n {
-        Ok(32) => {
-            key.copy_from_slice(&buf[..32]);
-            Ok(key)
-        }
-        Ok(_) => Err("does not decode to 32 bytes"),
-        Err(e) => Err(e),
-    };
-    buf.zeroize();
-    out
-}
-
 /// Checks a key without ever repeating it.
 fn check_key(v: &str) -> Result<(), &'static str> {
-    decode_key(v).map(|mut k| k.zeroize())
+    Key::from_base64(v).map(drop)
 }
 
-/// The public key of a base64 private key (the private key is zeroed).
+/// The public key of a base64 private key (the private key is zeroed when
+/// dropped).
 fn public_of(private: &str) -> Result<String, &'static str> {
-    let mut bytes = decode_key(private)?;
-    let secret = x25519_dalek::StaticSecret::from(bytes);
-    bytes.zeroize();
-    let public = x25519_dalek::PublicKey::from(&secret);
-    Ok(STANDARD.encode(public.as_bytes()))
-}
-
-/// As the mesh file wants it: `host:port`, `a.b.c.d:port`, `[v6]:port`.
-fn endpoint_ok(v: &str) -> bool {
-    let Some((host, port)) = v.rsplit_once(':') else {
-        return false;
-    };
-    if !port.parse::<u16>().is_ok_and(|p| p != 0) {
-        return false;
-    }
-    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return inner.parse::<std::net::Ipv6Addr>().is_ok();
-    }
-    !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    Ok(Key::from_base64(private)?.public_key().to_base64())
 }
 
 /// The mesh file and what the operator must be told.
@@ -375,14 +331,6 @@ pub struct Output {
     pub toml: String,
     /// Things to do by hand (store keys, translate hooks), for stderr.
     pub warnings: Vec<String>,
-}
-
-/// A Linux interface name (at most 15 bytes, no `/` or spaces).
-fn iface_name_ok(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 15
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'=' | b'+'))
 }
 
 /// Writes the mesh file for `files` (the gateway's first). `interface`
@@ -401,14 +349,10 @@ pub fn to_mesh(files: &[WgQuick], interface: Option<&str>) -> Result<Output, Str
         .unwrap_or_default();
     let ifname = match interface {
         Some(n) => n.to_string(),
-        None if iface_name_ok(&stem) => stem.clone(),
+        None if ifname::check(&stem).is_ok() => stem.clone(),
         None => "wg0".to_string(),
     };
-    if !iface_name_ok(&ifname) {
-        return Err(format!(
-            "`{ifname}` is not an interface name (at most 15 characters)"
-        ));
-    }
+    ifname::check(&ifname)?;
     let mut warnings = Vec::new();
     let mut peers: Vec<PeerConf> = gw.peers.clone();
     // The other files: peers' own configurations.

@@ -36,7 +36,10 @@ use toml::Spanned;
 
 use raw::MeshFile;
 
-use crate::policy::model::{Action, Peer, Policy, PortRange, Rule, Selector};
+use crate::{
+    policy::model::{Action, Expectation, Peer, Policy, PolicyTest, PortRange, Rule, Selector},
+    wg::{Endpoint, Key},
+};
 
 #[derive(Debug, Error)]
 #[error("{file}:{line}:{column}: {message}")]
@@ -60,29 +63,26 @@ pub struct Mesh {
     /// managed elsewhere (wg-quick, another tool) and only the policy is
     /// enforced.
     pub wg: WgSpec,
+    /// `[policy] tailscale = "FILE"` / `netbird = "FILE"`, not yet applied:
+    /// [`crate::source`] applies them (with [`crate::import`]).
+    pub includes: Vec<Include>,
 }
 
-/// A `[[policy.test]]` block, resolved to addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyTest {
-    /// `file:line` of the block.
-    pub at: String,
-    pub src: String,
-    pub src_addrs: Vec<std::net::IpAddr>,
-    pub proto: u8,
-    pub expect: Vec<Expectation>,
+/// Which kind of file a mesh file's `[policy]` includes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncludeKind {
+    Tailscale,
+    Netbird,
 }
 
-/// One `destination:port` of a test that must be reachable (`accept`) or
-/// must not (`deny`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expectation {
-    /// `file:line:column` of the entry.
-    pub at: String,
-    pub accept: bool,
-    pub target: String,
-    pub addrs: Vec<std::net::IpAddr>,
-    pub port: u16,
+/// `[policy] tailscale = "FILE"` or `netbird = "FILE"`, with the position
+/// of the value in the mesh file.
+#[derive(Debug, Clone)]
+pub struct Include {
+    pub kind: IncludeKind,
+    pub path: String,
+    pub line: usize,
+    pub column: usize,
 }
 
 /// The interface's WireGuard configuration as the mesh file gives it.
@@ -100,11 +100,11 @@ pub struct WgSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WgPeerSpec {
     pub name: String,
-    /// Base64, checked to be 32 bytes.
-    pub public_key: Option<String>,
+    pub public_key: Option<Key>,
     pub allowed_ips: Vec<IpNet>,
-    /// `host:port` or `[v6]:port`; the host may be a DNS name.
-    pub endpoint: Option<String>,
+    /// The host may be a DNS name (resolved when the plan is built, and
+    /// again by the daemon).
+    pub endpoint: Option<Endpoint>,
     pub persistent_keepalive: Option<u16>,
     pub preshared_key_file: Option<std::path::PathBuf>,
 }
@@ -138,6 +138,8 @@ impl Ctx<'_> {
     }
 }
 
+/// Reads and resolves a mesh file, its includes recorded but not applied
+/// (see [`crate::source::load`] for the file as commands read it).
 pub fn load(path: &Path) -> Result<Mesh, MeshError> {
     let text = std::fs::read_to_string(path).map_err(|e| MeshError {
         file: path.display().to_string(),
@@ -148,24 +150,22 @@ pub fn load(path: &Path) -> Result<Mesh, MeshError> {
     parse(&path.display().to_string(), &text)
 }
 
+/// Parses and resolves a mesh file's text; includes recorded, not applied.
 pub fn parse(file: &str, text: &str) -> Result<Mesh, MeshError> {
     let ctx = Ctx { file, text };
     let raw: MeshFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         ctx.err(span, e.message().to_string())
     })?;
-    // ---- begin: imported policies (crate::import, docs/imports.md) ----
-    // `[policy] tailscale = "FILE"` / `netbird = "FILE"`: the file's groups,
-    // hosts, rules and tests come after the mesh file's own.
-    let includes: Vec<crate::import::Include> = [
-        (crate::import::IncludeKind::Tailscale, &raw.policy.tailscale),
-        (crate::import::IncludeKind::Netbird, &raw.policy.netbird),
+    let includes: Vec<Include> = [
+        (IncludeKind::Tailscale, &raw.policy.tailscale),
+        (IncludeKind::Netbird, &raw.policy.netbird),
     ]
     .into_iter()
     .filter_map(|(kind, path)| {
         let path = path.as_ref()?;
         let (line, column) = ctx.position(path.span());
-        Some(crate::import::Include {
+        Some(Include {
             kind,
             path: path.get_ref().clone(),
             line,
@@ -174,9 +174,8 @@ pub fn parse(file: &str, text: &str) -> Result<Mesh, MeshError> {
     })
     .collect();
     let mut mesh = resolve(&ctx, raw)?;
-    crate::import::apply_includes(file, &includes, &mut mesh)?;
+    mesh.includes = includes;
     Ok(mesh)
-    // ---- end: imported policies ----
 }
 
 fn parse_net(ctx: &Ctx, s: &Spanned<String>, host_only: bool) -> Result<IpNet, MeshError> {
@@ -193,6 +192,8 @@ fn parse_net(ctx: &Ctx, s: &Spanned<String>, host_only: bool) -> Result<IpNet, M
 }
 
 fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
+    crate::ifname::check(raw.interface.name.get_ref())
+        .map_err(|e| ctx.err(raw.interface.name.span(), format!("name: {e}")))?;
     let local = raw
         .interface
         .addresses
@@ -240,22 +241,29 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
         if by_name.insert(name.clone(), i).is_some() {
             return Err(ctx.err(p.name.span(), format!("peer `{name}` is defined twice")));
         }
-        if let Some(k) = &p.public_key {
-            check_key(ctx, k)?;
-        }
+        let public_key = p
+            .public_key
+            .as_ref()
+            .map(|k| {
+                Key::from_base64(k.get_ref())
+                    .map_err(|w| ctx.err(k.span(), format!("public_key: {w}")))
+            })
+            .transpose()?;
         let allowed_ips = p
             .allowed_ips
             .iter()
             .map(|a| parse_net(ctx, a, false))
             .collect::<Result<Vec<_>, _>>()?;
-        if let Some(e) = &p.endpoint {
-            check_endpoint(ctx, e)?;
-        }
+        let endpoint = p
+            .endpoint
+            .as_ref()
+            .map(|e| Endpoint::parse(e.get_ref()).map_err(|m| ctx.err(e.span(), m)))
+            .transpose()?;
         wg.peers.push(WgPeerSpec {
             name: name.clone(),
-            public_key: p.public_key.as_ref().map(|k| k.get_ref().clone()),
+            public_key,
             allowed_ips: allowed_ips.clone(),
-            endpoint: p.endpoint.as_ref().map(|e| e.get_ref().clone()),
+            endpoint,
             persistent_keepalive: p.persistent_keepalive.as_ref().map(|k| *k.get_ref()),
             preshared_key_file: p.preshared_key_file.as_ref().map(|f| f.get_ref().into()),
         });
@@ -332,6 +340,7 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
         tests: tests(ctx, &raw, &directory)?,
         directory,
         wg,
+        includes: Vec::new(),
     })
 }
 
@@ -450,51 +459,6 @@ fn split_target(s: &str) -> Result<(&str, u16), String> {
         None => name,
     };
     Ok((name, port))
-}
-
-/// `host:port`, `a.b.c.d:port` or `[v6]:port` with a port 1-65535.
-fn check_endpoint(ctx: &Ctx, e: &Spanned<String>) -> Result<(), MeshError> {
-    let v = e.get_ref();
-    let bad = || {
-        ctx.err(
-            e.span(),
-            format!("endpoint `{v}`: expected host:port, a.b.c.d:port or [v6]:port"),
-        )
-    };
-    let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
-    let _ = port;
-    let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        inner.parse::<std::net::Ipv6Addr>().is_ok()
-    } else {
-        !host.is_empty()
-            && !host.contains(':')
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-    };
-    if host_ok {
-        Ok(())
-    } else {
-        Err(bad())
-    }
-}
-
-fn check_key(ctx: &Ctx, k: &Spanned<String>) -> Result<(), MeshError> {
-    let s = k.get_ref();
-    let ok = s.len() == 44
-        && s.ends_with('=')
-        && s[..43]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
-    if ok {
-        Ok(())
-    } else {
-        Err(ctx.err(
-            k.span(),
-            "public_key is not a base64 WireGuard key (44 characters)",
-        ))
-    }
 }
 
 fn parse_proto(ctx: &Ctx, p: &Spanned<toml::Value>) -> Result<Option<u8>, MeshError> {
@@ -731,7 +695,7 @@ deny = ["db1:5432"]
             d.addresses("office").unwrap(),
             ["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]
         );
-        let (checked, failures) = run_tests(&m);
+        let (checked, failures) = run_tests(&m.policy, &m.tests);
         assert!(failures.is_empty(), "{failures:?}");
         assert_eq!(checked, 7);
         let e = explain(
@@ -756,7 +720,7 @@ deny = ["db1:5432"]
     fn failing_tests_are_named_with_their_line() {
         let text = MESH.replace("deny = [\"db1:5432\"]", "deny = [\"db1:22\"]");
         let m = parse("m.toml", &text).unwrap();
-        let (_, failures) = run_tests(&m);
+        let (_, failures) = run_tests(&m.policy, &m.tests);
         assert_eq!(failures.len(), 1);
         let f = failures[0].to_string();
         let line = text

@@ -84,6 +84,8 @@ pub struct Collector {
     pub tunnels: Option<Arc<Tunnels>>,
     /// The last scrape failed to read the WireGuard device.
     wg_failing: AtomicBool,
+    /// Which backend reads the device.
+    wg_backend: crate::wg::BackendChoice,
 }
 
 impl Collector {
@@ -96,7 +98,14 @@ impl Collector {
             failing: AtomicBool::new(false),
             tunnels: None,
             wg_failing: AtomicBool::new(false),
+            wg_backend: crate::wg::BackendChoice::Auto,
         }
+    }
+
+    /// Reads the WireGuard device through `choice` (default: auto).
+    pub fn with_wg_backend(mut self, choice: crate::wg::BackendChoice) -> Self {
+        self.wg_backend = choice;
+        self
     }
 
     /// Also exports the WireGuard device's per-peer figures, named and
@@ -108,7 +117,7 @@ impl Collector {
 
     /// `wireguard_tunnel_*` and `wgbpf_wireguard_up`.
     fn encode_tunnels(&self, enc: &mut DescriptorEncoder, tunnels: &Tunnels) -> fmt::Result {
-        let state = crate::wg::open_backend(&self.interface).and_then(|b| b.get());
+        let state = crate::wg::open_backend(&self.interface, self.wg_backend).and_then(|b| b.get());
         let samples = match state {
             Ok(s) => {
                 if self.wg_failing.swap(false, Ordering::Relaxed) {
@@ -239,16 +248,16 @@ pub fn peer_label(slots: &std::collections::BTreeMap<u32, String>, idx: u32) -> 
 
 /// Which pinned programs are really attached, and how: by program id in
 /// the interface's tcx lists and clsact filters
-/// ([`crate::wg::repair::attachment`]). All false when nothing is pinned
+/// ([`crate::dataplane::hooks::attachment`]). All false when nothing is pinned
 /// or it cannot be read.
 pub fn attached(interface: &str) -> [(&'static str, &'static str, bool); 4] {
-    let [i, e] = crate::wg::repair::attachment(interface).unwrap_or([
-        crate::wg::repair::HookState {
+    let [i, e] = crate::dataplane::hooks::attachment(interface).unwrap_or([
+        crate::dataplane::hooks::HookState {
             direction: "ingress",
             tcx: false,
             clsact: false,
         },
-        crate::wg::repair::HookState {
+        crate::dataplane::hooks::HookState {
             direction: "egress",
             tcx: false,
             clsact: false,

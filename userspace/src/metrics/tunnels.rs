@@ -64,10 +64,7 @@ impl Tunnels {
             .wg
             .peers
             .iter()
-            .filter_map(|p| {
-                let key = Key::from_base64(p.public_key.as_deref()?).ok()?;
-                Some((key, p.name.clone()))
-            })
+            .filter_map(|p| Some((p.public_key.clone()?, p.name.clone())))
             .collect();
         if let Ok(mut i) = self.inner.lock() {
             i.names = names;
@@ -142,7 +139,7 @@ mod tests {
     #[test]
     fn handshakes_count_changes_observed() {
         let t = Tunnels::default();
-        let mesh = crate::mesh::parse(
+        let mesh = crate::source::parse(
             "m.toml",
             &format!(
                 "[interface]\nname = \"wg0\"\n[[peer]]\nname = \"alice\"\npublic_key = \"{}\"\n\

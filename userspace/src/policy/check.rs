@@ -7,10 +7,9 @@ use serde::Serialize;
 use wgbpf_common::{rule_id, severity, PROTO_ICMP, PROTO_ICMPV6};
 
 use super::{
-    model::{proto_name, Policy},
+    model::{proto_name, Policy, PolicyTest},
     reference::{evaluate, PacketMeta, Verdict},
 };
-use crate::mesh::Mesh;
 
 /// What the policy decides for one packet, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -123,10 +122,10 @@ impl std::fmt::Display for TestFailure {
 /// of each destination. An `accept` needs the policy to accept (audit mode
 /// does not count: it would be denied once enforced); a `deny` needs a deny
 /// or audit verdict.
-pub fn run_tests(mesh: &Mesh) -> (usize, Vec<TestFailure>) {
+pub fn run_tests(policy: &Policy, tests: &[PolicyTest]) -> (usize, Vec<TestFailure>) {
     let mut checked = 0;
     let mut failures = Vec::new();
-    for t in &mesh.tests {
+    for t in tests {
         for e in &t.expect {
             let before = checked;
             for &src in &t.src_addrs {
@@ -135,7 +134,7 @@ pub fn run_tests(mesh: &Mesh) -> (usize, Vec<TestFailure>) {
                         continue;
                     }
                     checked += 1;
-                    let got = explain(&mesh.policy, src, dst, t.proto, e.port);
+                    let got = explain(policy, src, dst, t.proto, e.port);
                     let ok = if e.accept {
                         got.verdict == "accept"
                     } else {

@@ -62,6 +62,22 @@ pub struct Compiled {
     pub identities: u32,
 }
 
+impl Compiled {
+    /// The same policy with each peer's counter slot replaced: `slots` maps
+    /// the index a peer had when compiled to the slot it gets (only the
+    /// trie's peer values change; identities and policy entries do not
+    /// depend on the numbering).
+    pub fn with_peer_slots(&self, slots: &BTreeMap<u32, u32>) -> Compiled {
+        let mut c = self.clone();
+        for (_, _, e) in &mut c.ipcache {
+            if e.peer != 0 {
+                e.peer = slots.get(&e.peer).copied().unwrap_or(e.peer);
+            }
+        }
+        c
+    }
+}
+
 /// An atom: a prefix in the 128-bit mapped space, remembering its family so
 /// that an IPv6 selector such as ::/0 never matches IPv4 addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -536,6 +552,49 @@ mod tests {
             proto: Some(6),
             ports: vec![PortRange::single(22)],
         }
+    }
+
+    #[test]
+    fn renumbering_peers_equals_compiling_with_their_slots() {
+        let peers: Vec<Peer> = (1..=20).map(peer).collect();
+        let half = Selector::Prefixes(
+            peers[..10]
+                .iter()
+                .flat_map(|p| p.allowed_ips.clone())
+                .collect(),
+        );
+        let one = Selector::Prefixes(peers[3].allowed_ips.clone());
+        let policy = Policy {
+            rules: vec![
+                rule(half, Selector::Any),
+                Rule {
+                    action: Action::Deny,
+                    proto: None,
+                    ports: vec![],
+                    ..rule(one, Selector::Any)
+                },
+            ],
+            peers,
+            ..Default::default()
+        };
+        // Slots as a pinned data plane may hand them out: any permutation.
+        let slots: BTreeMap<u32, u32> = (1..=20).map(|i| (i, 1 + (i * 7) % 23)).collect();
+        let mut renumbered = policy.clone();
+        for p in &mut renumbered.peers {
+            p.index = slots[&p.index];
+        }
+        let direct = compile(&renumbered, 64).unwrap();
+        let remapped = compile(&policy, 64).unwrap().with_peer_slots(&slots);
+        assert_eq!(
+            format!("{:?}", direct.ipcache),
+            format!("{:?}", remapped.ipcache)
+        );
+        assert_eq!(
+            format!("{:?}", direct.policy),
+            format!("{:?}", remapped.policy)
+        );
+        assert_eq!(direct.identities, remapped.identities);
+        assert!(remapped.ipcache.iter().any(|(_, _, e)| e.peer == slots[&5]));
     }
 
     #[test]

@@ -117,3 +117,26 @@ pub fn proto_name(proto: u8) -> String {
         other => other.to_string(),
     }
 }
+
+/// A `[[policy.test]]` block, resolved to addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyTest {
+    /// `file:line` of the block.
+    pub at: String,
+    pub src: String,
+    pub src_addrs: Vec<std::net::IpAddr>,
+    pub proto: u8,
+    pub expect: Vec<Expectation>,
+}
+
+/// One `destination:port` of a test that must be reachable (`accept`) or
+/// must not (`deny`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expectation {
+    /// `file:line:column` of the entry.
+    pub at: String,
+    pub accept: bool,
+    pub target: String,
+    pub addrs: Vec<std::net::IpAddr>,
+    pub port: u16,
+}

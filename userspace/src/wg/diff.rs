@@ -14,7 +14,7 @@ use super::{
 /// The change set that takes `current` to `desired`. Empty when nothing
 /// differs. Order: device fields, removed peers (their AllowedIPs become
 /// free), changed peers, new peers.
-pub fn reconcile(desired: &DeviceConfig, current: &DeviceState) -> ChangeSet {
+pub fn changes_between(desired: &DeviceConfig, current: &DeviceState) -> ChangeSet {
     let mut cs = ChangeSet {
         private_key: desired
             .private_key
@@ -120,19 +120,19 @@ mod tests {
     #[test]
     fn unchanged_configuration_sends_nothing() {
         let d = base();
-        assert!(reconcile(&d, &state(&d)).is_empty());
+        assert!(changes_between(&d, &state(&d)).is_empty());
         // Same AllowedIPs in another order, with host bits, twice: same set.
         let mut again = d.clone();
         again.peers[0].allowed_ips = ["fd00::2/128", "10.0.0.2/32", "10.0.0.2/32"]
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        assert!(reconcile(&again, &state(&d)).is_empty());
+        assert!(changes_between(&again, &state(&d)).is_empty());
         let mut host_bits = d.clone();
         host_bits.peers[1].allowed_ips = vec!["10.0.1.7/24".parse().unwrap()];
         let mut cur = d.clone();
         cur.peers[1].allowed_ips = vec!["10.0.1.0/24".parse().unwrap()];
-        assert!(reconcile(&host_bits, &state(&cur)).is_empty());
+        assert!(changes_between(&host_bits, &state(&cur)).is_empty());
         // Unmanaged fields (None) never cause a change.
         let loose = DeviceConfig {
             private_key: None,
@@ -144,7 +144,7 @@ mod tests {
         cur.fwmark = 9;
         // A learned endpoint of a peer without a configured one stays.
         cur.peers[0].config.endpoint = Some("192.0.2.1:1000".parse().unwrap());
-        assert!(reconcile(&loose, &cur).is_empty());
+        assert!(changes_between(&loose, &cur).is_empty());
     }
 
     #[test]
@@ -155,7 +155,7 @@ mod tests {
             "10.0.0.3/32".parse().unwrap(),
             "10.9.0.0/16".parse().unwrap(),
         ];
-        let cs = reconcile(&want, &state(&d));
+        let cs = changes_between(&want, &state(&d));
         assert_eq!(
             cs,
             ChangeSet {
@@ -186,7 +186,7 @@ mod tests {
         want.listen_port = Some(4000);
         want.fwmark = Some(0x51);
         want.private_key = Some(k(8));
-        let cs = reconcile(&want, &state(&d));
+        let cs = changes_between(&want, &state(&d));
         assert_eq!(cs.private_key, Some(k(8)));
         assert_eq!(cs.listen_port, Some(4000));
         assert_eq!(cs.fwmark, Some(0x51));
@@ -211,7 +211,7 @@ mod tests {
         back.private_key = Some(k(8));
         back.fwmark = Some(0x51);
         back.peers.retain(|p| p.public_key == k(3));
-        let cs = reconcile(&back, &cur);
+        let cs = changes_between(&back, &cur);
         let PeerChange::Update(u) = &cs.peers[1] else {
             panic!("{cs:?}")
         };

@@ -4,13 +4,13 @@
 //! acknowledged before the next is sent (as wg(8) does).
 //!
 //! [`messages`] builds and reads the messages without a kernel (tested in
-//! `userspace/tests/wg_kernel_messages.rs`); [`netlink`] is the socket. The
-//! interface itself (`ip link add IFACE type wireguard`, its addresses, MTU,
-//! routes) is not created here: that is wg-quick's job, or the system's.
-//! See docs/wireguard.md, "The kernel backend".
+//! `userspace/tests/wg_kernel_messages.rs`); [`crate::netlink`] is the
+//! socket, for generic netlink and rtnetlink alike. [`link`] creates the interface
+//! itself as wg-quick would (`ip link add IFACE type wireguard`, its
+//! addresses, MTU, routes). See docs/wireguard.md, "The kernel backend".
 
+pub mod link;
 pub mod messages;
-pub(crate) mod netlink;
 
 use std::{
     io,
@@ -21,14 +21,13 @@ use netlink_packet_core::NetlinkMessage;
 use netlink_packet_generic::GenlMessage;
 use netlink_packet_wireguard::WireguardMessage;
 
-use self::{
-    messages::{device_from_dump, get_device_message, scrub, set_device_messages, to_bytes},
-    netlink::GenlSocket,
-};
+use self::messages::{device_from_dump, get_device_message, scrub, set_device_messages, to_bytes};
 use super::{
     model::{ChangeSet, DeviceState},
-    Backend, WgError,
+    Backend, InterfaceSpec, WgError,
 };
+use crate::netlink::NlSocket;
+use link::LinkReport;
 
 /// The generic netlink family of the kernel's WireGuard.
 pub const FAMILY: &str = "wireguard";
@@ -39,7 +38,7 @@ const DUMP_ATTEMPTS: usize = 5;
 /// kernel has no WireGuard (module not loaded and not loadable) or generic
 /// netlink cannot be reached.
 pub fn family_id() -> Option<u16> {
-    GenlSocket::open().ok()?.family_id(FAMILY).ok()?
+    NlSocket::generic().ok()?.family_id(FAMILY).ok()?
 }
 
 /// A kernel WireGuard interface, reached over generic netlink.
@@ -92,8 +91,8 @@ impl KernelBackend {
         self.err(format!("{what}: {e}{hint}"))
     }
 
-    fn socket(&self) -> Result<GenlSocket, WgError> {
-        GenlSocket::open().map_err(|e| self.errno("opening a generic netlink socket", e))
+    fn socket(&self) -> Result<NlSocket, WgError> {
+        NlSocket::generic().map_err(|e| self.errno("opening a generic netlink socket", e))
     }
 }
 
@@ -164,5 +163,9 @@ impl Backend for KernelBackend {
         }
         scrub(&mut msgs);
         result
+    }
+
+    fn ensure_interface(&self, spec: &InterfaceSpec) -> Result<Option<LinkReport>, WgError> {
+        link::ensure_link(&self.iface, spec).map(Some)
     }
 }

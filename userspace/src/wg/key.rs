@@ -30,10 +30,10 @@ impl Key {
         self.0.iter().all(|b| *b == 0)
     }
 
-    /// Parses a base64 key (44 characters). The error never repeats the
-    /// input, which may be a secret.
+    /// Parses a base64 key (44 characters): the one key parser, for the
+    /// mesh file, key files, the importers and the command line. The error
+    /// never repeats the input, which may be a secret.
     pub fn from_base64(s: &str) -> Result<Key, &'static str> {
-        let s = s.trim();
         if s.len() != 44 || !s.ends_with('=') {
             return Err("not a base64 WireGuard key (44 characters ending in '=')");
         }
@@ -97,12 +97,6 @@ impl Key {
         k[31] = (k[31] & 127) | 64;
         Key(k)
     }
-
-    /// A short, harmless label for a public key in messages (`abcd1234…`).
-    pub fn short(&self) -> String {
-        let b = self.to_base64();
-        format!("{}…", &b[..8])
-    }
 }
 
 impl fmt::Debug for Key {
@@ -138,7 +132,7 @@ pub fn read_key_file(path: &Path) -> Result<Key, WgError> {
     let mut text = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
     let result = std::str::from_utf8(&text)
         .map_err(|_| "not text")
-        .and_then(Key::from_base64)
+        .and_then(|t| Key::from_base64(t.trim()))
         .map_err(|why| err(format!("{why} (the file must hold one base64 key)")));
     text.zeroize();
     result

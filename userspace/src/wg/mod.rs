@@ -1,33 +1,40 @@
-//! WireGuard control: read and configure the device a mesh file describes.
+//! WireGuard control, a library that knows nothing of the rest of wgbpf
+//! (no mesh file, policy, data plane or daemon; a test enforces it).
 //!
 //! One model ([`model`]), one [`Backend`] trait, one implementation per way
 //! of reaching a device: the cross-platform userspace API ([`uapi`], for
 //! wireguard-go and boringtun) and the kernel's generic netlink family
-//! ([`kernel`]). [`diff::reconcile`] computes the least change set from the
-//! current state to the wanted one; [`config`] turns a mesh file into the
-//! wanted configuration, validating everything before anything is sent.
-//! See docs/wireguard.md.
+//! ([`kernel`], which also creates the interface over rtnetlink).
+//! [`diff::changes_between`] computes the least change set from the current
+//! state to the wanted one; [`update`] reads the device, then sends it.
+//! Keys ([`key`]) and endpoints ([`endpoint`]) have one parser each.
+//! [`rotate`] changes a peer's key with a transition window. See
+//! docs/wireguard.md.
 
-pub mod config;
 pub mod diff;
+pub mod endpoint;
 pub mod kernel;
 pub mod key;
-pub mod link;
 pub mod model;
-pub mod repair;
 pub mod rotate;
 pub mod uapi;
+pub mod update;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, str::FromStr};
 
+use ipnet::IpNet;
 use thiserror::Error;
 
-pub use config::{plan_for_mesh, Desired, Plan, WgReport};
-pub use diff::reconcile;
-pub use kernel::KernelBackend;
+pub use diff::changes_between;
+pub use endpoint::Endpoint;
+pub use kernel::{
+    link::{link_is_up, set_link_up, LinkReport},
+    KernelBackend,
+};
 pub use key::{read_key_file, Key};
 pub use model::{ChangeSet, DeviceConfig, DeviceState, PeerChange, PeerConfig, PeerState};
 pub use uapi::UapiBackend;
+pub use update::{Desired, DeviceUpdate, PeerUpdated, WgReport};
 
 #[derive(Debug, Error)]
 pub enum WgError {
@@ -75,19 +82,70 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
     fn get(&self) -> Result<DeviceState, WgError>;
     /// Sends `changes`; an empty change set sends nothing at all.
     fn apply(&self, changes: &ChangeSet) -> Result<(), WgError>;
+    /// Makes the interface exist with `spec`'s addresses, MTU and routes,
+    /// adding what is missing. `None` where the backend does not own the
+    /// interface (a userspace implementation creates its own TUN device).
+    fn ensure_interface(&self, _spec: &InterfaceSpec) -> Result<Option<LinkReport>, WgError> {
+        Ok(None)
+    }
 }
 
-/// The backend for `iface`: its UAPI socket when there is one (wireguard-go,
-/// boringtun), else the kernel's WireGuard when the kernel has the
-/// `wireguard` generic netlink family, else [`WgError::NoBackend`].
-/// `WGBPF_WG_BACKEND=uapi|kernel` forces one (`auto`, the default, chooses).
-/// The caller prints [`Backend::describe`].
-pub fn open_backend(iface: &str) -> Result<Box<dyn Backend>, WgError> {
-    let choice = std::env::var("WGBPF_WG_BACKEND").unwrap_or_default();
-    let (uapi, kernel) = match choice.as_str() {
-        "uapi" => (true, false),
-        "kernel" => (false, true),
-        _ => (true, true),
+/// The interface around the device, as wg-quick sets it up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterfaceSpec {
+    /// Addresses with their prefix length, as written.
+    pub addresses: Vec<IpNet>,
+    pub mtu: Option<u32>,
+    /// Routes through the interface (see [`kernel::link::routes_for`]).
+    pub routes: Vec<IpNet>,
+}
+
+/// Which backend reaches a device: chosen once by the caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The device's UAPI socket when there is one, else the kernel's
+    /// WireGuard when the kernel has it.
+    #[default]
+    Auto,
+    Uapi,
+    Kernel,
+}
+
+/// The environment variable that forces a backend (tests use it).
+pub const BACKEND_ENV: &str = "WGBPF_WG_BACKEND";
+
+impl BackendChoice {
+    /// [`BACKEND_ENV`] (`auto`, `uapi` or `kernel`), [`BackendChoice::Auto`]
+    /// when unset. The only place the variable is read.
+    pub fn from_env() -> Result<BackendChoice, String> {
+        match std::env::var(BACKEND_ENV) {
+            Ok(v) => v.parse().map_err(|e| format!("{BACKEND_ENV}: {e}")),
+            Err(_) => Ok(BackendChoice::Auto),
+        }
+    }
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "auto" => Ok(BackendChoice::Auto),
+            "uapi" => Ok(BackendChoice::Uapi),
+            "kernel" => Ok(BackendChoice::Kernel),
+            other => Err(format!("`{other}`: expected auto, uapi or kernel")),
+        }
+    }
+}
+
+/// The backend for `iface`: with [`BackendChoice::Auto`], its UAPI socket
+/// when there is one (wireguard-go, boringtun), else the kernel's WireGuard
+/// when the kernel has the `wireguard` generic netlink family, else
+/// [`WgError::NoBackend`]. The caller prints [`Backend::describe`].
+pub fn open_backend(iface: &str, choice: BackendChoice) -> Result<Box<dyn Backend>, WgError> {
+    let (uapi, kernel) = match choice {
+        BackendChoice::Uapi => (true, false),
+        BackendChoice::Kernel => (false, true),
+        BackendChoice::Auto => (true, true),
     };
     if uapi {
         if let Some(b) = UapiBackend::open(iface) {

@@ -13,9 +13,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use netlink_packet_core::{
-    NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_generic::GenlMessage;
 use netlink_packet_wireguard::{
     WireguardAddressFamily, WireguardAllowedIp, WireguardAllowedIpAttr, WireguardAttribute,
@@ -30,7 +28,7 @@ use crate::wg::{
 };
 
 /// `struct nlmsghdr`.
-pub const NLMSG_HDRLEN: usize = 16;
+pub use crate::netlink::NLMSG_HDRLEN;
 /// `struct genlmsghdr`.
 pub const GENL_HDRLEN: usize = 4;
 /// The most one `WG_CMD_SET_DEVICE` message may take, headers included:
@@ -436,19 +434,4 @@ pub fn parse_datagram(
         .collect()
 }
 
-/// The messages of one datagram, each slice exactly one message.
-pub fn split_datagram(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off < bytes.len() {
-        let buf = NetlinkBuffer::new_checked(&bytes[off..])
-            .map_err(|e| format!("malformed netlink message: {e}"))?;
-        let len = buf.length() as usize;
-        if len < NLMSG_HDRLEN {
-            return Err(format!("malformed netlink message: length {len}"));
-        }
-        out.push(&bytes[off..off + len]);
-        off += (len + 3) & !3;
-    }
-    Ok(out)
-}
+pub use crate::netlink::split_datagram;

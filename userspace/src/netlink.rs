@@ -1,24 +1,33 @@
-//! A blocking generic netlink socket: one request at a time, its replies
-//! read up to the acknowledgement (or, for a dump, `NLMSG_DONE`).
+//! A blocking netlink socket: one request at a time, its replies read up to
+//! the acknowledgement (or, for a dump, `NLMSG_DONE`). The one request
+//! helper for every netlink protocol wgbpf speaks: generic netlink (the
+//! kernel's `wireguard` family) and rtnetlink (the WireGuard link, its
+//! addresses and routes; the data plane's clsact filters).
 
 use std::{io, os::fd::AsRawFd, time::Duration};
 
 use netlink_packet_core::{
-    NetlinkDeserializable, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_DUMP_INTR,
-    NLM_F_REQUEST,
+    NetlinkBuffer, NetlinkDeserializable, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+    NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_generic::{
     ctrl::{nlas::GenlCtrlAttrs, GenlCtrl, GenlCtrlCmd},
     GenlMessage,
 };
-use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
+use netlink_sys::{
+    protocols::{NETLINK_GENERIC, NETLINK_ROUTE},
+    Socket, SocketAddr,
+};
 use zeroize::Zeroize;
+
+/// A netlink message header's length.
+pub const NLMSG_HDRLEN: usize = 16;
 
 /// Bound on waiting for the kernel's answer.
 const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The replies to one request, in order, with their netlink flags.
-pub(crate) struct Replies<T> {
+pub struct Replies<T> {
     pub messages: Vec<T>,
     /// Some reply had `NLM_F_DUMP_INTR`: the object changed during the
     /// dump, which must be read again.
@@ -26,8 +35,8 @@ pub(crate) struct Replies<T> {
 }
 
 /// A blocking netlink socket of `protocol`, bound, with a receive timeout
-/// so that no request waits forever. Shared with the rtnetlink code.
-pub(crate) fn open_socket(protocol: isize) -> io::Result<Socket> {
+/// so that no request waits forever.
+fn open_socket(protocol: isize) -> io::Result<Socket> {
     let mut sock = Socket::new(protocol)?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
@@ -51,15 +60,25 @@ pub(crate) fn open_socket(protocol: isize) -> io::Result<Socket> {
     Ok(sock)
 }
 
-pub(crate) struct GenlSocket {
+pub struct NlSocket {
     sock: Socket,
     seq: u32,
 }
 
-impl GenlSocket {
-    pub fn open() -> io::Result<GenlSocket> {
-        Ok(GenlSocket {
-            sock: open_socket(NETLINK_GENERIC)?,
+impl NlSocket {
+    /// A generic netlink socket.
+    pub fn generic() -> io::Result<NlSocket> {
+        Self::open(NETLINK_GENERIC)
+    }
+
+    /// An rtnetlink socket.
+    pub fn route() -> io::Result<NlSocket> {
+        Self::open(NETLINK_ROUTE)
+    }
+
+    fn open(protocol: isize) -> io::Result<NlSocket> {
+        Ok(NlSocket {
+            sock: open_socket(protocol)?,
             seq: 0,
         })
     }
@@ -172,7 +191,7 @@ impl GenlSocket {
 
 fn parse_all<T: NetlinkDeserializable>(data: &[u8]) -> io::Result<Vec<NetlinkMessage<T>>> {
     let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
-    super::messages::split_datagram(data)
+    split_datagram(data)
         .map_err(bad)?
         .into_iter()
         .map(|m| {
@@ -180,4 +199,21 @@ fn parse_all<T: NetlinkDeserializable>(data: &[u8]) -> io::Result<Vec<NetlinkMes
                 .map_err(|e| bad(format!("malformed netlink reply: {e}")))
         })
         .collect()
+}
+
+/// The messages of one datagram, each slice exactly one message.
+pub fn split_datagram(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < bytes.len() {
+        let buf = NetlinkBuffer::new_checked(&bytes[off..])
+            .map_err(|e| format!("malformed netlink message: {e}"))?;
+        let len = buf.length() as usize;
+        if len < NLMSG_HDRLEN {
+            return Err(format!("malformed netlink message: length {len}"));
+        }
+        out.push(&bytes[off..off + len]);
+        off += (len + 3) & !3;
+    }
+    Ok(out)
 }

@@ -11,16 +11,14 @@
 //! prefixes (nor through another AllowedIP); default routes (`/0`) are left
 //! out, since they need wg-quick's fwmark policy routing.
 //!
-//! [`ensure_link_for_mesh`] is the step of `wgbpf load`: only with
-//! `private_key_file` and the kernel backend.
+//! [`super::KernelBackend`] calls [`ensure_link`] for
+//! [`crate::wg::Backend::ensure_interface`]; [`link_is_up`] and
+//! [`set_link_up`] serve any link (a wireguard-go TUN device too).
 
 use std::{io, net::IpAddr};
 
 use ipnet::IpNet;
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
-    NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage, AddressScope},
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
@@ -30,11 +28,12 @@ use netlink_packet_route::{
     },
     AddressFamily, RouteNetlinkMessage,
 };
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use serde::Serialize;
 
-use super::{config, uapi, WgError};
-use crate::mesh::Mesh;
+use crate::{
+    netlink::NlSocket,
+    wg::{InterfaceSpec, WgError},
+};
 
 /// What [`ensure_link`] did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -120,71 +119,15 @@ pub fn default_routes(allowed: &[IpNet]) -> Vec<IpNet> {
     v
 }
 
-/// A blocking rtnetlink socket.
-struct RtSocket {
-    sock: Socket,
-    seq: u32,
-}
-
-impl RtSocket {
-    fn open() -> io::Result<RtSocket> {
-        Ok(RtSocket {
-            sock: super::kernel::netlink::open_socket(NETLINK_ROUTE)?,
-            seq: 0,
-        })
-    }
-
-    /// Sends `msg` and returns the first answer (for a request without
-    /// `NLM_F_ACK` that has one), or `None` at the acknowledgement. An
-    /// `NLMSG_ERROR` with an errno is that errno.
-    fn request(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> io::Result<Option<RouteNetlinkMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.seq;
-        let mut m = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        m.finalize();
-        let mut buf = vec![0u8; m.buffer_len()];
-        m.serialize(&mut buf);
-        self.sock.send(&buf, 0)?;
-        loop {
-            let (data, _) = self.sock.recv_from_full()?;
-            let mut off = 0;
-            while off + 16 <= data.len() {
-                let len =
-                    u32::from_ne_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]])
-                        as usize;
-                if len < 16 || off + len > data.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "malformed rtnetlink reply",
-                    ));
-                }
-                let parsed =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..off + len])
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                off += (len + 3) & !3;
-                if parsed.header.sequence_number != self.seq {
-                    continue;
-                }
-                match parsed.payload {
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(None),
-                            Some(_) => Err(e.to_io()),
-                        }
-                    }
-                    NetlinkPayload::Done(_) => return Ok(None),
-                    NetlinkPayload::InnerMessage(inner) => return Ok(Some(inner)),
-                    _ => {}
-                }
-            }
-        }
-    }
+/// An rtnetlink request: the answer (for a request without `NLM_F_ACK`
+/// that has one), or `None` at the acknowledgement.
+fn request(
+    s: &mut NlSocket,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> io::Result<Option<RouteNetlinkMessage>> {
+    let replies = s.request(NetlinkMessage::from(msg), flags, false)?;
+    Ok(replies.messages.into_iter().next())
 }
 
 /// What the kernel says about a link.
@@ -195,10 +138,10 @@ struct LinkInfoNow {
     mtu: Option<u32>,
 }
 
-fn get_link(s: &mut RtSocket, iface: &str) -> io::Result<Option<LinkInfoNow>> {
+fn get_link(s: &mut NlSocket, iface: &str) -> io::Result<Option<LinkInfoNow>> {
     let mut m = LinkMessage::default();
     m.attributes.push(LinkAttribute::IfName(iface.to_string()));
-    let reply = match s.request(RouteNetlinkMessage::GetLink(m), NLM_F_REQUEST) {
+    let reply = match request(s, RouteNetlinkMessage::GetLink(m), NLM_F_REQUEST) {
         Ok(r) => r,
         Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(None),
         Err(e) => return Err(e),
@@ -232,16 +175,12 @@ fn get_link(s: &mut RtSocket, iface: &str) -> io::Result<Option<LinkInfoNow>> {
 
 const CREATE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
 
-/// Makes `iface` a `type wireguard` link that is up, has `addresses`, `mtu`
-/// (when given) and `routes` (in the main table, `proto boot scope link`
-/// as `ip route add NET dev IFACE` makes them). Adds what is missing,
-/// removes nothing. Fails on a link of another kind.
-pub fn ensure_link(
-    iface: &str,
-    addresses: &[IpNet],
-    mtu: Option<u32>,
-    routes: &[IpNet],
-) -> Result<LinkReport, WgError> {
+/// Makes `iface` a `type wireguard` link that is up, has the spec's
+/// addresses, MTU (when given) and routes (in the main table, `proto boot
+/// scope link` as `ip route add NET dev IFACE` makes them). Adds what is
+/// missing, removes nothing. Fails on a link of another kind.
+pub fn ensure_link(iface: &str, spec: &InterfaceSpec) -> Result<LinkReport, WgError> {
+    let (addresses, mtu, routes) = (&spec.addresses, spec.mtu, &spec.routes);
     let err = |what: &str, e: io::Error| {
         let hint = match e.raw_os_error() {
             Some(libc::EPERM) => " (needs CAP_NET_ADMIN)",
@@ -258,7 +197,7 @@ pub fn ensure_link(
         interface: iface.to_string(),
         ..Default::default()
     };
-    let mut s = RtSocket::open().map_err(|e| err("rtnetlink socket", e))?;
+    let mut s = NlSocket::route().map_err(|e| err("rtnetlink socket", e))?;
     let mut link = get_link(&mut s, iface).map_err(|e| err("reading the link", e))?;
     if link.is_none() {
         let mut m = LinkMessage::default();
@@ -267,13 +206,12 @@ pub fn ensure_link(
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Wireguard,
             )]));
-        s.request(RouteNetlinkMessage::NewLink(m), CREATE)
-            .map_err(|e| {
-                err(
-                    &format!("creating it (ip link add {iface} type wireguard)"),
-                    e,
-                )
-            })?;
+        request(&mut s, RouteNetlinkMessage::NewLink(m), CREATE).map_err(|e| {
+            err(
+                &format!("creating it (ip link add {iface} type wireguard)"),
+                e,
+            )
+        })?;
         report.created = true;
         link = get_link(&mut s, iface).map_err(|e| err("reading the new link", e))?;
     }
@@ -301,7 +239,7 @@ pub fn ensure_link(
             m.attributes.push(AddressAttribute::Local(ip));
         }
         m.attributes.push(AddressAttribute::Address(ip));
-        match s.request(RouteNetlinkMessage::NewAddress(m), CREATE) {
+        match request(&mut s, RouteNetlinkMessage::NewAddress(m), CREATE) {
             Ok(_) => report.addresses_added.push(*a),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(err(&format!("adding address {a}"), e)),
@@ -312,18 +250,17 @@ pub fn ensure_link(
             let mut m = LinkMessage::default();
             m.header.index = link.index;
             m.attributes.push(LinkAttribute::Mtu(want));
-            s.request(RouteNetlinkMessage::SetLink(m), NLM_F_REQUEST | NLM_F_ACK)
-                .map_err(|e| err(&format!("setting mtu {want}"), e))?;
+            request(
+                &mut s,
+                RouteNetlinkMessage::SetLink(m),
+                NLM_F_REQUEST | NLM_F_ACK,
+            )
+            .map_err(|e| err(&format!("setting mtu {want}"), e))?;
             report.mtu = Some(want);
         }
     }
     if !link.up {
-        let mut m = LinkMessage::default();
-        m.header.index = link.index;
-        m.header.flags = LinkFlags::Up;
-        m.header.change_mask = LinkFlags::Up;
-        s.request(RouteNetlinkMessage::SetLink(m), NLM_F_REQUEST | NLM_F_ACK)
-            .map_err(|e| err("setting it up", e))?;
+        set_up(&mut s, link.index).map_err(|e| err("setting it up", e))?;
         report.brought_up = true;
     }
     for r in routes {
@@ -342,7 +279,7 @@ pub fn ensure_link(
             IpNet::V6(n) => RouteAddress::Inet6(n.network()),
         }));
         m.attributes.push(RouteAttribute::Oif(link.index));
-        match s.request(RouteNetlinkMessage::NewRoute(m), CREATE) {
+        match request(&mut s, RouteNetlinkMessage::NewRoute(m), CREATE) {
             Ok(_) => report.routes_added.push(*r),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(err(&format!("adding the route {r}"), e)),
@@ -351,51 +288,34 @@ pub fn ensure_link(
     Ok(report)
 }
 
-/// The interface step of `wgbpf load`, before the WireGuard step: `None`
-/// unless the mesh file has `private_key_file` and the device is the
-/// kernel's (no UAPI socket for it, or `WGBPF_WG_BACKEND=kernel`). The
-/// WireGuard configuration is validated first (key files, peers,
-/// AllowedIPs, endpoints), so a file that would fail the load creates
-/// nothing; then [`ensure_link`] with the mesh's addresses and MTU and the
-/// routes of [`routes_for`].
-pub fn ensure_link_for_mesh(mesh: &Mesh) -> Result<Option<LinkReport>, WgError> {
-    if mesh.wg.private_key_file.is_none() {
-        return Ok(None);
+/// Up or not (`IFF_UP`): any link, not only WireGuard ones.
+pub fn link_is_up(iface: &str) -> io::Result<bool> {
+    let mut s = NlSocket::route()?;
+    match get_link(&mut s, iface)? {
+        Some(l) => Ok(l.up),
+        None => Err(io::Error::from_raw_os_error(libc::ENODEV)),
     }
-    let iface = &mesh.interface;
-    match std::env::var("WGBPF_WG_BACKEND")
-        .unwrap_or_default()
-        .as_str()
-    {
-        "uapi" => return Ok(None),
-        "kernel" => {}
-        _ if uapi::socket_path(iface).exists() => return Ok(None),
-        // No module: nothing to create; the WireGuard step says what is
-        // missing (neither a userspace socket nor the kernel module).
-        _ if super::kernel::family_id().is_none() => return Ok(None),
-        _ => {}
-    }
-    config::desired(iface, &mesh.wg)?;
-    let allowed: Vec<IpNet> = mesh
-        .wg
-        .peers
-        .iter()
-        .flat_map(|p| p.allowed_ips.iter().copied())
-        .collect();
-    let skipped = default_routes(&allowed);
-    if !skipped.is_empty() {
-        tracing::warn!(
-            iface = %iface,
-            skipped = ?skipped,
-            "no route added for default-route AllowedIPs (needs policy routing, as wg-quick's fwmark tables)"
-        );
-    }
-    let routes = routes_for(&mesh.wg.addresses, &allowed);
-    let report = ensure_link(iface, &mesh.wg.addresses, mesh.wg.mtu, &routes)?;
-    if report.changed() {
-        tracing::info!(iface = %iface, "interface: {}", report.summary());
-    }
-    Ok(Some(report))
+}
+
+/// `ip link set IFACE up`: any link (CAP_NET_ADMIN).
+pub fn set_link_up(iface: &str) -> io::Result<()> {
+    let mut s = NlSocket::route()?;
+    let link =
+        get_link(&mut s, iface)?.ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+    set_up(&mut s, link.index)
+}
+
+fn set_up(s: &mut NlSocket, index: u32) -> io::Result<()> {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m.header.flags = LinkFlags::Up;
+    m.header.change_mask = LinkFlags::Up;
+    request(
+        s,
+        RouteNetlinkMessage::SetLink(m),
+        NLM_F_REQUEST | NLM_F_ACK,
+    )
+    .map(|_| ())
 }
 
 #[cfg(test)]
