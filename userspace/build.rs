@@ -1,9 +1,11 @@
 //! Builds the eBPF programs (../ebpf) for bpfel-unknown-none and leaves the
-//! object in OUT_DIR, where src/dataplane/object.rs embeds it.
+//! object in OUT_DIR, where src/dataplane/mod.rs (`OBJECT`) embeds it.
 //!
 //! The eBPF crate needs `-Z build-std=core` and a rustc whose LLVM matches
 //! bpf-linker's: Debian's rustc-web at /usr/bin/rustc (see scripts/setup.sh).
-//! WGBPF_EBPF_RUSTC overrides that path.
+//! WGBPF_EBPF_RUSTC overrides that path. `WGBPF_SKIP_EBPF=1` builds the
+//! userspace crates without the eBPF toolchain (editors, `cargo check`): the
+//! object is then empty and loading the data plane says so.
 use std::{env, path::PathBuf, process::Command};
 
 fn main() {
@@ -19,7 +21,15 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=WGBPF_EBPF_RUSTC");
+    println!("cargo:rerun-if-env-changed=WGBPF_SKIP_EBPF");
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap());
+    if env::var("WGBPF_SKIP_EBPF").is_ok_and(|v| v == "1") {
+        std::fs::write(out.join("wgbpf-ebpf.o"), b"").expect("writing the empty object");
+        return;
+    }
+    // The programs read kernel structures as the target architecture lays
+    // them out (aya-ebpf's `bpf_target_arch`): the build target's, not ours.
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets CARGO_CFG_TARGET_ARCH");
     let target_dir = out.join("ebpf-target");
     let rustc = env::var("WGBPF_EBPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
 
@@ -33,7 +43,7 @@ fn main() {
         .env("RUSTC", &rustc)
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
         );
     for key in [
         "RUSTC_WORKSPACE_WRAPPER",

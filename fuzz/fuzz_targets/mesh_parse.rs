@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    wgbpf::import::fuzz::mesh(data);
+    wgbpf::fuzzing::mesh(data);
 });

@@ -51,8 +51,8 @@ fn run(iface: &str, peers: usize, denies: usize, samples: usize) -> Result<()> {
         ..Default::default()
     })?;
     let names: Vec<String> = (0..peers).map(|i| format!("peer-{i}")).collect();
-    let plan = dp.maps.plan_peer_slots(&names)?;
-    dp.maps.commit_peer_slots(&plan)?;
+    let plan = dp.maps.plan_counter_indexes(&names)?;
+    dp.maps.commit_counter_indexes(&plan)?;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     for i in 0..denies {
         let key = DenyKey {
@@ -77,7 +77,7 @@ fn run(iface: &str, peers: usize, denies: usize, samples: usize) -> Result<()> {
     dp.maps.all_peer_totals()?;
     let t_totals = t.elapsed();
     let t = Instant::now();
-    dp.maps.peer_slots()?;
+    dp.maps.counter_owners()?;
     eprintln!(
         "bench-scrape: deny map read ({n} keys) {t_denies:?}, peer counters {t_totals:?}, \
          peer names {:?}",

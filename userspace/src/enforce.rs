@@ -7,9 +7,9 @@
 //! 1. the WireGuard interface made to exist (kernel backend only) and the
 //!    device read: the least change set computed, nothing sent;
 //! 2. the data plane loaded or adopted, not attached; the peers' counter
-//!    slots planned and the policy checked to fit;
+//!    counter indexes planned and the policy checked to fit;
 //! 3. the WireGuard change set sent;
-//! 4. the counter slots and the policy written (atomic swap);
+//! 4. the counter indexes and the policy written (atomic swap);
 //! 5. the programs attached (or, adopted, a detached one attached again).
 
 use anyhow::{Context, Result};
@@ -55,7 +55,7 @@ pub fn enforce(plan: &EnforcementPlan, detached: Detached) -> Result<(Maps, Enfo
     let iface = plan.interface();
     let wg_update = wireguard_update(plan)?;
     // The data plane, loaded or adopted but not yet attached, and the
-    // policy with the peers' counter slots; refused here if it cannot fit.
+    // policy with the peers' counter indexes; refused here if it cannot fit.
     let opts = LoadOptions {
         events: Some(plan.settings.events),
         ..Default::default()
@@ -64,7 +64,7 @@ pub fn enforce(plan: &EnforcementPlan, detached: Detached) -> Result<(Maps, Enfo
         .with_context(|| format!("installing on {iface}"))?;
     let staged = prepared
         .maps
-        .plan_peer_slots(&plan.peer_names())
+        .plan_counter_indexes(&plan.peer_names())
         .map_err(anyhow::Error::from)
         .and_then(|slots| {
             let compiled = plan.compiled_for(&slots);
@@ -88,7 +88,7 @@ pub fn enforce(plan: &EnforcementPlan, detached: Detached) -> Result<(Maps, Enfo
         }
     };
     let mut prepared = prepared;
-    prepared.maps.commit_peer_slots(&slots)?;
+    prepared.maps.commit_counter_indexes(&slots)?;
     let report = prepared
         .maps
         .apply(&compiled)

@@ -2,6 +2,9 @@
 pub mod daemon;
 pub mod dataplane;
 pub mod enforce;
+/// The fuzz targets' bodies (fuzz/), only with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod ifname;
 pub mod import;
 pub mod mesh;

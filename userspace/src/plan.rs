@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use wgbpf_common::{capacity, EventConfig};
 
 use crate::{
-    dataplane::{attach::AttachMode, peers::SlotPlan},
+    dataplane::{attach::AttachMode, peers::CounterIndexPlan},
     mesh::{Mesh, WgSpec},
     policy::{
         check::run_tests,
@@ -64,7 +64,7 @@ impl Settings {
 pub struct EnforcementPlan {
     pub mesh: Mesh,
     /// The policy compiled with the mesh's own peer numbering; the peers'
-    /// counter slots are assigned against the pinned maps by
+    /// counter indexes are assigned against the pinned maps by
     /// [`EnforcementPlan::compiled_for`].
     pub compiled: Compiled,
     /// `None` when the mesh file has no `private_key_file` (the device is
@@ -131,17 +131,17 @@ impl EnforcementPlan {
             .collect()
     }
 
-    /// The compiled policy with each peer's counter slot from `slots`
+    /// The compiled policy with each peer's counter index from `indexes`
     /// (planned against the pinned maps, so peers keep their counters).
-    pub fn compiled_for(&self, slots: &SlotPlan) -> Compiled {
+    pub fn compiled_for(&self, indexes: &CounterIndexPlan) -> Compiled {
         let by_index: BTreeMap<u32, u32> = self
             .mesh
             .policy
             .peers
             .iter()
-            .map(|p| (p.index, slots.slots[&p.name]))
+            .map(|p| (p.index, indexes.indexes[&p.name]))
             .collect();
-        self.compiled.with_peer_slots(&by_index)
+        self.compiled.with_counter_indexes(&by_index)
     }
 }
 

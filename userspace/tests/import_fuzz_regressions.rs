@@ -1,5 +1,5 @@
 //! Replays every input under fuzz/regressions/<target>/ through the body of
-//! that fuzz target (wgbpf::import::fuzz): interesting inputs and every
+//! that fuzz target (wgbpf::fuzzing): interesting inputs and every
 //! crash the fuzzers found. Errors are fine; a panic fails the test.
 
 use std::path::PathBuf;
@@ -10,9 +10,9 @@ type Target = fn(&[u8]);
 fn every_regression_input_replays_without_panic() {
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions"));
     let targets: [(&str, Target); 3] = [
-        ("mesh_parse", wgbpf::import::fuzz::mesh),
-        ("tailscale_parse", wgbpf::import::fuzz::tailscale),
-        ("wgquick_parse", wgbpf::import::fuzz::wgquick),
+        ("mesh_parse", wgbpf::fuzzing::mesh),
+        ("tailscale_parse", wgbpf::fuzzing::tailscale),
+        ("wgquick_parse", wgbpf::fuzzing::wgquick),
     ];
     let mut replayed = 0;
     for (name, run) in targets {
@@ -43,11 +43,11 @@ fn the_examples_replay() {
         "static-mesh.toml",
         "tailscale-style.toml",
     ] {
-        wgbpf::import::fuzz::mesh(&std::fs::read(root.join(f)).unwrap());
+        wgbpf::fuzzing::mesh(&std::fs::read(root.join(f)).unwrap());
     }
-    wgbpf::import::fuzz::tailscale(&std::fs::read(root.join("tailscale-acl.hujson")).unwrap());
+    wgbpf::fuzzing::tailscale(&std::fs::read(root.join("tailscale-acl.hujson")).unwrap());
     let mut both = std::fs::read(root.join("wg-quick/wg0.conf")).unwrap();
     both.push(0);
     both.extend(std::fs::read(root.join("wg-quick/bob.conf")).unwrap());
-    wgbpf::import::fuzz::wgquick(&both);
+    wgbpf::fuzzing::wgquick(&both);
 }

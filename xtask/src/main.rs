@@ -78,13 +78,13 @@ fn main() -> Result<()> {
                 a.extend(args.iter().map(String::as_str));
             }
             let tests = cargo(&a);
-            // ---- begin: bounded fuzz run (fuzz/, docs/imports.md) ----
+            // The bounded fuzz run (fuzz/, docs/imports.md), whatever the
+            // tests said: both verdicts in one run.
             let tests = match (tests, fuzz_smoke()) {
                 (Ok(()), fuzz) => fuzz,
                 (Err(t), Ok(())) => Err(t),
                 (Err(t), Err(f)) => Err(anyhow::anyhow!("{t:#}; and {f:#}")),
             };
-            // ---- end: bounded fuzz run ----
             if no_vm {
                 return tests;
             }

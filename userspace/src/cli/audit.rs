@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 use wgbpf::{
-    dataplane::{attach, pin_dir, Maps},
+    dataplane::{self, attach, pin_dir},
     plan::{EnforcementPlan, Settings},
     wg::{open_backend, BackendChoice, DeviceUpdate},
 };
@@ -88,16 +88,15 @@ fn compare(a: &AuditArgs) -> Result<bool> {
                 .push(format!("peer {}: {} differ", u.peer, u.fields.join(", ")));
         }
     }
-    match attach::pinned_mode(iface) {
+    match dataplane::open(iface)? {
         None => audit.dataplane.push(format!(
             "no wgbpf programs are attached (nothing pinned at {})",
             pin_dir(iface).display()
         )),
-        Some(_) => {
-            let maps = Maps::open_pinned(&pin_dir(iface))?;
+        Some(maps) => {
             let (_, cfg) = maps.active_slot()?;
             audit.policy_version = Some(cfg.version);
-            let slots = maps.plan_peer_slots(&plan.peer_names())?;
+            let slots = maps.plan_counter_indexes(&plan.peer_names())?;
             if !maps.active_holds(&plan.compiled_for(&slots))? {
                 audit.dataplane.push(format!(
                     "the enforced policy (version {}) differs from the file's",

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 use wgbpf::{
-    dataplane::{attach, pin_dir, Maps},
+    dataplane::{self, peers::peer_label},
     policy::model::proto_name,
     source,
 };
@@ -39,25 +39,10 @@ fn interface_of(interface: Option<String>, config: Option<PathBuf>) -> Result<St
 }
 
 fn show_counters(iface: &str, json: bool) -> Result<()> {
-    let dir = pin_dir(iface);
-    if attach::pinned_mode(iface).is_none() {
-        bail!(
-            "no wgbpf data plane is loaded on {iface} ({})",
-            dir.display()
-        );
-    }
-    let maps = Maps::open_pinned(&dir)?;
+    let maps = dataplane::open_loaded(iface)?;
     let (_, slot) = maps.active_slot()?;
-    let slots = maps.peer_slots()?;
-    let name_of = |idx: u32| {
-        slots.get(&idx).cloned().unwrap_or_else(|| {
-            if idx == 0 {
-                "-".into()
-            } else {
-                format!("#{idx}")
-            }
-        })
-    };
+    let slots = maps.counter_owners()?;
+    let name_of = |idx: u32| peer_label(&slots, idx);
     let mut peers = Vec::new();
     for (idx, name) in &slots {
         peers.push((name.clone(), maps.peer_totals(*idx)?));

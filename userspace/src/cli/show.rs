@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
     path::PathBuf,
     time::{Duration, SystemTime},
 };
@@ -12,11 +11,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 use wgbpf::{
-    dataplane::{attach, counters::PeerTotals, pin_dir, Maps},
+    dataplane::{self, counters::PeerTotals, Maps},
     source,
     wg::{self, Key, PeerState},
 };
-use wgbpf_common::{ipcache_prefix_len, IpCacheKey};
 
 /// Show the WireGuard interface and its peers (like `wg show`), with peer
 /// names and the ACL counters of wgbpf's data plane when it is loaded.
@@ -53,10 +51,7 @@ pub fn run(a: ShowArgs) -> Result<()> {
             }
         }
     }
-    let maps = match attach::pinned_mode(&a.interface) {
-        Some(_) => Some(Maps::open_pinned(&pin_dir(&a.interface)).context("the data plane")?),
-        None => None,
-    };
+    let maps = dataplane::open(&a.interface).context("the data plane")?;
     let version = match &maps {
         Some(m) => Some(m.active_slot()?.1.version),
         None => None,
@@ -191,16 +186,19 @@ pub fn run(a: ShowArgs) -> Result<()> {
 /// name (given by the mesh file), else by looking up its AllowedIPs in the
 /// active policy's address map.
 fn acl_of(maps: &Maps, p: &PeerState, name: Option<&String>) -> Result<Acl> {
-    let slots = maps.peer_slots()?;
+    let slots = maps.counter_owners()?;
     let by_name = name.and_then(|n| slots.iter().find(|(_, s)| *s == n).map(|(i, _)| *i));
     let slot = match by_name {
         Some(s) => Some(s),
         None => {
-            let (active, _) = maps.active_slot()?;
-            p.config
-                .allowed_ips
-                .iter()
-                .find_map(|net| peer_slot_of(maps, active, net.network()))
+            let mut found = None;
+            for net in &p.config.allowed_ips {
+                found = maps.peer_of_address(net.network())?;
+                if found.is_some() {
+                    break;
+                }
+            }
+            found
         }
     };
     Ok(match slot {
@@ -213,27 +211,6 @@ fn acl_of(maps: &Maps, p: &PeerState, name: Option<&String>) -> Result<Acl> {
             totals: None,
         },
     })
-}
-
-/// The counter slot of the peer owning `addr` in policy slot `slot`.
-fn peer_slot_of(maps: &Maps, slot: u32, addr: IpAddr) -> Option<u32> {
-    let mapped = match addr {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    };
-    let key = IpCacheKey {
-        slot: slot as u8,
-        addr: mapped,
-    };
-    let endpoint = maps.hosts.get(&key, 0).ok().or_else(|| {
-        maps.ipcache
-            .get(
-                &aya::maps::lpm_trie::Key::new(ipcache_prefix_len(128), key),
-                0,
-            )
-            .ok()
-    })?;
-    (endpoint.peer != 0).then_some(endpoint.peer)
 }
 
 fn human_duration(d: Duration) -> String {

@@ -20,7 +20,10 @@ use tokio::io::unix::AsyncFd;
 use wgbpf_common::{rule_id, severity, DenyEvent, DIR_EGRESS};
 
 use crate::{
-    dataplane::counters::unmap, mesh::Mesh, metrics::DaemonCounters, policy::model::proto_name,
+    dataplane::{counters::unmap, peers::peer_label},
+    mesh::Mesh,
+    metrics::DaemonCounters,
+    policy::model::proto_name,
 };
 
 /// Names for the fields of an event, from the mesh file and the peer-slot
@@ -172,10 +175,9 @@ fn event_time(ev: &DenyEvent) -> String {
 pub fn log_event(ctx: &LogContext, ev: &DenyEvent) {
     let src = unmap(&ev.src);
     let dst = unmap(&ev.dst);
-    let src_peer = match ctx.slots.get(&ev.src_peer) {
-        Some(n) => n.clone(),
-        None if ev.src_peer == 0 => ctx.name_of(src),
-        None => format!("#{}", ev.src_peer),
+    let src_peer = match ev.src_peer {
+        0 => ctx.name_of(src),
+        i => peer_label(&ctx.slots, i),
     };
     let action = if ev.severity == severity::AUDIT {
         "audit"

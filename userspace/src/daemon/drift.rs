@@ -257,7 +257,7 @@ fn repair_dataplane(plan: &EnforcementPlan, pass: &mut Pass) -> Result<()> {
 
     // Policy: the active slot holds the file's compiled policy.
     let (_, cfg) = maps.active_slot()?;
-    let slots = maps.plan_peer_slots(&plan.peer_names())?;
+    let slots = maps.plan_counter_indexes(&plan.peer_names())?;
     if maps.active_holds(&plan.compiled_for(&slots))? {
         return Ok(());
     }

@@ -151,7 +151,7 @@ impl Daemon {
         mut applied: Applied,
         reader: &mut Option<JoinHandle<()>>,
     ) -> Arc<EnforcementPlan> {
-        let slots = applied.maps.peer_slots().unwrap_or_default();
+        let slots = applied.maps.counter_owners().unwrap_or_default();
         if let Ok(mut ctx) = self.log_ctx.write() {
             *ctx = denylog::LogContext::new(&applied.plan.mesh, slots);
         }

@@ -23,9 +23,25 @@ pub use maps::Maps;
 /// The eBPF object built by build.rs from ../ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wgbpf-ebpf.o"));
 
-/// Where an interface's programs, maps and links are pinned.
+/// Where an interface's programs, maps and links are pinned. `iface` must
+/// be a checked interface name ([`crate::ifname::check`] at every input),
+/// so that the path stays inside `/sys/fs/bpf/wgbpf`.
 pub fn pin_dir(iface: &str) -> PathBuf {
     PathBuf::from("/sys/fs/bpf/wgbpf").join(iface)
+}
+
+/// The maps of `iface`'s pinned data plane, `None` when nothing is pinned:
+/// the one way the controller's commands open an interface's data plane.
+pub fn open(iface: &str) -> Result<Option<Maps>, DataplaneError> {
+    if attach::pinned_mode(iface).is_none() {
+        return Ok(None);
+    }
+    Maps::open_pinned(&pin_dir(iface)).map(Some)
+}
+
+/// [`open`], where nothing pinned is an error.
+pub fn open_loaded(iface: &str) -> Result<Maps, DataplaneError> {
+    open(iface)?.ok_or_else(|| DataplaneError::NotLoaded(iface.to_string(), pin_dir(iface)))
 }
 
 #[derive(Debug, Error)]
@@ -63,7 +79,7 @@ pub enum DataplaneError {
     Attach { iface: String, message: String },
     #[error("{0}")]
     Layout(String),
-    #[error("no wgbpf data plane is pinned for {0} (nothing at {1})")]
+    #[error("no wgbpf data plane is loaded on {0} (nothing pinned at {1})")]
     NotLoaded(String, PathBuf),
 }
 
@@ -134,6 +150,11 @@ impl Dataplane {
         };
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
+        }
+        if OBJECT.is_empty() {
+            return Err(DataplaneError::Layout(
+                "this wgbpf was built without its eBPF programs (WGBPF_SKIP_EBPF=1)".into(),
+            ));
         }
         let mut ebpf = loader
             .load(OBJECT)

@@ -1,6 +1,8 @@
-//! Counter slots per peer, stable across reloads: the owner of each slot is
-//! recorded in a pinned map beside the counters. A peer keeps its slot as
-//! long as it stays in the mesh; a new peer gets a free slot, zeroed first,
+//! Counter indexes per peer (a peer's row in the per-peer counter map; not
+//! to be confused with the policy's double-buffer slots), stable across
+//! reloads: the owner of each index is recorded in a pinned map beside the
+//! counters. A peer keeps its index as long as it stays in the mesh; a new
+//! peer gets a free index, zeroed first,
 //! so it never inherits a departed peer's counts.
 
 use std::collections::BTreeMap;
@@ -32,10 +34,20 @@ fn decode(n: &PeerName) -> Option<String> {
     (len > 0).then(|| String::from_utf8_lossy(&n.bytes[..len]).into_owned())
 }
 
-/// Slots to write for a new set of peers: every name with its slot.
+/// The label of a counter index for people and metrics: its peer's name,
+/// "-" for slot 0 (no peer), "#N" for a slot whose owner has left the mesh.
+pub fn peer_label(slots: &BTreeMap<u32, String>, idx: u32) -> String {
+    match slots.get(&idx) {
+        Some(n) => n.clone(),
+        None if idx == 0 => "-".into(),
+        None => format!("#{idx}"),
+    }
+}
+
+/// Counter indexes to write for a new set of peers: every name with its index.
 #[derive(Debug, Default)]
-pub struct SlotPlan {
-    pub slots: BTreeMap<String, u32>,
+pub struct CounterIndexPlan {
+    pub indexes: BTreeMap<String, u32>,
     /// Slots newly given to a peer (their counters are zeroed on commit).
     fresh: Vec<u32>,
     /// Slots whose peer left the mesh.
@@ -43,8 +55,8 @@ pub struct SlotPlan {
 }
 
 impl Maps {
-    /// Who owns which counter slot now (one batch read of the name map).
-    pub fn peer_slots(&self) -> Result<BTreeMap<u32, String>, DataplaneError> {
+    /// Who owns which counter index now (one batch read of the name map).
+    pub fn counter_owners(&self) -> Result<BTreeMap<u32, String>, DataplaneError> {
         use aya::maps::IterableMap;
         let mut out = BTreeMap::new();
         super::batch::for_each(
@@ -82,23 +94,26 @@ impl Maps {
         Ok(out)
     }
 
-    /// Plans slots for `peers` (names, in mesh order) without writing.
-    pub fn plan_peer_slots(&self, peers: &[String]) -> Result<SlotPlan, DataplaneError> {
+    /// Plans counter indexes for `peers` (names, in mesh order) without writing.
+    pub fn plan_counter_indexes(
+        &self,
+        peers: &[String],
+    ) -> Result<CounterIndexPlan, DataplaneError> {
         let capacity = self.peer_names.len();
-        let current = self.peer_slots()?;
+        let current = self.counter_owners()?;
         let by_name: BTreeMap<&str, u32> = current.iter().map(|(i, n)| (n.as_str(), *i)).collect();
-        let mut plan = SlotPlan::default();
+        let mut plan = CounterIndexPlan::default();
         let mut used: Vec<bool> = vec![false; capacity as usize];
         used[0] = true;
         for name in peers {
             if let Some(&slot) = by_name.get(name.as_str()) {
-                plan.slots.insert(name.clone(), slot);
+                plan.indexes.insert(name.clone(), slot);
                 used[slot as usize] = true;
             }
         }
         let mut next = 1usize;
         for name in peers {
-            if plan.slots.contains_key(name) {
+            if plan.indexes.contains_key(name) {
                 continue;
             }
             while next < used.len() && used[next] {
@@ -112,26 +127,29 @@ impl Maps {
                 });
             }
             used[next] = true;
-            plan.slots.insert(name.clone(), next as u32);
+            plan.indexes.insert(name.clone(), next as u32);
             plan.fresh.push(next as u32);
         }
         plan.freed = current
             .iter()
-            .filter(|(_, n)| !plan.slots.contains_key(*n))
+            .filter(|(_, n)| !plan.indexes.contains_key(*n))
             .map(|(i, _)| *i)
             .collect();
         Ok(plan)
     }
 
-    /// Records the plan: fresh slots get zeroed counters and their owner.
-    pub fn commit_peer_slots(&mut self, plan: &SlotPlan) -> Result<(), DataplaneError> {
+    /// Records the plan: fresh indexes get zeroed counters and their owner.
+    pub fn commit_counter_indexes(
+        &mut self,
+        plan: &CounterIndexPlan,
+    ) -> Result<(), DataplaneError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Layout(e.to_string()))?;
         for &slot in &plan.freed {
             self.peer_names
                 .set(slot, PeerName::default(), 0)
                 .map_err(map_err(names::PEER_NAMES))?;
         }
-        for (name, &slot) in &plan.slots {
+        for (name, &slot) in &plan.indexes {
             if !plan.fresh.contains(&slot) {
                 continue;
             }

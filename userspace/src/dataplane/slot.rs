@@ -106,6 +106,27 @@ impl Maps {
         self.slot_holds(active, &cfg, c)
     }
 
+    /// The counter slot of the peer whose AllowedIPs hold `addr` under the
+    /// active policy (as the programs look it up: the hosts hash, then the
+    /// trie), `None` when no peer's do.
+    pub fn peer_of_address(&self, addr: std::net::IpAddr) -> Result<Option<u32>, DataplaneError> {
+        let (active, _) = self.active_slot()?;
+        let mapped = match addr {
+            std::net::IpAddr::V4(v4) => wgbpf_common::map_v4(v4.octets()),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        let key = IpCacheKey {
+            slot: active as u8,
+            addr: mapped,
+        };
+        let endpoint = self.hosts.get(&key, 0).ok().or_else(|| {
+            self.ipcache
+                .get(&Key::new(ipcache_prefix_len(HOST_BITS), key), 0)
+                .ok()
+        });
+        Ok(endpoint.filter(|e| e.peer != 0).map(|e| e.peer))
+    }
+
     /// Refuses a policy that cannot fit, before anything is written: the
     /// maps hold both slots, and the active slot's entries stay, so the new
     /// policy gets what is left.

@@ -9,10 +9,9 @@
 //! ([`apply`], for `[policy] tailscale = "FILE"` / `netbird = "FILE"`),
 //! where errors name the imported file, line and column.
 
-pub mod fuzz;
 pub mod hujson;
+mod located;
 pub mod netbird;
-mod spanned;
 pub mod tailscale;
 pub mod wgquick;
 
@@ -124,7 +123,7 @@ pub mod special {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TRule {
+pub struct ImportedRule {
     pub name: String,
     pub action: Action,
     pub from: Vec<Item>,
@@ -135,7 +134,7 @@ pub struct TRule {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TTest {
+pub struct ImportedTest {
     pub src: Item,
     pub proto: u8,
     /// (destination, port, must be accepted)
@@ -150,8 +149,8 @@ pub struct Translated {
     /// Group -> members (`user:U`, `group:G`, `tag:T`, peer names).
     pub groups: Vec<(String, Vec<Item>)>,
     pub hosts: Vec<(String, IpNet, Loc)>,
-    pub rules: Vec<TRule>,
-    pub tests: Vec<TTest>,
+    pub rules: Vec<ImportedRule>,
+    pub tests: Vec<ImportedTest>,
     /// Tags the file declares (Tailscale's tagOwners): they exist even when
     /// no peer carries them (and then stand for nobody).
     pub declared_tags: BTreeSet<String>,
@@ -362,14 +361,14 @@ fn representative(net: &IpNet) -> IpAddr {
 
 /// Text for a TOML comment: control characters (which TOML forbids there,
 /// and a newline would end the comment) become `?`.
-pub(crate) fn cs(s: &str) -> String {
+pub(crate) fn toml_comment(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
         .collect()
 }
 
 /// TOML string (quoted and escaped).
-pub(crate) fn q(s: &str) -> String {
+pub(crate) fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
@@ -383,10 +382,10 @@ pub fn to_toml(t: &Translated, directory: Option<&Directory>) -> String {
         out,
         "# Translated from {} by wgbpf: review before use, then paste into a mesh file\n\
          # (or include the file itself with [policy] tailscale = / netbird = \"FILE\").",
-        cs(&t.file)
+        toml_comment(&t.file)
     );
     for n in &t.notes {
-        let _ = writeln!(out, "# note: {}", cs(n));
+        let _ = writeln!(out, "# note: {}", toml_comment(n));
     }
     let specials: BTreeSet<&str> = t
         .rules
@@ -410,7 +409,7 @@ pub fn to_toml(t: &Translated, directory: Option<&Directory>) -> String {
         let v: Vec<String> = items
             .iter()
             .filter(|i| !nobody(&i.name))
-            .map(|i| q(&name(&i.name)))
+            .map(|i| toml_string(&name(&i.name)))
             .collect();
         format!("[{}]", v.join(", "))
     };
@@ -420,7 +419,8 @@ pub fn to_toml(t: &Translated, directory: Option<&Directory>) -> String {
             .filter(|i| nobody(&i.name))
             .map(|i| i.name.as_str())
             .collect();
-        (!v.is_empty()).then(|| format!("# left out, no peer here: {}", cs(&v.join(", "))))
+        (!v.is_empty())
+            .then(|| format!("# left out, no peer here: {}", toml_comment(&v.join(", "))))
     };
     let _ = writeln!(out, "\n[policy]");
     if !t.groups.is_empty() || !specials.is_empty() {
@@ -429,7 +429,7 @@ pub fn to_toml(t: &Translated, directory: Option<&Directory>) -> String {
             if let Some(c) = omitted(&members.iter().collect::<Vec<_>>()) {
                 let _ = writeln!(out, "{c}");
             }
-            let _ = writeln!(out, "{} = {}", q(g), list(members));
+            let _ = writeln!(out, "{} = {}", toml_string(g), list(members));
         }
         for s in &specials {
             let members: Vec<String> = match directory {
@@ -440,7 +440,7 @@ pub fn to_toml(t: &Translated, directory: Option<&Directory>) -> String {
                         special::TAGGED => peers.extend(d.tags.values().flatten()),
                         _ => peers.extend(d.peers.keys()),
                     }
-                    peers.iter().map(|p| q(p)).collect()
+                    peers.iter().map(|p| toml_string(p)).collect()
                 }
                 None => {
                     let _ = writeln!(
@@ -458,7 +458,7 @@ pub fn to_toml(t: &Translated, directory: Option<&Directory>) -> String {
             let _ = writeln!(
                 out,
                 "{} = [{}]",
-                q(&s.replace(':', "-")),
+                toml_string(&s.replace(':', "-")),
                 members.join(", ")
             );
         }
@@ -466,19 +466,24 @@ pub fn to_toml(t: &Translated, directory: Option<&Directory>) -> String {
     if !t.hosts.is_empty() {
         let _ = writeln!(out, "\n[policy.hosts]");
         for (h, net, _) in &t.hosts {
-            let _ = writeln!(out, "{} = {}", q(h), q(&net.to_string()));
+            let _ = writeln!(
+                out,
+                "{} = {}",
+                toml_string(h),
+                toml_string(&net.to_string())
+            );
         }
     }
     for r in &t.rules {
         let _ = writeln!(out, "\n[[policy.rule]]");
-        let _ = writeln!(out, "name = {}", q(&r.name));
+        let _ = writeln!(out, "name = {}", toml_string(&r.name));
         if let Some(c) = omitted(&r.from.iter().chain(&r.to).collect::<Vec<_>>()) {
             let _ = writeln!(out, "{c}");
         }
         let _ = writeln!(
             out,
             "action = {}",
-            q(if r.action == Action::Accept {
+            toml_string(if r.action == Action::Accept {
                 "accept"
             } else {
                 "deny"
@@ -487,7 +492,7 @@ pub fn to_toml(t: &Translated, directory: Option<&Directory>) -> String {
         let _ = writeln!(out, "from = {}", list(&r.from));
         let _ = writeln!(out, "to = {}", list(&r.to));
         if let Some(p) = r.proto {
-            let _ = writeln!(out, "proto = {}", q(&proto_name(p)));
+            let _ = writeln!(out, "proto = {}", toml_string(&proto_name(p)));
         }
         if !r.ports.is_empty() {
             let ports: Vec<String> = r
@@ -497,7 +502,7 @@ pub fn to_toml(t: &Translated, directory: Option<&Directory>) -> String {
                     if p.first == p.last {
                         p.first.to_string()
                     } else {
-                        q(&p.to_string())
+                        toml_string(&p.to_string())
                     }
                 })
                 .collect();
@@ -506,14 +511,14 @@ pub fn to_toml(t: &Translated, directory: Option<&Directory>) -> String {
     }
     for test in &t.tests {
         let _ = writeln!(out, "\n[[policy.test]]");
-        let _ = writeln!(out, "src = {}", q(&name(&test.src.name)));
-        let _ = writeln!(out, "proto = {}", q(&proto_name(test.proto)));
+        let _ = writeln!(out, "src = {}", toml_string(&name(&test.src.name)));
+        let _ = writeln!(out, "proto = {}", toml_string(&proto_name(test.proto)));
         for (key, want) in [("accept", true), ("deny", false)] {
             let v: Vec<String> = test
                 .expect
                 .iter()
                 .filter(|(_, _, a)| *a == want)
-                .map(|(i, port, _)| q(&target(&name(&i.name), *port)))
+                .map(|(i, port, _)| toml_string(&target(&name(&i.name), *port)))
                 .collect();
             if !v.is_empty() {
                 let _ = writeln!(out, "{key} = [{}]", v.join(", "));

@@ -8,7 +8,8 @@ use serde_json::{value::RawValue, Value};
 use wgbpf_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 use super::{
-    hujson, json_error, spanned::Sp, special, ImportError, Item, Source, TRule, Translated,
+    hujson, json_error, located::Located, special, ImportError, ImportedRule, Item, Source,
+    Translated,
 };
 use crate::policy::model::{Action, PortRange};
 
@@ -21,7 +22,7 @@ struct Policy {
     #[serde(default)]
     rules: Vec<Rule>,
     #[serde(default)]
-    source_posture_checks: Option<Sp<Vec<Value>>>,
+    source_posture_checks: Option<Located<Vec<Value>>>,
 }
 
 #[derive(Deserialize)]
@@ -30,23 +31,23 @@ struct Rule {
     name: Option<String>,
     #[serde(default = "yes")]
     enabled: bool,
-    action: Sp<String>,
+    action: Located<String>,
     #[serde(default)]
     bidirectional: bool,
     #[serde(default)]
-    protocol: Option<Sp<String>>,
+    protocol: Option<Located<String>>,
     #[serde(default)]
-    ports: Vec<Sp<Value>>,
+    ports: Vec<Located<Value>>,
     #[serde(default)]
-    port_ranges: Vec<Sp<PortRangeJson>>,
+    port_ranges: Vec<Located<PortRangeJson>>,
     #[serde(default)]
-    sources: Vec<Sp<Value>>,
+    sources: Vec<Located<Value>>,
     #[serde(default)]
-    destinations: Vec<Sp<Value>>,
+    destinations: Vec<Located<Value>>,
     #[serde(default, rename = "sourceResource")]
-    source_resource: Option<Sp<Value>>,
+    source_resource: Option<Located<Value>>,
     #[serde(default, rename = "destinationResource")]
-    destination_resource: Option<Sp<Value>>,
+    destination_resource: Option<Located<Value>>,
 }
 
 #[derive(Deserialize)]
@@ -177,7 +178,7 @@ pub fn translate(file: &str, text: &str) -> Result<Translated, ImportError> {
                     .unwrap_or(0);
                 return Err(err(at, "ports need protocol tcp or udp".into()));
             }
-            let groups = |list: &[Sp<Value>]| -> Result<Vec<Item>, ImportError> {
+            let groups = |list: &[Located<Value>]| -> Result<Vec<Item>, ImportError> {
                 let mut out = Vec::new();
                 for g in list {
                     let name = match g.get() {
@@ -217,7 +218,7 @@ pub fn translate(file: &str, text: &str) -> Result<Translated, ImportError> {
             }
             for (from, to, name) in directions {
                 match &protos {
-                    None => t.rules.push(TRule {
+                    None => t.rules.push(ImportedRule {
                         name,
                         action,
                         from,
@@ -228,7 +229,7 @@ pub fn translate(file: &str, text: &str) -> Result<Translated, ImportError> {
                     }),
                     Some(ps) => {
                         for &proto in ps {
-                            t.rules.push(TRule {
+                            t.rules.push(ImportedRule {
                                 name: format!("{name} {}", crate::policy::model::proto_name(proto)),
                                 action,
                                 from: from.clone(),

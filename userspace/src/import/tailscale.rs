@@ -10,8 +10,8 @@ use serde_json::Value;
 use wgbpf_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 use super::{
-    group_by_ports, hujson, json_error, named_proto, spanned::Sp, special, ImportError, Item, Loc,
-    Source, TRule, TTest, Translated,
+    group_by_ports, hujson, json_error, located::Located, named_proto, special, ImportError,
+    ImportedRule, ImportedTest, Item, Loc, Source, Translated,
 };
 use crate::policy::model::{Action, PortRange};
 
@@ -19,23 +19,23 @@ use crate::policy::model::{Action, PortRange};
 #[serde(deny_unknown_fields)]
 struct AclFile {
     #[serde(default)]
-    groups: BTreeMap<String, Sp<Vec<Sp<String>>>>,
+    groups: BTreeMap<String, Located<Vec<Located<String>>>>,
     #[serde(default, rename = "tagOwners")]
-    tag_owners: BTreeMap<String, Sp<IgnoredAny>>,
+    tag_owners: BTreeMap<String, Located<IgnoredAny>>,
     #[serde(default)]
-    hosts: BTreeMap<String, Sp<String>>,
+    hosts: BTreeMap<String, Located<String>>,
     #[serde(default)]
     acls: Vec<Acl>,
     #[serde(default)]
     tests: Vec<Test>,
     /// Refused when not empty: a grant is not a plain network rule.
     #[serde(default)]
-    grants: Option<Sp<Vec<IgnoredAny>>>,
+    grants: Option<Located<Vec<IgnoredAny>>>,
     /// Refused when not empty: device posture cannot be checked here.
     #[serde(default)]
-    postures: Option<Sp<BTreeMap<String, IgnoredAny>>>,
+    postures: Option<Located<BTreeMap<String, IgnoredAny>>>,
     #[serde(default, rename = "defaultSrcPosture")]
-    default_src_posture: Option<Sp<Vec<IgnoredAny>>>,
+    default_src_posture: Option<Located<Vec<IgnoredAny>>>,
     // Not about which packets pass: read and ignored.
     #[serde(default)]
     ssh: Option<IgnoredAny>,
@@ -58,33 +58,33 @@ struct AclFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Acl {
-    action: Sp<String>,
+    action: Located<String>,
     #[serde(default)]
-    src: Vec<Sp<String>>,
+    src: Vec<Located<String>>,
     /// The legacy name of `src`.
     #[serde(default)]
-    users: Vec<Sp<String>>,
+    users: Vec<Located<String>>,
     #[serde(default)]
-    dst: Vec<Sp<String>>,
+    dst: Vec<Located<String>>,
     /// The legacy name of `dst`.
     #[serde(default)]
-    ports: Vec<Sp<String>>,
+    ports: Vec<Located<String>>,
     #[serde(default)]
-    proto: Option<Sp<Value>>,
+    proto: Option<Located<Value>>,
     #[serde(default, rename = "srcPosture")]
-    src_posture: Option<Sp<Vec<IgnoredAny>>>,
+    src_posture: Option<Located<Vec<IgnoredAny>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Test {
-    src: Sp<String>,
+    src: Located<String>,
     #[serde(default)]
-    proto: Option<Sp<Value>>,
+    proto: Option<Located<Value>>,
     #[serde(default)]
-    accept: Vec<Sp<String>>,
+    accept: Vec<Located<String>>,
     #[serde(default)]
-    deny: Vec<Sp<String>>,
+    deny: Vec<Located<String>>,
 }
 
 /// Parses a Tailscale ACL file (HuJSON) and translates it. `file` names it
@@ -113,11 +113,11 @@ struct Tr<'a> {
 const DEFAULT_PROTOS: [u8; 4] = [PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6];
 
 impl Tr<'_> {
-    fn loc<T>(&self, v: &Sp<T>) -> Loc {
+    fn loc<T>(&self, v: &Located<T>) -> Loc {
         self.s.loc(v.offset(self.json))
     }
 
-    fn err<T>(&self, v: &Sp<T>, msg: impl Into<String>) -> ImportError {
+    fn err<T>(&self, v: &Located<T>, msg: impl Into<String>) -> ImportError {
         self.s.err_at(self.loc(v), msg)
     }
 
@@ -232,7 +232,7 @@ impl Tr<'_> {
     }
 
     /// A source or destination alias (without ports), in mesh language.
-    fn alias(&self, v: &str, at: &Sp<String>) -> Result<String, ImportError> {
+    fn alias(&self, v: &str, at: &Located<String>) -> Result<String, ImportError> {
         let a = self.acl;
         if v == "*" {
             return Ok("*".into());
@@ -279,7 +279,7 @@ impl Tr<'_> {
         ))
     }
 
-    fn protos(&self, proto: &Option<Sp<Value>>) -> Result<Option<Vec<u8>>, ImportError> {
+    fn protos(&self, proto: &Option<Located<Value>>) -> Result<Option<Vec<u8>>, ImportError> {
         let Some(p) = proto else { return Ok(None) };
         let found = match p.get() {
             Value::String(s) => named_proto(s),
@@ -358,7 +358,7 @@ impl Tr<'_> {
         for (ports, to) in group_by_ports(dsts) {
             for &proto in &protos {
                 let ported = matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP);
-                t.rules.push(TRule {
+                t.rules.push(ImportedRule {
                     name: format!(
                         "{file_name}:{} {}",
                         loc.line,
@@ -409,7 +409,7 @@ impl Tr<'_> {
                 ));
             }
         }
-        t.tests.push(TTest { src, proto, expect });
+        t.tests.push(ImportedTest { src, proto, expect });
         Ok(())
     }
 }

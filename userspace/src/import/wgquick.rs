@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use ipnet::IpNet;
 
-use super::{cs, q, ImportError, Loc, Source};
+use super::{toml_comment, toml_string, ImportError, Loc, Source};
 use crate::{
     ifname,
     wg::{Endpoint, Key},
@@ -436,14 +436,14 @@ pub fn to_mesh(files: &[WgQuick], interface: Option<&str>) -> Result<Output, Str
          # passes between the peers or to the gateway until [[policy.rule]]\n\
          # blocks allow it (see the commented example at the end, and\n\
          # docs/mesh-file.md). Check it with `wgbpf policy check FILE`.",
-        cs(&super::and_list(&all))
+        toml_comment(&super::and_list(&all))
     );
     let untranslated: Vec<String> = files
         .iter()
         .flat_map(|f| {
-            f.untranslated
-                .iter()
-                .map(move |(line, s)| format!("#   {}:{line}: {}", cs(&f.file), cs(s)))
+            f.untranslated.iter().map(move |(line, s)| {
+                format!("#   {}:{line}: {}", toml_comment(&f.file), toml_comment(s))
+            })
         })
         .collect();
     if !untranslated.is_empty() {
@@ -461,8 +461,12 @@ pub fn to_mesh(files: &[WgQuick], interface: Option<&str>) -> Result<Output, Str
             untranslated.len()
         ));
     }
-    let _ = writeln!(t, "\n[interface]\nname = {}", q(&ifname));
-    let addrs: Vec<String> = iface.addresses.iter().map(|a| q(&a.to_string())).collect();
+    let _ = writeln!(t, "\n[interface]\nname = {}", toml_string(&ifname));
+    let addrs: Vec<String> = iface
+        .addresses
+        .iter()
+        .map(|a| toml_string(&a.to_string()))
+        .collect();
     let _ = writeln!(t, "addresses = [{}]", addrs.join(", "));
     let key_file = format!("/etc/wireguard/{ifname}.key");
     if let Some(line) = iface.private_key_line {
@@ -473,8 +477,8 @@ pub fn to_mesh(files: &[WgQuick], interface: Option<&str>) -> Result<Output, Str
              #   install -m 600 /dev/null {key_file} && editor {key_file}\n\
              # then uncomment this to let wgbpf configure WireGuard itself:\n\
              # private_key_file = {}",
-            cs(&gw.file),
-            q(&key_file)
+            toml_comment(&gw.file),
+            toml_string(&key_file)
         );
         warnings.push(format!(
             "{}:{line}: the PrivateKey was not copied: store it in a 0600 file such as {key_file} \
@@ -500,14 +504,18 @@ pub fn to_mesh(files: &[WgQuick], interface: Option<&str>) -> Result<Output, Str
         let _ = writeln!(t, "fwmark = {f}");
     }
     for (p, name) in peers.iter().zip(&names) {
-        let _ = writeln!(t, "\n[[peer]]\nname = {}", q(name));
+        let _ = writeln!(t, "\n[[peer]]\nname = {}", toml_string(name));
         if let Some(k) = &p.public_key {
-            let _ = writeln!(t, "public_key = {}", q(k));
+            let _ = writeln!(t, "public_key = {}", toml_string(k));
         }
-        let ips: Vec<String> = p.allowed_ips.iter().map(|a| q(&a.to_string())).collect();
+        let ips: Vec<String> = p
+            .allowed_ips
+            .iter()
+            .map(|a| toml_string(&a.to_string()))
+            .collect();
         let _ = writeln!(t, "allowed_ips = [{}]", ips.join(", "));
         if let Some(e) = &p.endpoint {
-            let _ = writeln!(t, "endpoint = {}", q(e));
+            let _ = writeln!(t, "endpoint = {}", toml_string(e));
         }
         if let Some(k) = p.persistent_keepalive.filter(|k| *k != 0) {
             let _ = writeln!(t, "persistent_keepalive = {k}");
@@ -518,8 +526,8 @@ pub fn to_mesh(files: &[WgQuick], interface: Option<&str>) -> Result<Output, Str
                 t,
                 "# The PresharedKey of {}:{line} was NOT copied: store it in a 0600 file\n\
                  # preshared_key_file = {}",
-                cs(&gw.file),
-                q(&psk)
+                toml_comment(&gw.file),
+                toml_string(&psk)
             );
             warnings.push(format!(
                 "{}:{line}: the PresharedKey of peer {name} was not copied: store it in a 0600 \
@@ -541,7 +549,7 @@ pub fn to_mesh(files: &[WgQuick], interface: Option<&str>) -> Result<Output, Str
          # to = [\"gateway\"]\n\
          # proto = \"tcp\"\n\
          # ports = [22]",
-        q(example)
+        toml_string(example)
     );
     Ok(Output { toml: t, warnings })
 }

@@ -67,14 +67,13 @@ pub struct PolicySection {
     pub rules: Vec<RuleSection>,
     #[serde(default, rename = "test")]
     pub tests: Vec<TestSection>,
-    // ---- begin: imported policies (crate::import, docs/imports.md) ----
+    // Imported policies (crate::import, docs/imports.md).
     /// A Tailscale/Headscale ACL file (HuJSON), relative to the mesh file.
     #[serde(default)]
     pub tailscale: Option<Spanned<String>>,
     /// A Netbird policy file (JSON), relative to the mesh file.
     #[serde(default)]
     pub netbird: Option<Spanned<String>>,
-    // ---- end: imported policies ----
 }
 
 /// A policy test, with Tailscale's meaning: from `src`, every `accept`

@@ -33,7 +33,9 @@ pub use tunnels::{TunnelSample, Tunnels};
 use crate::{
     daemon::hook::RepairKind,
     dataplane::{
+        self,
         counters::{DenyEntry, PeerTotals, Stats, Totals},
+        peers::peer_label,
         pin_dir, Maps,
     },
     policy::model::proto_name,
@@ -194,7 +196,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn read(maps: &Maps, max_deny_series: usize) -> anyhow::Result<Self> {
         let (_, slot) = maps.active_slot()?;
-        let slots = maps.peer_slots()?;
+        let slots = maps.counter_owners()?;
         let totals = maps.all_peer_totals()?;
         let of = |idx: u32| totals.get(&idx).copied().unwrap_or_default();
         let mut peers = vec![("-".to_string(), of(0))];
@@ -233,16 +235,6 @@ impl Snapshot {
             deny_keys,
             stats: maps.stats()?,
         })
-    }
-}
-
-/// The label of a counter slot: its peer's name, "-" for slot 0 (no peer),
-/// "#N" for a slot whose owner has left the mesh.
-pub fn peer_label(slots: &std::collections::BTreeMap<u32, String>, idx: u32) -> String {
-    match slots.get(&idx) {
-        Some(n) => n.clone(),
-        None if idx == 0 => "-".into(),
-        None => format!("#{idx}"),
     }
 }
 
@@ -388,7 +380,7 @@ impl PromCollector for Collector {
             self.encode_tunnels(&mut enc, t)?;
         }
 
-        let snapshot = Maps::open_pinned(&self.pin_dir)
+        let snapshot = dataplane::open_loaded(&self.interface)
             .map_err(anyhow::Error::from)
             .and_then(|maps| Snapshot::read(&maps, self.max_deny_series));
         let s = match snapshot {

@@ -67,7 +67,7 @@ impl Compiled {
     /// the index a peer had when compiled to the slot it gets (only the
     /// trie's peer values change; identities and policy entries do not
     /// depend on the numbering).
-    pub fn with_peer_slots(&self, slots: &BTreeMap<u32, u32>) -> Compiled {
+    pub fn with_counter_indexes(&self, slots: &BTreeMap<u32, u32>) -> Compiled {
         let mut c = self.clone();
         for (_, _, e) in &mut c.ipcache {
             if e.peer != 0 {
@@ -584,7 +584,7 @@ mod tests {
             p.index = slots[&p.index];
         }
         let direct = compile(&renumbered, 64).unwrap();
-        let remapped = compile(&policy, 64).unwrap().with_peer_slots(&slots);
+        let remapped = compile(&policy, 64).unwrap().with_counter_indexes(&slots);
         assert_eq!(
             format!("{:?}", direct.ipcache),
             format!("{:?}", remapped.ipcache)

@@ -96,12 +96,6 @@ pub struct Policy {
     pub audit: bool,
 }
 
-impl Policy {
-    pub fn peer_by_index(&self, index: u32) -> Option<&Peer> {
-        self.peers.iter().find(|p| p.index == index)
-    }
-}
-
 /// Protocols whose rules may name ports (ICMP: types).
 pub fn proto_has_ports(proto: u8) -> bool {
     wgbpf_common::ported_proto_block(proto).is_some()

@@ -8,12 +8,12 @@ use serde_json::value::RawValue;
 
 /// A value and the address of its first byte in the input.
 #[derive(Debug, Clone)]
-pub struct Sp<T> {
+pub struct Located<T> {
     pub value: T,
     addr: usize,
 }
 
-impl<T> Sp<T> {
+impl<T> Located<T> {
     /// The value's byte offset in `text` (the string it was parsed from).
     pub fn offset(&self, text: &str) -> usize {
         self.addr
@@ -27,7 +27,7 @@ impl<T> Sp<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Sp<T> {
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw: &'de RawValue = Deserialize::deserialize(d)?;
         let s: &'de str = raw.get();
@@ -41,7 +41,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Sp<T> {
                 .to_string();
             D::Error::custom(format!("{msg} (found {})", truncate(s)))
         })?;
-        Ok(Sp {
+        Ok(Located {
             value,
             addr: s.as_ptr() as usize,
         })

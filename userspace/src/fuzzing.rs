@@ -1,9 +1,10 @@
-//! The bodies of the fuzz targets (fuzz/fuzz_targets/), here so that the
+//! The bodies of the fuzz targets (fuzz/fuzz_targets/), here (behind the
+//! `fuzzing` feature, out of the shipped library) so that the
 //! regression replay (userspace/tests/import_fuzz_regressions.rs) runs
 //! exactly what the fuzzers run. Each takes any bytes; errors are fine, a
 //! panic is a bug.
 
-use crate::{policy::check::run_tests, source};
+use crate::{import, policy::check::run_tests, source};
 
 /// Mesh-file names under a directory that does not exist, so relative
 /// `[policy] tailscale = / netbird =` includes read nothing.
@@ -45,20 +46,20 @@ pub fn tailscale(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(json) = super::hujson::normalize(text) {
+    if let Ok(json) = import::hujson::normalize(text) {
         assert_eq!(json.len(), text.len(), "normalize must keep the layout");
     }
     for translated in [
-        super::tailscale::translate("fuzz.hujson", text),
-        super::netbird::translate("fuzz.json", text),
+        import::tailscale::translate("fuzz.hujson", text),
+        import::netbird::translate("fuzz.json", text),
     ]
     .into_iter()
     .flatten()
     {
-        let _ = super::to_toml(&translated, None);
+        let _ = import::to_toml(&translated, None);
         let mut m = source::parse("mesh.toml", MESH).expect("the fuzz mesh parses");
-        if super::apply(&translated, &mut m).is_ok() {
-            let _ = super::to_toml(&translated, Some(&m.directory));
+        if import::apply(&translated, &mut m).is_ok() {
+            let _ = import::to_toml(&translated, Some(&m.directory));
             let _ = run_tests(&m.policy, &m.tests);
         }
     }
@@ -72,12 +73,12 @@ pub fn wgquick(data: &[u8]) {
     };
     let mut files = Vec::new();
     for (i, part) in text.split('\0').enumerate().take(8) {
-        match super::wgquick::parse(&format!("wg{i}.conf"), part) {
+        match import::wgquick::parse(&format!("wg{i}.conf"), part) {
             Ok(f) => files.push(f),
             Err(_) => return,
         }
     }
-    let Ok(out) = super::wgquick::to_mesh(&files, None) else {
+    let Ok(out) = import::wgquick::to_mesh(&files, None) else {
         return;
     };
     if let Err(e) = source::parse("imported.toml", &out.toml) {
