@@ -11,7 +11,7 @@ use crate::netns::netns_path;
 
 #[derive(Debug, Clone)]
 pub struct Host {
-    /// "gateway" or the peer's name from the `MeshSpec`.
+    /// "gateway" or the peer's name from the `TestbedSpec`.
     pub name: String,
     /// Network namespace, unique per run (pinned at /var/run/netns/NAME).
     pub netns: String,

@@ -15,7 +15,7 @@
 //!
 //! Everything is named after a per-run id, so concurrent meshes (even in one
 //! process) never collide, and everything is removed again by
-//! [`Mesh::down`] or, best effort, by `Drop` — also when [`Mesh::up`] fails
+//! [`Testbed::down`] or, best effort, by `Drop` — also when [`Testbed::up`] fails
 //! halfway. Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for setns).
 //!
 //! Traffic helpers ([`tcp_connect`], [`udp_roundtrip`], ...) open their
@@ -31,7 +31,7 @@ mod netns;
 mod traffic;
 
 pub use host::Host;
-pub use mesh::{sweep_stale, Mesh, MeshSpec, FAULT_STAGES};
+pub use mesh::{sweep_stale, Testbed, TestbedSpec, FAULT_STAGES};
 pub use meshfile::gateway_mesh_file;
 pub use traffic::{
     ping, tcp_connect, tcp_listen, udp_echo, udp_roundtrip, udp_send, udp_sink, Listener,

@@ -37,51 +37,51 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// they may be between creating the directory and locking it.
 const SWEEP_MIN_AGE: Duration = Duration::from_secs(30);
 
-/// Stages after which `Mesh::up_failing_at` can fail.
+/// Stages after which `Testbed::up_failing_at` can fail.
 #[doc(hidden)]
 pub const FAULT_STAGES: [&str; 3] = ["netns", "daemons", "handshakes"];
 
 #[derive(Debug, Clone)]
-pub struct MeshSpec {
+pub struct TestbedSpec {
     /// Peer names, e.g. ["alice", "bob"]: lowercase ASCII letters, digits
     /// and '_', at most 32 bytes, not "gateway".
     pub peers: Vec<String>,
 }
 
-impl MeshSpec {
-    pub fn new(peers: &[&str]) -> MeshSpec {
-        MeshSpec {
+impl TestbedSpec {
+    pub fn new(peers: &[&str]) -> TestbedSpec {
+        TestbedSpec {
             peers: peers.iter().map(|p| p.to_string()).collect(),
         }
     }
 }
 
 /// A running mesh. Dropping it tears everything down (best effort);
-/// [`Mesh::down`] does the same and reports failures.
-pub struct Mesh {
+/// [`Testbed::down`] does the same and reports failures.
+pub struct Testbed {
     pub gateway: Host,
     pub peers: Vec<Host>,
     run_id: String,
     cleanup: Cleanup,
 }
 
-impl Mesh {
+impl Testbed {
     /// Creates namespaces, underlay, keys and tunnels, and returns once
     /// every peer pings the gateway through the tunnel on IPv4 and IPv6 and
     /// the gateway has a handshake with every peer. On failure everything
     /// created so far is removed before the error is returned.
-    pub fn up(spec: &MeshSpec) -> Result<Mesh> {
+    pub fn up(spec: &TestbedSpec) -> Result<Testbed> {
         Self::up_inner(spec, None)
     }
 
     /// Test hook: like `up`, but fails on purpose once stage `stage` (one
     /// of [`FAULT_STAGES`]) is done, to prove the partial mesh is removed.
     #[doc(hidden)]
-    pub fn up_failing_at(spec: &MeshSpec, stage: &str) -> Result<Mesh> {
+    pub fn up_failing_at(spec: &TestbedSpec, stage: &str) -> Result<Testbed> {
         Self::up_inner(spec, Some(stage))
     }
 
-    fn up_inner(spec: &MeshSpec, fault: Option<&str>) -> Result<Mesh> {
+    fn up_inner(spec: &TestbedSpec, fault: Option<&str>) -> Result<Testbed> {
         validate(spec)?;
         // `cleanup` records each resource as it is created; if any step
         // below fails, returning drops it, which removes them again.
@@ -133,7 +133,7 @@ impl Mesh {
 
         let mut hosts = hosts.into_iter();
         let gateway = hosts.next().context("no gateway")?;
-        Ok(Mesh {
+        Ok(Testbed {
             gateway,
             peers: hosts.collect(),
             run_id,
@@ -152,7 +152,7 @@ impl Mesh {
         self.hosts().find(|h| h.name == name)
     }
 
-    /// Gateway first, then the peers in `MeshSpec` order.
+    /// Gateway first, then the peers in `TestbedSpec` order.
     pub fn hosts(&self) -> impl Iterator<Item = &Host> {
         std::iter::once(&self.gateway).chain(self.peers.iter())
     }
@@ -173,7 +173,7 @@ impl Mesh {
     }
 }
 
-fn validate(spec: &MeshSpec) -> Result<()> {
+fn validate(spec: &TestbedSpec) -> Result<()> {
     ensure!(!spec.peers.is_empty(), "a mesh needs at least one peer");
     ensure!(spec.peers.len() <= MAX_PEERS, "at most {MAX_PEERS} peers");
     for (i, p) in spec.peers.iter().enumerate() {

@@ -1,10 +1,10 @@
 //! A wgbpf mesh file describing a testbed mesh as seen from its gateway.
 
-use crate::Mesh;
+use crate::Testbed;
 
 /// The `[interface]` and `[[peer]]` sections for the gateway of `mesh`,
 /// followed by `policy` (TOML text with a `[policy]` table), for `wgbpf load`.
-pub fn gateway_mesh_file(mesh: &Mesh, policy: &str) -> String {
+pub fn gateway_mesh_file(mesh: &Testbed, policy: &str) -> String {
     let gw = &mesh.gateway;
     let mut s = format!(
         "[interface]\nname = \"{}\"\naddresses = [\"{}/24\", \"{}/64\"]\n\n",

@@ -21,7 +21,7 @@ pub(crate) const WG_SOCK_DIR: &str = "/var/run/wireguard";
 
 /// A candidate run id: 5 hex digits mixed from pid, time, a process-wide
 /// counter and randomness. Collisions are still possible across processes,
-/// so `Mesh::up` claims the id atomically (`ip netns add` fails on an
+/// so `Testbed::up` claims the id atomically (`ip netns add` fails on an
 /// existing name) and draws again on a clash.
 pub(crate) fn new_run_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

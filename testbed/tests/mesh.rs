@@ -8,13 +8,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use testbed::{
-    ping, tcp_connect, tcp_listen, udp_echo, udp_roundtrip, udp_send, Host, Mesh, MeshSpec,
+    ping, tcp_connect, tcp_listen, udp_echo, udp_roundtrip, udp_send, Host, Testbed, TestbedSpec,
 };
 
 const T: Duration = Duration::from_secs(3);
 
-fn two_peers() -> Mesh {
-    Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh comes up")
+fn two_peers() -> Testbed {
+    Testbed::up(&TestbedSpec::new(&["alice", "bob"])).expect("mesh comes up")
 }
 
 fn v4(h: &Host) -> IpAddr {
@@ -46,7 +46,7 @@ struct Footprint {
     wg_ifs: Vec<String>,
 }
 
-fn footprint(mesh: &Mesh) -> Footprint {
+fn footprint(mesh: &Testbed) -> Footprint {
     Footprint {
         netns: mesh.hosts().map(|h| h.netns.clone()).collect(),
         wg_ifs: mesh.hosts().map(|h| h.wg_if.clone()).collect(),
@@ -196,7 +196,7 @@ fn wait_until(cond: impl Fn() -> bool) {
 
 #[test]
 fn host_cmd_runs_in_the_namespace_and_keeps_bpffs_visible() {
-    let mesh = Mesh::up(&MeshSpec::new(&["carol"])).unwrap();
+    let mesh = Testbed::up(&TestbedSpec::new(&["carol"])).unwrap();
     let carol = mesh.host("carol");
     let links = carol.run(&["ip", "-o", "link"]).unwrap();
     assert!(
@@ -234,7 +234,7 @@ fn down_removes_everything() {
 
 #[test]
 fn drop_removes_everything_even_on_panic() {
-    let mesh = Mesh::up(&MeshSpec::new(&["dave"])).unwrap();
+    let mesh = Testbed::up(&TestbedSpec::new(&["dave"])).unwrap();
     let f = footprint(&mesh);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         let _mesh = mesh;
@@ -252,15 +252,15 @@ fn bad_specs_are_rejected() {
         &["a", "a"][..],
         &["Bad-Name"][..],
     ] {
-        assert!(Mesh::up(&MeshSpec::new(peers)).is_err(), "{peers:?}");
+        assert!(Testbed::up(&TestbedSpec::new(peers)).is_err(), "{peers:?}");
     }
 }
 
 #[test]
 fn failed_up_removes_what_it_created() {
-    let spec = MeshSpec::new(&["frank", "grace"]);
+    let spec = TestbedSpec::new(&["frank", "grace"]);
     for stage in testbed::FAULT_STAGES {
-        let err = match Mesh::up_failing_at(&spec, stage) {
+        let err = match Testbed::up_failing_at(&spec, stage) {
             Ok(_) => panic!("fault at {stage} did not fail"),
             Err(e) => format!("{e:#}"),
         };
@@ -294,9 +294,9 @@ fn failed_up_removes_what_it_created() {
 
 #[test]
 fn concurrent_meshes_do_not_collide() {
-    let spec = MeshSpec::new(&["alice", "bob"]);
-    let meshes: Vec<Mesh> = thread::scope(|s| {
-        let handles: Vec<_> = (0..2).map(|_| s.spawn(|| Mesh::up(&spec))).collect();
+    let spec = TestbedSpec::new(&["alice", "bob"]);
+    let meshes: Vec<Testbed> = thread::scope(|s| {
+        let handles: Vec<_> = (0..2).map(|_| s.spawn(|| Testbed::up(&spec))).collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap().unwrap())
@@ -327,7 +327,7 @@ fn concurrent_meshes_do_not_collide() {
 
 #[test]
 fn sweep_stale_leaves_live_meshes_alone() {
-    let mesh = Mesh::up(&MeshSpec::new(&["erin"])).unwrap();
+    let mesh = Testbed::up(&TestbedSpec::new(&["erin"])).unwrap();
     let swept = testbed::sweep_stale().unwrap();
     assert!(!swept.iter().any(|id| id == mesh.run_id()));
     assert!(ping(mesh.host("erin"), v4(&mesh.gateway), T).unwrap());
@@ -345,7 +345,7 @@ fn sweep_child() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
-    let mesh = Mesh::up(&MeshSpec::new(&["heidi"])).unwrap();
+    let mesh = Testbed::up(&TestbedSpec::new(&["heidi"])).unwrap();
     println!("READY {}", mesh.run_id());
     thread::sleep(Duration::from_secs(60));
 }

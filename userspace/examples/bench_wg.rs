@@ -52,7 +52,7 @@ fn main() -> Result<()> {
             .unwrap_or(default)
     };
     let (n, samples) = (arg("--peers", 10_000), arg("--samples", 3));
-    let mesh = testbed::Mesh::up(&testbed::MeshSpec::new(&["peer"]))?;
+    let mesh = testbed::Testbed::up(&testbed::TestbedSpec::new(&["peer"]))?;
     let gw = &mesh.gateway;
     let backend = UapiBackend::open(&gw.wg_if).expect("the testbed's UAPI socket");
     let want = peers(n, 7);

@@ -5,14 +5,14 @@
 mod common;
 
 use common::{managed_mesh_file, wgbpf_code as wgbpf, TempDir, Unload};
-use testbed::{Mesh, MeshSpec};
+use testbed::{Testbed, TestbedSpec};
 
 const POLICY: &str = "[policy]\n\n[[policy.rule]]\naction = \"accept\"\nfrom = [\"alice\"]\n\
                       to = [\"gateway\"]\nproto = \"icmp\"\n";
 
 #[test]
 fn audit_reports_drift_and_nothing_else() {
-    let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice", "bob"])).expect("mesh");
     let gw = &mesh.gateway;
     let dir = std::env::temp_dir().join(format!("wgbpf-audit-{}", mesh.run_id()));
     let _dir = TempDir::create(dir.clone());

@@ -32,7 +32,7 @@ use common::{
     unload, wgbpf_daemon_command, wgbpf_said,
 };
 use serde_json::Value;
-use testbed::{gateway_mesh_file, udp_send, udp_sink, Host, Mesh, MeshSpec};
+use testbed::{gateway_mesh_file, udp_send, udp_sink, Host, Testbed, TestbedSpec};
 
 const POLICY: &str = r#"
 [policy]
@@ -143,7 +143,7 @@ struct Test {
 }
 
 impl Test {
-    fn start(mesh: &Mesh, tag: &str, attach: &str) -> (Test, Cleanup) {
+    fn start(mesh: &Testbed, tag: &str, attach: &str) -> (Test, Cleanup) {
         let gw = mesh.gateway.clone();
         let dir = std::env::temp_dir().join(format!("wgbpf-drift-{tag}-{}", mesh.run_id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -263,7 +263,7 @@ fn promtool_ok(text: &str, dir: &Path) {
 /// policy loaded; the tunnel metrics.
 #[test]
 fn drift_is_repaired_clsact() {
-    let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice", "bob"])).expect("mesh");
     let (alice, bob) = (mesh.host("alice"), mesh.host("bob"));
     let (t, mut cleanup) = Test::start(&mesh, "clsact", "clsact");
     let gw = t.gw.clone();
@@ -417,7 +417,7 @@ fn drift_is_repaired_clsact() {
 /// touched; denied traffic stays denied throughout.
 #[test]
 fn detached_tcx_link_is_reattached() {
-    let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice", "bob"])).expect("mesh");
     let (alice, bob) = (mesh.host("alice"), mesh.host("bob"));
     let (t, mut cleanup) = Test::start(&mesh, "tcx", "tcx");
     let gw = t.gw.clone();

@@ -12,7 +12,7 @@ use common::{counter, counters, wgbpf, wgbpf_command, TempDir, Unload};
 use serde_json::Value;
 use testbed::{
     gateway_mesh_file, ping, tcp_connect, tcp_listen, udp_echo, udp_roundtrip, udp_send, udp_sink,
-    Host, Mesh, MeshSpec,
+    Host, Testbed, TestbedSpec,
 };
 
 const POLICY: &str = r#"
@@ -62,8 +62,8 @@ ports = [128]
 const T: Duration = Duration::from_millis(1500);
 
 /// A gateway and two peers, and the gateway's mesh file in a temp dir.
-fn setup() -> (Mesh, TempDir, String) {
-    let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
+fn setup() -> (Testbed, TempDir, String) {
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice", "bob"])).expect("mesh");
     let dir = TempDir::create(std::env::temp_dir().join(format!("wgbpf-e2e-{}", mesh.run_id())));
     let cfg = dir.0.join("mesh.toml");
     std::fs::write(&cfg, gateway_mesh_file(&mesh, POLICY)).unwrap();

@@ -13,7 +13,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use testbed::{gateway_mesh_file, ping, Host, Mesh, MeshSpec};
+use testbed::{gateway_mesh_file, ping, Host, Testbed, TestbedSpec};
 use wgbpf::wg::{Backend, Key, UapiBackend};
 
 mod common;
@@ -33,7 +33,7 @@ const POLICY: &str = "[policy]\n\n[[policy.rule]]\naction = \"accept\"\nfrom = [
 
 struct TempDir(PathBuf);
 impl TempDir {
-    fn new(mesh: &Mesh) -> TempDir {
+    fn new(mesh: &Testbed) -> TempDir {
         let p = std::env::temp_dir().join(format!("wgbpf-keysrotate-{}", mesh.run_id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::DirBuilder::new().mode(0o700).create(&p).unwrap();
@@ -81,7 +81,7 @@ fn ping_until(from: &Host, to: IpAddr, within: Duration) -> bool {
 
 #[test]
 fn rotate_alice_while_bob_keeps_talking() {
-    let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice", "bob"])).expect("mesh");
     let (gw, alice, bob) = (&mesh.gateway, mesh.host("alice"), mesh.host("bob"));
     let dir = TempDir::new(&mesh);
     let cfg = dir.0.join("mesh.toml");

@@ -28,7 +28,7 @@ use common::{
     stop, unload, wgbpf_daemon_command,
 };
 use serde_json::Value;
-use testbed::{gateway_mesh_file, udp_send, udp_sink, Host, Mesh, MeshSpec};
+use testbed::{gateway_mesh_file, udp_send, udp_sink, Host, Testbed, TestbedSpec};
 
 const POLICY_V1: &str = r#"
 [policy]
@@ -297,7 +297,7 @@ fn hup(daemon: &Option<Child>) {
 
 #[test]
 fn run_daemon_scraped_by_prometheus() {
-    let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice", "bob"])).expect("mesh");
     let (gw, alice, bob) = (&mesh.gateway, mesh.host("alice"), mesh.host("bob"));
     let dir = std::env::temp_dir().join(format!("wgbpf-metrics-{}", mesh.run_id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -18,7 +18,7 @@ mod common;
 use common::{managed_mesh_file, wgbpf, Pinger, TempDir, Unload};
 use ipnet::IpNet;
 use serde_json::Value;
-use testbed::{gateway_mesh_file, ping, Host, Mesh, MeshSpec};
+use testbed::{gateway_mesh_file, ping, Host, Testbed, TestbedSpec};
 use wgbpf::{
     source,
     wg::{self, Backend, DeviceConfig, DeviceState, Key, PeerConfig, UapiBackend},
@@ -27,7 +27,7 @@ use wgbpf::{
 const PING: Duration = Duration::from_secs(3);
 
 /// A fresh scratch directory (mode 0700), removed even when the test fails.
-fn temp_dir(tag: &str, mesh: &Mesh) -> TempDir {
+fn temp_dir(tag: &str, mesh: &Testbed) -> TempDir {
     let p = std::env::temp_dir().join(format!("wgbpf-wgtest-{tag}-{}", mesh.run_id()));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::DirBuilder::new().mode(0o700).create(&p).unwrap();
@@ -211,7 +211,7 @@ fn check_agree(gw: &Host) {
 
 #[test]
 fn uapi_reads_and_writes_like_wg() {
-    let mesh = Mesh::up(&MeshSpec::new(&["alice"])).expect("mesh");
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice"])).expect("mesh");
     let (gw, alice) = (&mesh.gateway, mesh.host("alice"));
     let dir = temp_dir("rw", &mesh);
 
@@ -343,7 +343,7 @@ fn uapi_reads_and_writes_like_wg() {
 }
 
 /// The gateway's configuration as the testbed made it, for the change set.
-fn testbed_config(mesh: &Mesh) -> DeviceConfig {
+fn testbed_config(mesh: &Testbed) -> DeviceConfig {
     DeviceConfig {
         private_key: None,
         listen_port: None,
@@ -364,7 +364,7 @@ fn testbed_config(mesh: &Mesh) -> DeviceConfig {
 
 #[test]
 fn reconcile_leaves_other_peers_alone() {
-    let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"])).expect("mesh");
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice", "bob"])).expect("mesh");
     let (gw, alice, bob) = (&mesh.gateway, mesh.host("alice"), mesh.host("bob"));
     let (alice_key, bob_key) = (
         Key::from_base64(&alice.public_key).unwrap(),
@@ -443,7 +443,7 @@ fn reconcile_leaves_other_peers_alone() {
 }
 
 /// Where the testbed keeps the gateway's private key (mode 0600).
-fn testbed_key_file(mesh: &Mesh) -> PathBuf {
+fn testbed_key_file(mesh: &Testbed) -> PathBuf {
     let p = mesh.private_key_file(&mesh.gateway);
     assert!(p.exists(), "the testbed keeps no key at {}", p.display());
     p
@@ -454,7 +454,7 @@ const POLICY: &str = "[policy]\n\n[[policy.rule]]\naction = \"accept\"\nfrom = [
 
 #[test]
 fn load_configures_wireguard_from_the_mesh_file() {
-    let mesh = Mesh::up(&MeshSpec::new(&["alice"])).expect("mesh");
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice"])).expect("mesh");
     let (gw, alice) = (&mesh.gateway, mesh.host("alice"));
     let dir = temp_dir("load", &mesh);
     let (_, carol) = new_key();

@@ -7,7 +7,8 @@ use std::{net::IpAddr, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use testbed::{
-    gateway_mesh_file, ping, tcp_connect, tcp_listen, udp_echo, udp_roundtrip, Host, Mesh, MeshSpec,
+    gateway_mesh_file, ping, tcp_connect, tcp_listen, udp_echo, udp_roundtrip, Host, Testbed,
+    TestbedSpec,
 };
 
 const T: Duration = Duration::from_millis(1500);
@@ -41,7 +42,7 @@ enum Probe {
 
 fn main() -> Result<()> {
     println!("== building the mesh: gateway, alice, bob (wireguard-go in network namespaces)");
-    let mesh = Mesh::up(&MeshSpec::new(&["alice", "bob"]))?;
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice", "bob"]))?;
     let result = demo(&mesh);
     let gw = &mesh.gateway;
     let _ = wgbpf(gw, &["unload", "-i", &gw.wg_if]);
@@ -50,7 +51,7 @@ fn main() -> Result<()> {
     result
 }
 
-fn demo(mesh: &Mesh) -> Result<()> {
+fn demo(mesh: &Testbed) -> Result<()> {
     let (gw, alice, bob) = (&mesh.gateway, mesh.host("alice"), mesh.host("bob"));
     for h in mesh.hosts() {
         println!(

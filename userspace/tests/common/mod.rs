@@ -15,7 +15,7 @@ use std::{
 };
 
 use serde_json::Value;
-use testbed::{Host, Mesh};
+use testbed::{Host, Testbed};
 
 /// The capability bounding set of deploy/wgbpf.service.
 pub const DAEMON_CAPS: &str = "-all,+net_admin,+bpf,+perfmon";
@@ -117,7 +117,7 @@ impl Drop for TempDir {
 
 /// The gateway's mesh file (`testbed::gateway_mesh_file`), also managing
 /// WireGuard: the private key at `key_file`, listen port 51820.
-pub fn managed_mesh_file(mesh: &Mesh, policy: &str, key_file: &Path) -> String {
+pub fn managed_mesh_file(mesh: &Testbed, policy: &str, key_file: &Path) -> String {
     testbed::gateway_mesh_file(mesh, policy).replacen(
         "[interface]\n",
         &format!(
