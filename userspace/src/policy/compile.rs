@@ -127,98 +127,163 @@ const MAPPED_V6: Atom = Atom {
     v4: false,
 };
 
+/// Compiles `policy` into the entries of one policy slot, in steps:
+/// validate; cut the address space into atoms (every prefix any selector,
+/// peer or gateway address names); give atoms contained in the same
+/// selectors one identity; fold the rules into a verdict per (source
+/// identity, destination identity, protocol, port class); write those as
+/// policy entries with a marker per pair.
 pub fn compile(policy: &Policy, max_peers: u32) -> Result<Compiled, CompileError> {
     validate(policy, max_peers)?;
+    let atoms = Atoms::of(policy);
+    let ids = Identities::of(&atoms)?;
+    let (port_classes, rule_classes) = port_classes(policy)?;
+    let pairs = fold_rules(
+        policy,
+        &atoms.rule_selectors,
+        &ids.of_selector,
+        &rule_classes,
+    );
+    let (policy_entries, flags) = policy_entries(policy.audit, &pairs);
+    Ok(Compiled {
+        ipcache: ipcache_entries(&atoms, &ids),
+        policy: policy_entries,
+        port_classes,
+        flags,
+        identities: ids.count,
+    })
+}
 
-    // Atoms, with the peer that owns each.
-    let mut owner: BTreeMap<Atom, u32> = BTreeMap::new();
-    owner.insert(V4_SPACE, 0);
-    for net in &policy.local {
-        owner.entry(Atom::of(net)).or_insert(0);
-    }
-    let mut selectors: Vec<Vec<Atom>> = Vec::new();
-    let mut selector_ids: HashMap<Vec<Atom>, usize> = HashMap::new();
-    let mut rule_sel: Vec<(Option<usize>, Option<usize>)> = Vec::new();
-    for rule in &policy.rules {
-        let mut side = |sel: &Selector, owner: &mut BTreeMap<Atom, u32>| match sel {
-            Selector::Any => None,
-            Selector::Prefixes(ps) => {
-                let mut atoms: Vec<Atom> = ps.iter().map(Atom::of).collect();
-                atoms.sort();
-                atoms.dedup();
-                for a in &atoms {
-                    owner.entry(*a).or_insert(0);
+/// The address space cut at every prefix the policy names, with the peer
+/// owning each atom, and the rules' selectors as sets of atoms.
+struct Atoms {
+    /// Sorted by (address, length): enclosing atoms first.
+    atoms: Vec<Atom>,
+    /// The peer (counter index) of each atom, 0 for none.
+    peer: Vec<u32>,
+    /// Distinct selectors, each a sorted set of atoms.
+    selectors: Vec<Vec<Atom>>,
+    /// Per rule: its source and destination selector (`None`: any).
+    rule_selectors: Vec<(Option<usize>, Option<usize>)>,
+}
+
+impl Atoms {
+    fn of(policy: &Policy) -> Atoms {
+        let mut owner: BTreeMap<Atom, u32> = BTreeMap::new();
+        owner.insert(V4_SPACE, 0);
+        for net in &policy.local {
+            owner.entry(Atom::of(net)).or_insert(0);
+        }
+        let mut selectors: Vec<Vec<Atom>> = Vec::new();
+        let mut selector_ids: HashMap<Vec<Atom>, usize> = HashMap::new();
+        let mut rule_selectors = Vec::with_capacity(policy.rules.len());
+        for rule in &policy.rules {
+            let mut side = |sel: &Selector, owner: &mut BTreeMap<Atom, u32>| match sel {
+                Selector::Any => None,
+                Selector::Prefixes(ps) => {
+                    let mut atoms: Vec<Atom> = ps.iter().map(Atom::of).collect();
+                    atoms.sort();
+                    atoms.dedup();
+                    for a in &atoms {
+                        owner.entry(*a).or_insert(0);
+                    }
+                    let next = selectors.len();
+                    let id = *selector_ids.entry(atoms.clone()).or_insert(next);
+                    if id == next {
+                        selectors.push(atoms);
+                    }
+                    Some(id)
                 }
-                let next = selectors.len();
-                let id = *selector_ids.entry(atoms.clone()).or_insert(next);
-                if id == next {
-                    selectors.push(atoms);
-                }
-                Some(id)
+            };
+            let s = side(&rule.src, &mut owner);
+            let d = side(&rule.dst, &mut owner);
+            rule_selectors.push((s, d));
+        }
+        // Peers last so that an atom equal to a peer's prefix is owned by
+        // it; atoms inside a peer's prefix are the peer's too.
+        for peer in &policy.peers {
+            for net in &peer.allowed_ips {
+                owner.insert(Atom::of(net), peer.index);
             }
-        };
-        let s = side(&rule.src, &mut owner);
-        let d = side(&rule.dst, &mut owner);
-        rule_sel.push((s, d));
-    }
-    // Peers last so that an atom equal to a peer's prefix is owned by it;
-    // atoms inside a peer's prefix are the peer's too.
-    for peer in &policy.peers {
-        for net in &peer.allowed_ips {
-            owner.insert(Atom::of(net), peer.index);
+        }
+        let atoms: Vec<Atom> = owner.keys().copied().collect();
+        let peer = inherit_owners(&atoms, &owner);
+        Atoms {
+            atoms,
+            peer,
+            selectors,
+            rule_selectors,
         }
     }
-    let atoms: Vec<Atom> = owner.keys().copied().collect();
-    let atom_peer = inherit_owners(&atoms, &owner);
+}
 
-    // Signatures: for each atom, the selectors that contain it.
-    let mut signature: Vec<Vec<usize>> = vec![Vec::new(); atoms.len()];
-    for (sel_id, prefixes) in selectors.iter().enumerate() {
-        let mut hit = BTreeSet::new();
-        for p in prefixes {
-            // Atoms are sorted by address: those inside p are contiguous.
-            let start = atoms.partition_point(|a| a.addr < p.addr);
-            for (i, a) in atoms.iter().enumerate().skip(start) {
-                if a.addr > p.last() {
-                    break;
-                }
-                if p.contains(a) {
-                    hit.insert(i);
+/// One identity per distinct set of selectors an atom is in (its
+/// signature); atoms in no selector are the world.
+struct Identities {
+    of_atom: Vec<u32>,
+    of_selector: Vec<BTreeSet<u32>>,
+    count: u32,
+}
+
+impl Identities {
+    fn of(atoms: &Atoms) -> Result<Identities, CompileError> {
+        let (list, selectors) = (&atoms.atoms, &atoms.selectors);
+        let mut signature: Vec<Vec<usize>> = vec![Vec::new(); list.len()];
+        for (sel_id, prefixes) in selectors.iter().enumerate() {
+            let mut hit = BTreeSet::new();
+            for p in prefixes {
+                // Atoms are sorted by address: those inside p are contiguous.
+                let start = list.partition_point(|a| a.addr < p.addr);
+                for (i, a) in list.iter().enumerate().skip(start) {
+                    if a.addr > p.last() {
+                        break;
+                    }
+                    if p.contains(a) {
+                        hit.insert(i);
+                    }
                 }
             }
+            for i in hit {
+                signature[i].push(sel_id);
+            }
         }
-        for i in hit {
-            signature[i].push(sel_id);
+        let mut identity_of_sig: HashMap<&Vec<usize>, u32> = HashMap::new();
+        let mut next_id = ID_FIRST;
+        let mut of_atom = Vec::with_capacity(list.len());
+        for sig in &signature {
+            let id = if sig.is_empty() {
+                ID_WORLD
+            } else {
+                *identity_of_sig.entry(sig).or_insert_with(|| {
+                    next_id += 1;
+                    next_id - 1
+                })
+            };
+            of_atom.push(id);
         }
-    }
-    let mut identity_of_sig: HashMap<&Vec<usize>, u32> = HashMap::new();
-    let mut next_id = ID_FIRST;
-    let mut atom_identity = Vec::with_capacity(atoms.len());
-    for sig in &signature {
-        let id = if sig.is_empty() {
-            ID_WORLD
-        } else {
-            *identity_of_sig.entry(sig).or_insert_with(|| {
-                next_id += 1;
-                next_id - 1
-            })
-        };
-        atom_identity.push(id);
-    }
-    if next_id == u32::MAX {
-        return Err(CompileError::TooManyIdentities(next_id as usize));
-    }
-    // Selector -> identities.
-    let mut sel_identities: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); selectors.len()];
-    for (i, sig) in signature.iter().enumerate() {
-        for s in sig {
-            sel_identities[*s].insert(atom_identity[i]);
+        if next_id == u32::MAX {
+            return Err(CompileError::TooManyIdentities(next_id as usize));
         }
+        let mut of_selector: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); selectors.len()];
+        for (i, sig) in signature.iter().enumerate() {
+            for s in sig {
+                of_selector[*s].insert(of_atom[i]);
+            }
+        }
+        Ok(Identities {
+            of_atom,
+            of_selector,
+            count: next_id - ID_FIRST,
+        })
     }
+}
 
-    let ipcache = atoms
+/// The trie's entries: every atom with its identity and peer.
+fn ipcache_entries(atoms: &Atoms, ids: &Identities) -> Vec<(Addr, u32, Endpoint)> {
+    atoms
+        .atoms
         .iter()
-        .zip(atom_identity.iter().zip(&atom_peer))
+        .zip(ids.of_atom.iter().zip(&atoms.peer))
         .map(|(a, (id, peer))| {
             (
                 a.addr.to_be_bytes(),
@@ -229,25 +294,36 @@ pub fn compile(policy: &Policy, max_peers: u32) -> Result<Compiled, CompileError
                 },
             )
         })
-        .collect();
+        .collect()
+}
 
-    let (port_classes, rule_classes) = port_classes(policy)?;
+/// One protocol's verdicts for a pair, before folding.
+#[derive(Default)]
+struct ProtoTable {
+    any: Option<Verdict>,
+    frag: Option<Verdict>,
+    classes: BTreeMap<u16, Verdict>,
+}
 
-    // Per (src, dst) pair: the verdicts before folding.
-    #[derive(Default)]
-    struct ProtoTable {
-        any: Option<Verdict>,
-        frag: Option<Verdict>,
-        classes: BTreeMap<u16, Verdict>,
-    }
-    #[derive(Default)]
-    struct PairTable {
-        any: Option<Verdict>,
-        protos: BTreeMap<u8, ProtoTable>,
-    }
-    fn merge(slot: &mut Option<Verdict>, v: Verdict) {
-        *slot = Some(slot.map_or(v, |old| old.better(v)));
-    }
+/// A (source, destination) identity pair's verdicts, before folding.
+#[derive(Default)]
+struct PairTable {
+    any: Option<Verdict>,
+    protos: BTreeMap<u8, ProtoTable>,
+}
+
+fn merge(slot: &mut Option<Verdict>, v: Verdict) {
+    *slot = Some(slot.map_or(v, |old| old.better(v)));
+}
+
+/// Every rule's verdict, merged into the tables of the identity pairs it
+/// covers (the most severe wins; among equals the first rule).
+fn fold_rules(
+    policy: &Policy,
+    rule_selectors: &[(Option<usize>, Option<usize>)],
+    sel_identities: &[BTreeSet<u32>],
+    rule_classes: &[Vec<u16>],
+) -> BTreeMap<(u32, u32), PairTable> {
     let any_set: BTreeSet<u32> = [ID_ANY].into();
     let mut pairs: BTreeMap<(u32, u32), PairTable> = BTreeMap::new();
     for (i, rule) in policy.rules.iter().enumerate() {
@@ -255,7 +331,7 @@ pub fn compile(policy: &Policy, max_peers: u32) -> Result<Compiled, CompileError
             severity: rule_severity(rule),
             rule: i as u32,
         };
-        let (s, d) = rule_sel[i];
+        let (s, d) = rule_selectors[i];
         let srcs = s.map_or(&any_set, |s| &sel_identities[s]);
         let dsts = d.map_or(&any_set, |d| &sel_identities[d]);
         for &src in srcs {
@@ -280,11 +356,20 @@ pub fn compile(policy: &Policy, max_peers: u32) -> Result<Compiled, CompileError
             }
         }
     }
+    pairs
+}
 
+/// The policy map's entries (keyed with slot 0; the writer sets the real
+/// slot) and the slot's flags: per pair a marker telling the kernel which
+/// other lookups can hit, then the folded verdicts.
+fn policy_entries(
+    audit_all: bool,
+    pairs: &BTreeMap<(u32, u32), PairTable>,
+) -> (BTreeMap<PolicyKey, PolicyValue>, u32) {
     let mut entries = BTreeMap::new();
-    let mut flags = if policy.audit { SLOT_AUDIT_ALL } else { 0 };
+    let mut flags = if audit_all { SLOT_AUDIT_ALL } else { 0 };
     let none = Verdict::NONE;
-    for ((src, dst), pair) in &pairs {
+    for ((src, dst), pair) in pairs {
         flags |= match (*src == ID_ANY, *dst == ID_ANY) {
             (true, true) => SLOT_HAS_ANY_ANY,
             (true, false) => SLOT_HAS_ANY_SRC,
@@ -304,7 +389,6 @@ pub fn compile(policy: &Policy, max_peers: u32) -> Result<Compiled, CompileError
             ..Default::default()
         };
         let pair_any = pair.any.unwrap_or(none);
-        // The marker also tells the kernel which other lookups can hit.
         let mut marker = val(pair_any);
         for (proto, table) in &pair.protos {
             if table.frag.is_some() || !table.classes.is_empty() {
@@ -328,14 +412,7 @@ pub fn compile(policy: &Policy, max_peers: u32) -> Result<Compiled, CompileError
             }
         }
     }
-
-    Ok(Compiled {
-        ipcache,
-        policy: entries,
-        port_classes,
-        flags,
-        identities: next_id - ID_FIRST,
-    })
+    (entries, flags)
 }
 
 /// The peer of each atom: its own if it is one of a peer's prefixes, else
