@@ -299,7 +299,7 @@ check kernel-backend-reload-unchanged sh -c 'wgbpf load -c /tmp/mesh-wg.toml --j
 # WireGuard re-handshakes after its keepalive timeout (about 15 s).
 check allow-bob-ping-gw-after-repair retry 15 ping4 bob 10.77.0.1
 
-# --- wgbpf load creates the kernel interface (userspace/src/wg/link.rs):
+# --- wgbpf load creates the kernel interface (userspace/src/wg/kernel/link.rs):
 # a mesh file for wg1, which does not exist yet, with addresses, an MTU and
 # a peer whose AllowedIPs are partly outside the interface's subnet. ---
 {

@@ -117,10 +117,21 @@ impl Collector {
         self
     }
 
-    /// `wireguard_tunnel_*` and `wgbpf_wireguard_up`.
-    fn encode_tunnels(&self, enc: &mut DescriptorEncoder, tunnels: &Tunnels) -> fmt::Result {
+    /// Reads everything one scrape exports: the programs' attachment, the
+    /// WireGuard device (when tunnels are exported) and the data plane's
+    /// maps. Read failures are logged when they start and stop.
+    fn read(&self) -> Scrape {
+        Scrape {
+            attached: attached(&self.interface),
+            tunnels: self.tunnels.as_ref().map(|t| self.read_tunnels(t)),
+            dataplane: self.read_dataplane(),
+        }
+    }
+
+    /// The device's per-peer figures, `None` when it cannot be read.
+    fn read_tunnels(&self, tunnels: &Tunnels) -> Option<Vec<TunnelSample>> {
         let state = crate::wg::open_backend(&self.interface, self.wg_backend).and_then(|b| b.get());
-        let samples = match state {
+        match state {
             Ok(s) => {
                 if self.wg_failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(interface = %self.interface, "metrics: reading the WireGuard device works again");
@@ -134,16 +145,54 @@ impl Collector {
                 }
                 None
             }
-        };
-        gauge(
-            enc,
-            "wgbpf_wireguard_up",
-            "1 if the WireGuard device could be read at this scrape (wireguard_tunnel_* come from it)",
-            [(NONE, samples.is_some() as i64)],
-        )?;
-        let samples = samples.unwrap_or_default();
-        encode_tunnel_samples(enc, &samples)
+        }
     }
+
+    /// The pinned maps, `None` when they cannot be read (counted).
+    fn read_dataplane(&self) -> Option<Snapshot> {
+        let snapshot = dataplane::open_loaded(&self.interface)
+            .map_err(anyhow::Error::from)
+            .and_then(|maps| Snapshot::read(&maps, self.max_deny_series));
+        match snapshot {
+            Ok(s) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(interface = %self.interface, "metrics: reading the data plane works again");
+                }
+                self.daemon
+                    .dropped_series
+                    .fetch_add(s.dropped as u64, Ordering::Relaxed);
+                Some(s)
+            }
+            Err(e) => {
+                self.daemon.scrape_errors.fetch_add(1, Ordering::Relaxed);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(interface = %self.interface, error = %format!("{e:#}"),
+                        "metrics: cannot read the data plane");
+                }
+                None
+            }
+        }
+    }
+}
+
+/// What one scrape read, before any encoding.
+struct Scrape {
+    attached: [(&'static str, &'static str, bool); 4],
+    /// `None`: tunnels not exported; `Some(None)`: the device was unreadable.
+    tunnels: Option<Option<Vec<TunnelSample>>>,
+    /// `None`: the maps were unreadable.
+    dataplane: Option<Snapshot>,
+}
+
+/// `wireguard_tunnel_*` and `wgbpf_wireguard_up`.
+fn encode_tunnels(enc: &mut DescriptorEncoder, samples: Option<&[TunnelSample]>) -> fmt::Result {
+    gauge(
+        enc,
+        "wgbpf_wireguard_up",
+        "1 if the WireGuard device could be read at this scrape (wireguard_tunnel_* come from it)",
+        [(NONE, samples.is_some() as i64)],
+    )?;
+    encode_tunnel_samples(enc, samples.unwrap_or_default())
 }
 
 fn encode_tunnel_samples(enc: &mut DescriptorEncoder, samples: &[TunnelSample]) -> fmt::Result {
@@ -299,134 +348,119 @@ fn load(a: &AtomicU64) -> u64 {
 }
 
 impl PromCollector for Collector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let d = &self.daemon;
-        let info = Info::new([("version", env!("CARGO_PKG_VERSION"))]);
-        let m = enc.encode_descriptor(
-            "wgbpf_build",
-            "wgbpf's version (value always 1)",
-            None,
-            MetricType::Info,
-        )?;
-        info.encode(m)?;
-        counter(
-            &mut enc,
-            "wgbpf_reloads",
-            "Reloads of the mesh file asked for (SIGHUP), successful or not",
-            [(NONE, load(&d.reloads))],
-        )?;
-        counter(
-            &mut enc,
-            "wgbpf_reload_failures",
-            "Reloads refused: the file did not parse, validate, compile or apply; the running policy stayed",
-            [(NONE, load(&d.reload_failures))],
-        )?;
-        gauge(
-            &mut enc,
-            "wgbpf_last_reload_successful",
-            "1 if the last start or reload enforced the file, 0 if the last reload was refused",
-            [(NONE, load(&d.last_reload_ok) as i64)],
-        )?;
-        gauge(
-            &mut enc,
-            "wgbpf_last_reload_success_timestamp_seconds",
-            "Unix time of the last start or reload that enforced the file",
-            [(NONE, load(&d.last_reload_success_seconds) as i64)],
-        )?;
-        counter(
-            &mut enc,
-            "wgbpf_deny_events_read",
-            "Deny and audit events read from the kernel's ring buffer",
-            [(NONE, load(&d.events_read))],
-        )?;
-        counter(
-            &mut enc,
-            "wgbpf_deny_log_lines",
-            "Deny log lines: written, or suppressed by the userspace rate limit",
-            [
-                ([("outcome", "logged")], load(&d.deny_lines_logged)),
-                ([("outcome", "suppressed")], load(&d.deny_lines_suppressed)),
-            ],
-        )?;
-        counter(
-            &mut enc,
-            "wgbpf_drift_repairs",
-            "Drift repaired by wgbpf run: WireGuard peers and device fields, programs re-attached, policies re-applied, the link set up",
-            RepairKind::ALL
-                .into_iter()
-                .map(|k| ([("kind", k.as_str())], load(&d.drift_repairs[k.index()]))),
-        )?;
-        counter(
-            &mut enc,
-            "wgbpf_drift_passes",
-            "Drift-repair passes run (after every start and reload, then every --repair-interval)",
-            [(NONE, load(&d.drift_passes))],
-        )?;
-        counter(
-            &mut enc,
-            "wgbpf_drift_pass_errors",
-            "Drift-repair passes in which a check or a repair failed (the reason is logged)",
-            [(NONE, load(&d.drift_pass_errors))],
-        )?;
-        gauge(
-            &mut enc,
-            "wgbpf_program_attached",
-            "1 if the program is attached to the interface in this mode (checked by program id)",
-            attached(&self.interface)
-                .into_iter()
-                .map(|(p, m, on)| ([("program", p), ("mode", m)], on as i64)),
-        )?;
-        if let Some(t) = &self.tunnels {
-            self.encode_tunnels(&mut enc, t)?;
-        }
+    fn encode(&self, enc: DescriptorEncoder) -> fmt::Result {
+        encode_scrape(enc, &self.daemon, &self.read())
+    }
+}
 
-        let snapshot = dataplane::open_loaded(&self.interface)
-            .map_err(anyhow::Error::from)
-            .and_then(|maps| Snapshot::read(&maps, self.max_deny_series));
-        let s = match snapshot {
-            Ok(s) => {
-                if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(interface = %self.interface, "metrics: reading the data plane works again");
-                }
-                s
-            }
-            Err(e) => {
-                d.scrape_errors.fetch_add(1, Ordering::Relaxed);
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(interface = %self.interface, error = %format!("{e:#}"),
-                        "metrics: cannot read the data plane");
-                }
-                gauge(
-                    &mut enc,
-                    "wgbpf_dataplane_up",
-                    "1 if the pinned data plane could be read at this scrape",
-                    [(NONE, 0)],
-                )?;
-                counter(
-                    &mut enc,
-                    "wgbpf_exporter_scrape_errors",
-                    "Scrapes that could not read the pinned maps",
-                    [(NONE, load(&d.scrape_errors))],
-                )?;
-                return Ok(());
-            }
-        };
-        d.dropped_series
-            .fetch_add(s.dropped as u64, Ordering::Relaxed);
+/// Encodes one scrape: the daemon's counters, then what was read.
+fn encode_scrape(mut enc: DescriptorEncoder, d: &DaemonCounters, s: &Scrape) -> fmt::Result {
+    let info = Info::new([("version", env!("CARGO_PKG_VERSION"))]);
+    let m = enc.encode_descriptor(
+        "wgbpf_build",
+        "wgbpf's version (value always 1)",
+        None,
+        MetricType::Info,
+    )?;
+    info.encode(m)?;
+    counter(
+        &mut enc,
+        "wgbpf_reloads",
+        "Reloads of the mesh file asked for (SIGHUP), successful or not",
+        [(NONE, load(&d.reloads))],
+    )?;
+    counter(
+        &mut enc,
+        "wgbpf_reload_failures",
+        "Reloads refused: the file did not parse, validate, compile or apply; the running policy stayed",
+        [(NONE, load(&d.reload_failures))],
+    )?;
+    gauge(
+        &mut enc,
+        "wgbpf_last_reload_successful",
+        "1 if the last start or reload enforced the file, 0 if the last reload was refused",
+        [(NONE, load(&d.last_reload_ok) as i64)],
+    )?;
+    gauge(
+        &mut enc,
+        "wgbpf_last_reload_success_timestamp_seconds",
+        "Unix time of the last start or reload that enforced the file",
+        [(NONE, load(&d.last_reload_success_seconds) as i64)],
+    )?;
+    counter(
+        &mut enc,
+        "wgbpf_deny_events_read",
+        "Deny and audit events read from the kernel's ring buffer",
+        [(NONE, load(&d.events_read))],
+    )?;
+    counter(
+        &mut enc,
+        "wgbpf_deny_log_lines",
+        "Deny log lines: written, or suppressed by the userspace rate limit",
+        [
+            ([("outcome", "logged")], load(&d.deny_lines_logged)),
+            ([("outcome", "suppressed")], load(&d.deny_lines_suppressed)),
+        ],
+    )?;
+    counter(
+        &mut enc,
+        "wgbpf_drift_repairs",
+        "Drift repaired by wgbpf run: WireGuard peers and device fields, programs re-attached, policies re-applied, the link set up",
+        RepairKind::ALL
+            .into_iter()
+            .map(|k| ([("kind", k.as_str())], load(&d.drift_repairs[k.index()]))),
+    )?;
+    counter(
+        &mut enc,
+        "wgbpf_drift_passes",
+        "Drift-repair passes run (after every start and reload, then every --repair-interval)",
+        [(NONE, load(&d.drift_passes))],
+    )?;
+    counter(
+        &mut enc,
+        "wgbpf_drift_pass_errors",
+        "Drift-repair passes in which a check or a repair failed (the reason is logged)",
+        [(NONE, load(&d.drift_pass_errors))],
+    )?;
+    gauge(
+        &mut enc,
+        "wgbpf_program_attached",
+        "1 if the program is attached to the interface in this mode (checked by program id)",
+        s.attached
+            .into_iter()
+            .map(|(p, m, on)| ([("program", p), ("mode", m)], on as i64)),
+    )?;
+    if let Some(t) = &s.tunnels {
+        encode_tunnels(&mut enc, t.as_deref())?;
+    }
+
+    let Some(snap) = &s.dataplane else {
         gauge(
             &mut enc,
             "wgbpf_dataplane_up",
             "1 if the pinned data plane could be read at this scrape",
-            [(NONE, 1)],
+            [(NONE, 0)],
         )?;
-        counter(
+        return counter(
             &mut enc,
             "wgbpf_exporter_scrape_errors",
             "Scrapes that could not read the pinned maps",
             [(NONE, load(&d.scrape_errors))],
-        )?;
-        encode_snapshot(&mut enc, &s, load(&d.dropped_series))
-    }
+        );
+    };
+    gauge(
+        &mut enc,
+        "wgbpf_dataplane_up",
+        "1 if the pinned data plane could be read at this scrape",
+        [(NONE, 1)],
+    )?;
+    counter(
+        &mut enc,
+        "wgbpf_exporter_scrape_errors",
+        "Scrapes that could not read the pinned maps",
+        [(NONE, load(&d.scrape_errors))],
+    )?;
+    encode_snapshot(&mut enc, snap, load(&d.dropped_series))
 }
 
 fn encode_snapshot(enc: &mut DescriptorEncoder, s: &Snapshot, dropped_total: u64) -> fmt::Result {
