@@ -111,3 +111,53 @@ fn explain_names_the_deciding_rule() {
     assert_eq!(code, 1);
     assert!(err.contains("--from: unknown name `nobody`"), "{err}");
 }
+
+#[test]
+fn load_runs_the_policy_tests_before_it_creates_the_interface() {
+    // A file that manages a kernel WireGuard interface which does not
+    // exist, with a failing policy test: the refusal must come before the
+    // interface step (which, here without the module, would fail with its
+    // own error, and on a kernel with WireGuard would create the link).
+    let iface = format!("wgbo{}", std::process::id() % 100_000);
+    let (path, text) = broken_copy("order");
+    let dir = path.parent().unwrap();
+    let key = dir.join("gw.key");
+    {
+        use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&key)
+            .unwrap();
+        writeln!(f, "{}", wgbpf::wg::Key::from_bytes([9; 32]).to_base64()).unwrap();
+    }
+    let managed = text.replacen(
+        "name = \"wg0\"",
+        &format!(
+            "name = \"{iface}\"\nprivate_key_file = \"{}\"",
+            key.display()
+        ),
+        1,
+    );
+    assert!(managed.contains(&iface), "the example names wg0");
+    std::fs::write(&path, managed).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wgbpf"))
+        .args(["load", "-c", path.to_str().unwrap()])
+        .env("WGBPF_WG_BACKEND", "kernel")
+        .output()
+        .unwrap();
+    let (code, _, err) = common::code_out_err(&out);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("policy test(s) failed, nothing applied"),
+        "the tests must run first: {err}"
+    );
+    let link = Command::new("ip")
+        .args(["link", "show", &iface])
+        .output()
+        .unwrap();
+    assert!(!link.status.success(), "{iface} was created");
+    assert!(!wgbpf::dataplane::pin_dir(&iface).exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
