@@ -4,9 +4,14 @@
 //! `Debug` is redacted, there is no `Display`, and the bytes are zeroed when
 //! it is dropped. Public keys are printed with [`Key::to_base64`], on
 //! purpose. Private keys come only from files ([`read_key_file`]), which are
-//! refused when group or others may read them.
+//! refused when group or others may read them, when they are symbolic
+//! links, or when another user than root or this process's owns them.
 
-use std::{fmt, os::unix::fs::PermissionsExt, path::Path};
+use std::{
+    fmt,
+    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
+    path::Path,
+};
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use zeroize::Zeroize;
@@ -119,7 +124,21 @@ pub fn read_key_file(path: &Path) -> Result<Key, WgError> {
         path: path.to_path_buf(),
         reason,
     };
-    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    // Opened once, without following a symlink, and checked on the open
+    // file: what is checked is what is read.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => {
+                err("is a symbolic link; refusing (name the key file itself)".into())
+            }
+            _ => err(format!("cannot read: {e}")),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| err(format!("cannot read: {e}")))?;
     if !meta.is_file() {
         return Err(err("not a regular file".into()));
     }
@@ -129,7 +148,17 @@ pub fn read_key_file(path: &Path) -> Result<Key, WgError> {
             "mode {mode:04o} lets group or others access it; refusing (chmod 600 it)"
         )));
     }
-    let mut text = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(err(format!(
+            "owned by uid {}, neither root nor this process's user ({me}); refusing",
+            meta.uid()
+        )));
+    }
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut text)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
     let result = std::str::from_utf8(&text)
         .map_err(|_| "not text")
         .and_then(|t| Key::from_base64(t.trim()))
@@ -197,6 +226,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.key"), "{e}");
+
+        // A symlink is not followed, even to a good key: whoever controls
+        // the link's directory would choose what is read.
+        let link = dir.join("link.key");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        let e = read_key_file(&link).unwrap_err().to_string();
+        assert!(e.contains("link.key") && e.contains("symbolic link"), "{e}");
+
+        // A file owned by another user (not root) could be rewritten by it.
+        let foreign = write("foreign.key", 0o600, &secret);
+        std::os::unix::fs::chown(&foreign, Some(12345), None).unwrap();
+        let e = read_key_file(&foreign).unwrap_err().to_string();
+        assert!(e.contains("foreign.key") && e.contains("uid 12345"), "{e}");
+
+        // A directory is not a key file.
+        let e = read_key_file(&dir).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
