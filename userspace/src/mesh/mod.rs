@@ -254,6 +254,20 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
             .iter()
             .map(|a| parse_net(ctx, a, false))
             .collect::<Result<Vec<_>, _>>()?;
+        // WireGuard accepts from a peer any source in its AllowedIPs: one
+        // holding the gateway's address could speak as the gateway.
+        for (net, spanned) in allowed_ips.iter().zip(&p.allowed_ips) {
+            if let Some(own) = local.iter().find(|l| net.contains(&l.addr())) {
+                return Err(ctx.err(
+                    spanned.span(),
+                    format!(
+                        "allowed_ips: {net} contains the gateway's address {}: peer `{name}` \
+                         could send as the gateway",
+                        own.addr()
+                    ),
+                ));
+            }
+        }
         let endpoint = p
             .endpoint
             .as_ref()
@@ -613,6 +627,37 @@ mod tests {
             err("[interface]\nname = \"wg0\"\n[[peer]]\nname = \"a\"\npublic_key = \"short\"\n");
         assert!(e.message.contains("public_key"), "{e}");
         assert_eq!(e.line, 5);
+    }
+
+    #[test]
+    fn a_peer_cannot_claim_the_gateways_address() {
+        // WireGuard accepts from a peer any source inside its AllowedIPs: a
+        // peer whose AllowedIPs hold the gateway's address could send as
+        // the gateway, and the policy would judge it as the gateway.
+        for (allowed, addr) in [
+            ("10.9.0.0/16", "10.9.0.1"),
+            ("0.0.0.0/0", "10.9.0.1"),
+            ("fd09::/64", "fd09::1"),
+        ] {
+            let e = err(&format!(
+                "[interface]\nname = \"wg0\"\naddresses = [\"10.9.0.1/24\", \"fd09::1/64\"]\n\
+                 [[peer]]\nname = \"a\"\nallowed_ips = [\"10.9.0.2/32\",\n  \"{allowed}\"]\n"
+            ));
+            assert!(
+                e.message.contains(allowed)
+                    && e.message.contains(addr)
+                    && e.message.contains("gateway"),
+                "{e}"
+            );
+            assert_eq!((e.line, e.column), (7, 3), "{e}");
+        }
+        // Other prefixes, and the gateway's own subnet on the interface, are fine.
+        parse(
+            "t.toml",
+            "[interface]\nname = \"wg0\"\naddresses = [\"10.9.0.1/24\"]\n\
+             [[peer]]\nname = \"a\"\nallowed_ips = [\"10.9.0.2/32\", \"10.10.0.0/16\"]\n",
+        )
+        .unwrap();
     }
 }
 
