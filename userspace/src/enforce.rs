@@ -2,7 +2,8 @@
 //! SIGHUP, drift repair) all do. The plan was checked before it got here
 //! (policy compiled, its tests run, key files read); this step is ordered
 //! so that a refusal at any point changes nothing, and the first packet
-//! meets the new policy:
+//! meets the new policy. It holds the interface's lock throughout
+//! ([`crate::dataplane::lock`]): a second controller waits for it.
 //!
 //! 1. the WireGuard interface made to exist (kernel backend only) and the
 //!    device read: the least change set computed, nothing sent;
@@ -18,6 +19,7 @@ use serde::Serialize;
 use crate::{
     dataplane::{
         attach::{self, Installed},
+        lock::InterfaceLock,
         slot::ApplyReport,
         LoadOptions, Maps,
     },
@@ -53,6 +55,8 @@ pub enum Detached {
 /// callers that keep running.
 pub fn enforce(plan: &EnforcementPlan, detached: Detached) -> Result<(Maps, Enforced)> {
     let iface = plan.interface();
+    // One controller at a time, from reading the device to attaching.
+    let _lock = InterfaceLock::acquire(iface, plan.settings.lock_wait)?;
     let wg_update = wireguard_update(plan)?;
     // The data plane, loaded or adopted but not yet attached, and the
     // policy with the peers' counter indexes; refused here if it cannot fit.

@@ -47,7 +47,13 @@ pub struct Settings {
     pub wg_backend: BackendChoice,
     /// Deny events per second and burst, per CPU.
     pub events: EventConfig,
+    /// How long to wait for another controller applying to the same
+    /// interface before refusing ([`crate::dataplane::lock`]).
+    pub lock_wait: std::time::Duration,
 }
+
+/// How long a controller waits for another by default.
+pub const DEFAULT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Settings {
     pub fn new(attach: AttachMode, wg_backend: BackendChoice) -> Settings {
@@ -55,6 +61,7 @@ impl Settings {
             attach,
             wg_backend,
             events: DEFAULT_EVENTS,
+            lock_wait: DEFAULT_LOCK_WAIT,
         }
     }
 }

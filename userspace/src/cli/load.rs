@@ -30,13 +30,20 @@ pub struct LoadArgs {
     /// Print a JSON report instead of text.
     #[arg(long)]
     json: bool,
+    /// Seconds to wait for another wgbpf applying to the same interface
+    /// (the daemon's reload, another load) before refusing.
+    #[arg(long, value_name = "SECONDS", default_value_t = wgbpf::plan::DEFAULT_LOCK_WAIT.as_secs())]
+    wait_lock: u64,
 }
 
 pub fn run(a: LoadArgs) -> Result<()> {
-    let settings = Settings::new(
-        a.attach.unwrap_or_else(attach::AttachMode::best),
-        BackendChoice::from_env().map_err(anyhow::Error::msg)?,
-    );
+    let settings = Settings {
+        lock_wait: std::time::Duration::from_secs(a.wait_lock),
+        ..Settings::new(
+            a.attach.unwrap_or_else(attach::AttachMode::best),
+            BackendChoice::from_env().map_err(anyhow::Error::msg)?,
+        )
+    };
     load(&a.config, settings, a.json)
 }
 

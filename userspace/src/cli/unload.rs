@@ -3,7 +3,10 @@
 use anyhow::Result;
 use clap::Args;
 use serde_json::json;
-use wgbpf::dataplane::attach;
+use wgbpf::{
+    dataplane::{attach, lock::InterfaceLock},
+    plan::DEFAULT_LOCK_WAIT,
+};
 
 /// Detach the programs from IFACE and remove their pins and maps.
 #[derive(Args)]
@@ -20,6 +23,8 @@ pub fn run(a: UnloadArgs) -> Result<()> {
 }
 
 fn unload(iface: &str, json: bool) -> Result<()> {
+    // Not while another controller applies to the interface.
+    let _lock = InterfaceLock::acquire(iface, DEFAULT_LOCK_WAIT)?;
     let removed = attach::remove(iface)?;
     if json {
         println!("{}", json!({"interface": iface, "removed": removed}));

@@ -6,6 +6,7 @@ pub mod attach;
 pub mod batch;
 pub mod counters;
 pub mod hooks;
+pub mod lock;
 pub mod maps;
 pub mod mmap;
 pub mod peers;
@@ -79,6 +80,13 @@ pub enum DataplaneError {
     Attach { iface: String, message: String },
     #[error("{0}")]
     Layout(String),
+    #[error("{iface}: {message}")]
+    Lock { iface: String, message: String },
+    #[error(
+        "the active policy slot changed while this update was written (another controller?); \
+         the new policy was not made active"
+    )]
+    Raced,
     #[error("no wgbpf data plane is loaded on {0} (nothing pinned at {1})")]
     NotLoaded(String, PathBuf),
 }

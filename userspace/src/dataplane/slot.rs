@@ -172,10 +172,18 @@ impl Maps {
         }
         let next = 1 - active;
         self.check_room(c)?;
-        let version = if valid { active_cfg.version + 1 } else { 1 };
-        // Invalidate first: if we stop half way, the slot says so.
+        // Versions only grow: past the active one and past whatever the
+        // other slot last held or was being written with, so an update
+        // interrupted half way never gives its version to another policy.
+        let other = self
+            .slot_config
+            .get(&next, 0)
+            .map_err(map_err(names::SLOT_CONFIG))?;
+        let version = active_cfg.version.max(other.version) + 1;
+        // Invalidate first: if we stop half way, the slot says so (and keeps
+        // the version it was being written with).
         self.slot_config
-            .set(next, SlotConfig::default(), 0)
+            .set(next, SlotConfig { version, flags: 0 }, 0)
             .map_err(map_err(names::SLOT_CONFIG))?;
 
         let ipcache_writes = self.write_ipcache(next, c)?;
@@ -189,6 +197,11 @@ impl Maps {
         self.slot_config
             .set(next, cfg, 0)
             .map_err(map_err(names::SLOT_CONFIG))?;
+        // Under the interface lock nobody else writes; should someone
+        // without it have flipped meanwhile, do not flip back over them.
+        if self.active_slot()?.0 != active {
+            return Err(DataplaneError::Raced);
+        }
         self.active
             .set(0, next, 0)
             .map_err(map_err(names::ACTIVE))?;
