@@ -5,7 +5,8 @@
 
 use aya_ebpf::programs::TcContext;
 use wgbpf_common::{
-    map_v4, Addr, FlowKey, FlowValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    map_v4, Addr, FlowKey, FlowValue, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 /// What the policy and the flow table need to know about a packet.
@@ -28,11 +29,6 @@ pub struct Packet {
     pub related: bool,
     pub related_entry: FlowValue,
 }
-
-pub const ICMP_ECHO_REQUEST: u8 = 8;
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMPV6_ECHO_REQUEST: u8 = 128;
-pub const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// IPv6 extension headers walked before giving up (as malformed).
 const MAX_EXT_HEADERS: usize = 6;

@@ -6,7 +6,7 @@
 
 use wgbpf_common::*;
 
-use crate::{Verdict, POLICY, PORTCLASS};
+use crate::{Verdict, POLICY, PORT_CLASS};
 
 #[inline(always)]
 pub fn evaluate(
@@ -24,7 +24,7 @@ pub fn evaluate(
         match ported_proto_block(proto) {
             Some(block) => {
                 let index = slot * PORT_CLASS_ENTRIES + block * 65536 + port as u32;
-                match PORTCLASS.get(index) {
+                match PORT_CLASS.get(index) {
                     Some(c) => *c,
                     None => PORT_CLASS_ANY,
                 }

@@ -4,7 +4,10 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use wgbpf_common::{rule_id, severity, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use wgbpf_common::{
+    rule_id, severity, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+};
 
 use super::model::{Action, Policy, Rule};
 
@@ -156,11 +159,6 @@ struct FlowState {
     verdict: Verdict,
     reply: bool,
 }
-
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// The outcome for one packet through the stateful model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
