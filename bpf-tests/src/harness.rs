@@ -10,7 +10,7 @@ use wgbpf::{
     policy::{
         compile::compile,
         model::Policy,
-        reference::{is_icmp_error, FlowTuple, PacketMeta},
+        reference::{FlowTuple, PacketMeta},
     },
 };
 use wgbpf_common::{
@@ -95,7 +95,7 @@ pub fn meta(frame: &Frame) -> Option<PacketMeta> {
         return None;
     }
     let mut m = to_meta(p);
-    if is_icmp_error(p.proto, p.icmp_type) && !p.fragment {
+    if m.is_icmp_error() && !p.fragment {
         m.quoted = quoted_tuple(&frame.bytes[14..], p.len as usize);
     }
     Some(m)

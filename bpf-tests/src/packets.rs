@@ -11,7 +11,8 @@
 //! 0 < payload, 40 + payload <= avail, then walks at most 6 extension headers
 //! (0/43/60: (len+1)*8, 51: (len+2)*4, 44: 8, a later fragment stops the walk);
 //! L4 ports/ICMP fields are read only for non-fragments, with minimum sizes
-//! TCP 20, UDP 8, SCTP 12, ICMP/ICMPv6 8.
+//! TCP 20, UDP 8, SCTP 12, ICMP/ICMPv6 8; ICMP only in IPv4 and ICMPv6 only
+//! in IPv6 (the other combinations are protocols without fields).
 
 use rand::Rng;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -649,8 +650,14 @@ impl Packet {
 }
 
 /// L4 fields at IP offset `off` with `room` bytes left of the IP packet.
+/// ICMP of the other family (1 in IPv6, 58 in IPv4) is not ICMP: no fields.
 fn l4_fields(frame: &[u8], off: usize, room: usize, mut p: Parsed) -> Expected {
-    let Some(min) = l4_min(p.proto) else {
+    let cross_family = match p.proto {
+        PROTO_ICMP => p.src.is_ipv6(),
+        PROTO_ICMPV6 => p.src.is_ipv4(),
+        _ => false,
+    };
+    let Some(min) = l4_min(p.proto).filter(|_| !cross_family) else {
         return Expected::Packet(p);
     };
     let at = ETH_LEN + off;
@@ -813,7 +820,7 @@ fn short_l4(rng: &mut impl Rng, mut p: Packet) -> Packet {
     p.note(format!("l4={keep}"))
 }
 
-/// ICMP parsed by protocol number whatever the IP version: 1 over v6, 58 over v4.
+/// ICMP of the other family (1 over v6, 58 over v4): not ICMP, no fields.
 fn cross_family_icmp(rng: &mut impl Rng, p: Packet) -> Packet {
     let proto = if p.is_v4() { PROTO_ICMPV6 } else { PROTO_ICMP };
     let mut body = vec![rng.gen(), 0, 0, 0];

@@ -158,14 +158,20 @@ pub const fn ipcache_prefix_len(bits: u32) -> u32 {
     8 + bits
 }
 
-/// What an address is: its policy identity, and the peer whose AllowedIPs
-/// contain it (0 when it belongs to no peer).
+/// What an address is: its policy identity, the peer whose AllowedIPs
+/// contain it (0 when it belongs to no peer), and `EP_*` flags.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Endpoint {
     pub identity: u32,
     pub peer: u32,
+    pub flags: u32,
 }
+
+/// The address is one of the gateway's own (in the policy's `local`
+/// prefixes and in no peer's AllowedIPs): its ICMP errors about a flow
+/// belong to the flow (the gateway is the router on every tunnel path).
+pub const EP_GATEWAY: u32 = 1;
 
 /// Key of the policy hash map. Wildcards: `src_id`/`dst_id` = [`ID_ANY`],
 /// `proto` = [`PROTO_ANY`], `port_class` = [`PORT_CLASS_ANY`]. Both policy
@@ -415,6 +421,7 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<PolicyKey>(), 12);
+        assert_eq!(size_of::<Endpoint>(), 12);
         assert_eq!(size_of::<IpCacheKey>(), 17);
         assert_eq!(size_of::<PolicyValue>(), 8);
         assert_eq!(size_of::<FlowKey>(), 40);

@@ -214,6 +214,7 @@ fn lookup_ep(slot: u32, addr: &Addr) -> Endpoint {
         None => Endpoint {
             identity: ID_WORLD,
             peer: 0,
+            flags: 0,
         },
     }
 }
@@ -247,13 +248,17 @@ fn decide(
     dst: &Endpoint,
 ) -> (Verdict, bool) {
     // An ICMP error about a packet of a live flow, sent back to that
-    // packet's sender, belongs to the flow.
-    if pkt.related && pkt.related_entry.version == cfg.version {
+    // packet's sender by the flow's far end or by the gateway, belongs to
+    // the flow. Anyone else (a peer, a router) is judged by the policy.
+    if pkt.related
+        && (pkt.related_far_end || src.flags & EP_GATEWAY != 0)
+        && pkt.related_version == cfg.version
+    {
         bump_stat(stat::FLOW_HITS);
         return (
             Verdict {
-                severity: pkt.related_entry.severity,
-                rule: pkt.related_entry.rule,
+                severity: pkt.related_severity,
+                rule: pkt.related_rule,
             },
             true,
         );
@@ -269,6 +274,7 @@ fn decide(
                 pkt.proto,
                 reversed_policy_port(pkt),
                 false,
+                pkt.ported,
             ),
             cfg,
         );
@@ -287,6 +293,7 @@ fn decide(
             pkt.proto,
             policy_port(pkt),
             pkt.fragment,
+            pkt.ported,
         ),
         cfg,
     );
@@ -363,7 +370,8 @@ fn reversed_policy_port(pkt: &Packet) -> u16 {
 #[inline(always)]
 fn flow_key(pkt: &Packet) -> (bool, FlowKey) {
     let (tracked, sport, dport) = match pkt.proto {
-        _ if pkt.fragment => (false, 0, 0),
+        // Fragments, and ICMP of the other family (not ICMP), have no ports.
+        _ if !pkt.ported => (false, 0, 0),
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => (true, pkt.sport, pkt.dport),
         PROTO_ICMP => match pkt.icmp_type {
             ICMP_ECHO_REQUEST => (true, pkt.icmp_id, 0),

@@ -5,8 +5,8 @@
 
 use aya_ebpf::programs::TcContext;
 use wgbpf_common::{
-    map_v4, Addr, FlowKey, FlowValue, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    map_v4, Addr, FlowKey, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 /// What the policy and the flow table need to know about a packet.
@@ -18,6 +18,10 @@ pub struct Packet {
     pub fragment: bool,
     pub sport: u16,
     pub dport: u16,
+    /// The policy's "port" is known: TCP, UDP or SCTP ports, or the type of
+    /// ICMP in IPv4 or ICMPv6 in IPv6 (the other combinations are not ICMP),
+    /// in a packet that is no fragment.
+    pub ported: bool,
     /// ICMP/ICMPv6 message type (0 for other protocols).
     pub icmp_type: u8,
     /// ICMP echo identifier.
@@ -27,7 +31,13 @@ pub struct Packet {
     /// For an ICMP error about a packet of a live flow, sent back to that
     /// packet's sender: the flow entry as parsing found it.
     pub related: bool,
-    pub related_entry: FlowValue,
+    /// ... and the error comes from the quoted packet's destination (the
+    /// flow's far end).
+    pub related_far_end: bool,
+    /// The related flow's policy version, verdict and rule.
+    pub related_version: u32,
+    pub related_rule: u32,
+    pub related_severity: u8,
 }
 
 /// IPv6 extension headers walked before giving up (as malformed).
@@ -148,15 +158,19 @@ fn parse_v4(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
         fragment: h.be16(6) & 0x3fff != 0,
         sport: 0,
         dport: 0,
+        ported: false,
         icmp_type: 0,
         icmp_id: 0,
         len: total as u32,
         related: false,
-        related_entry: NO_ENTRY,
+        related_far_end: false,
+        related_version: 0,
+        related_rule: 0,
+        related_severity: 0,
     };
     if !p.fragment {
         // Options are skipped by the header length, never interpreted.
-        parse_l4(b, l2 + ihl, total - ihl, &mut p)?;
+        parse_l4(b, l2 + ihl, total - ihl, PROTO_ICMP, &mut p)?;
     }
     Ok(p)
 }
@@ -176,11 +190,15 @@ fn parse_v6(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
         fragment: false,
         sport: 0,
         dport: 0,
+        ported: false,
         icmp_type: 0,
         icmp_id: 0,
         len: (40 + payload) as u32,
         related: false,
-        related_entry: NO_ENTRY,
+        related_far_end: false,
+        related_version: 0,
+        related_rule: 0,
+        related_severity: 0,
     };
     // IPv4-mapped addresses never belong on the wire (RFC 4291 2.5.5.2), and
     // here they would alias IPv4 identities in the shared trie.
@@ -232,7 +250,7 @@ fn parse_v6(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
     }
     p.proto = nh;
     if !p.fragment {
-        parse_l4(b, off, end - off, &mut p)?;
+        parse_l4(b, off, end - off, PROTO_ICMPV6, &mut p)?;
     }
     Ok(p)
 }
@@ -242,10 +260,11 @@ fn is_v4_mapped(a: &Addr) -> bool {
     a[..10] == [0u8; 10] && a[10] == 0xff && a[11] == 0xff
 }
 
-/// Reads ports or the ICMP type; `room` is what the IP header says is left.
+/// Reads ports or the ICMP type; `room` is what the IP header says is left,
+/// `icmp` the family's ICMP (the other one is a portless protocol here).
 /// A header shorter than its protocol's minimum is malformed.
 #[inline(always)]
-fn parse_l4(b: &Bytes, off: usize, room: usize, p: &mut Packet) -> Result<(), Malformed> {
+fn parse_l4(b: &Bytes, off: usize, room: usize, icmp: u8, p: &mut Packet) -> Result<(), Malformed> {
     match p.proto {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
             let min = match p.proto {
@@ -259,14 +278,16 @@ fn parse_l4(b: &Bytes, off: usize, room: usize, p: &mut Packet) -> Result<(), Ma
             let ports = b.view::<4>(off)?;
             p.sport = ports.be16(0);
             p.dport = ports.be16(2);
+            p.ported = true;
         }
-        PROTO_ICMP | PROTO_ICMPV6 => {
+        proto if proto == icmp => {
             if room < 8 {
                 return Err(Malformed);
             }
-            let icmp = b.view::<8>(off)?;
-            p.icmp_type = icmp.u8(0);
-            p.icmp_id = icmp.be16(4);
+            let h = b.view::<8>(off)?;
+            p.icmp_type = h.u8(0);
+            p.icmp_id = h.be16(4);
+            p.ported = true;
             if is_icmp_error(p.proto, p.icmp_type) {
                 related(b, off + 8, room - 8, p);
             }
@@ -288,18 +309,9 @@ pub fn is_icmp_error(proto: u8, icmp_type: u8) -> bool {
     }
 }
 
-const NO_ENTRY: FlowValue = FlowValue {
-    version: 0,
-    rule: 0,
-    src_peer: 0,
-    dst_peer: 0,
-    severity: 0,
-    reply: 0,
-    _pad: [0; 2],
-};
-
 /// Looks up the flow of the packet an ICMP error quotes, when the error
-/// goes back to that packet's sender. The caller checks the version.
+/// goes back to that packet's sender. The caller checks the version and
+/// who sent the error.
 #[inline(always)]
 fn related(b: &Bytes, off: usize, room: usize, p: &mut Packet) {
     let mut key = FlowKey {
@@ -315,7 +327,11 @@ fn related(b: &Bytes, off: usize, room: usize, p: &mut Packet) {
     }
     if let Some(entry) = crate::FLOWS.get_ptr(&key) {
         p.related = true;
-        p.related_entry = unsafe { *entry };
+        p.related_far_end = key.dst == p.src;
+        let entry = unsafe { &*entry };
+        p.related_version = entry.version;
+        p.related_rule = entry.rule;
+        p.related_severity = entry.severity;
     }
 }
 

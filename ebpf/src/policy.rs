@@ -17,9 +17,14 @@ pub fn evaluate(
     proto: u8,
     port: u16,
     fragment: bool,
+    ported: bool,
 ) -> Verdict {
     let class = if fragment {
         PORT_CLASS_FRAG
+    } else if !ported {
+        // No port known (ICMP of the other family): rules with ports or
+        // types cannot match; the (pair, protocol, any) entry decides.
+        PORT_CLASS_ANY
     } else {
         match ported_proto_block(proto) {
             Some(block) => {
