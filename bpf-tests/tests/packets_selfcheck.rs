@@ -60,6 +60,9 @@ fn ref_v4(ip: &[u8]) -> Option<Parsed> {
     if ihl < 20 || total < ihl || total > ip.len() {
         return None;
     }
+    if !wgbpf_bpf_tests::packets::v4_options_acceptable(&ip[20..ihl]) {
+        return None;
+    }
     let a = |i: usize| IpAddr::V4(Ipv4Addr::new(ip[i], ip[i + 1], ip[i + 2], ip[i + 3]));
     let mut p = empty(a(12), a(16), ip[9], total);
     p.fragment = be16(ip, 6) & 0x3fff != 0;
@@ -90,7 +93,12 @@ fn ref_v6(ip: &[u8]) -> Option<Parsed> {
         let later;
         match nh {
             0 | 43 | 60 | 51 => {
-                if off + 2 > ip.len() {
+                let need = if nh == 43 { 4 } else { 2 };
+                if off + need > ip.len() {
+                    return None;
+                }
+                // Routing header with segments left, type 2 excepted.
+                if nh == 43 && ip[off + 3] != 0 && ip[off + 2] != 2 {
                     return None;
                 }
                 let unit = if nh == 51 { 4 } else { 8 };

@@ -3,7 +3,7 @@
 //! enforces), so a truncated header is an error, never a read of garbage.
 //! Anything we cannot parse is dropped as malformed.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{cty::c_void, helpers::bpf_skb_load_bytes, programs::TcContext};
 use wgbpf_common::{
     map_v4, Addr, FlowKey, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6,
     PROTO_SCTP, PROTO_TCP, PROTO_UDP,
@@ -129,7 +129,7 @@ pub fn parse(ctx: &TcContext, l2: usize, out: &mut core::mem::MaybeUninit<Packet
     };
     let first = first.u8(0);
     let parsed = match first >> 4 {
-        4 => parse_v4(&b, l2, avail),
+        4 => parse_v4(ctx, &b, l2, avail),
         6 => parse_v6(&b, l2, avail),
         _ => Err(Malformed),
     };
@@ -143,7 +143,7 @@ pub fn parse(ctx: &TcContext, l2: usize, out: &mut core::mem::MaybeUninit<Packet
 }
 
 #[inline(always)]
-fn parse_v4(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
+fn parse_v4(ctx: &TcContext, b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
     let h = b.view::<20>(l2)?;
     let ihl = ((h.u8(0) & 0x0f) as usize) * 4;
     let total = h.be16(2) as usize;
@@ -168,12 +168,76 @@ fn parse_v4(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
         related_rule: 0,
         related_severity: 0,
     };
+    // Options are walked only to refuse source routes; otherwise they are
+    // skipped by the header length.
+    if ihl > 20 && !v4_options_ok(ctx, l2 + 20, ihl - 20) {
+        return Err(Malformed);
+    }
     if !p.fragment {
-        // Options are skipped by the header length, never interpreted.
         parse_l4(b, l2 + ihl, total - ihl, PROTO_ICMP, &mut p)?;
     }
     Ok(p)
 }
+
+/// IPv4 options at `off` (`len` bytes, 1..=40): false for a loose or strict
+/// source route (a packet judged as addressed to one host must not carry a
+/// route onward) or an option length the kernel's own parser refuses. A
+/// BPF function of its own, walking a copy on its own stack: its loop
+/// states stay out of the caller's.
+#[inline(never)]
+fn v4_options_ok(ctx: &TcContext, off: usize, len: usize) -> bool {
+    let mut buf = [0u8; 40];
+    let len = len & 0x3f;
+    if len == 0 || len > 40 {
+        return false;
+    }
+    let copied = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            off as u32,
+            buf.as_mut_ptr() as *mut c_void,
+            len as u32,
+        )
+    };
+    if copied != 0 {
+        return false;
+    }
+    let mut i = 0usize;
+    for _ in 0..40 {
+        if i >= len {
+            return true;
+        }
+        let Some(&kind) = buf.get(i) else {
+            return false;
+        };
+        match kind {
+            0 => return true,
+            1 => {
+                i += 1;
+                continue;
+            }
+            LSRR | SSRR => return false,
+            _ => {}
+        }
+        let Some(&olen) = buf.get(i + 1) else {
+            return false;
+        };
+        if olen < 2 || i + 1 >= len {
+            return false;
+        }
+        i += olen as usize;
+        if i > len {
+            return false;
+        }
+    }
+    true
+}
+
+/// IPv4 loose and strict source route options.
+const LSRR: u8 = 0x83;
+const SSRR: u8 = 0x89;
+/// IPv6 routing header type 2 (Mobile IPv6: one address, the node's own).
+const ROUTING_TYPE_MOBILE: u8 = 2;
 
 #[inline(always)]
 fn parse_v6(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
@@ -211,7 +275,16 @@ fn parse_v6(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
     let mut done = false;
     for _ in 0..MAX_EXT_HEADERS {
         match nh {
-            0 | 43 | 60 => {
+            43 => {
+                // A route still to follow is refused, as IPv4 source routes.
+                let e = b.view::<4>(off)?;
+                if e.u8(3) != 0 && e.u8(2) != ROUTING_TYPE_MOBILE {
+                    return Err(Malformed);
+                }
+                nh = e.u8(0);
+                off += (e.u8(1) as usize + 1) * 8;
+            }
+            0 | 60 => {
                 let e = b.view::<2>(off)?;
                 nh = e.u8(0);
                 off += (e.u8(1) as usize + 1) * 8;
