@@ -12,7 +12,10 @@ use wgbpf::{
     dataplane::counters::{PeerTotals, Totals},
     policy::model::{Action, Peer, Policy, PortRange, Rule, Selector},
 };
-use wgbpf_common::{map_v4, Addr, DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6};
+use wgbpf_common::{
+    map_v4, Addr, DIR_EGRESS, DIR_INGRESS, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6,
+};
 
 use crate::{
     harness::Harness,
@@ -90,14 +93,14 @@ impl Fam {
     }
     pub fn echo_request(self) -> u8 {
         match self {
-            Fam::V4 => 8,
-            Fam::V6 => 128,
+            Fam::V4 => ICMP_ECHO_REQUEST,
+            Fam::V6 => ICMPV6_ECHO_REQUEST,
         }
     }
     pub fn echo_reply(self) -> u8 {
         match self {
-            Fam::V4 => 0,
-            Fam::V6 => 129,
+            Fam::V4 => ICMP_ECHO_REPLY,
+            Fam::V6 => ICMPV6_ECHO_REPLY,
         }
     }
 }

@@ -10,10 +10,12 @@ use wgbpf::{
     policy::{
         compile::compile,
         model::Policy,
-        reference::{is_icmp_error, FlowTuple, PacketMeta},
+        reference::{FlowTuple, PacketMeta},
     },
 };
-use wgbpf_common::{capacity, names, DIR_INGRESS};
+use wgbpf_common::{
+    capacity, names, DIR_INGRESS, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6,
+};
 
 use crate::packets::{Expected, Frame, Parsed};
 
@@ -93,7 +95,7 @@ pub fn meta(frame: &Frame) -> Option<PacketMeta> {
         return None;
     }
     let mut m = to_meta(p);
-    if is_icmp_error(p.proto, p.icmp_type) && !p.fragment {
+    if m.is_icmp_error() && !p.fragment {
         m.quoted = quoted_tuple(&frame.bytes[14..], p.len as usize);
     }
     Some(m)
@@ -158,8 +160,8 @@ fn quoted_tuple(ip: &[u8], ip_len: usize) -> Option<FlowTuple> {
     let l4 = quoted.get(hlen..hlen + 8)?;
     let (sport, dport) = match proto {
         6 | 17 | 132 => (be16(l4, 0)?, be16(l4, 2)?),
-        1 if l4[0] == 8 => (be16(l4, 4)?, 0),
-        58 if l4[0] == 128 => (be16(l4, 4)?, 0),
+        PROTO_ICMP if l4[0] == ICMP_ECHO_REQUEST => (be16(l4, 4)?, 0),
+        PROTO_ICMPV6 if l4[0] == ICMPV6_ECHO_REQUEST => (be16(l4, 4)?, 0),
         _ => return None,
     };
     Some(FlowTuple {

@@ -11,7 +11,8 @@
 //! 0 < payload, 40 + payload <= avail, then walks at most 6 extension headers
 //! (0/43/60: (len+1)*8, 51: (len+2)*4, 44: 8, a later fragment stops the walk);
 //! L4 ports/ICMP fields are read only for non-fragments, with minimum sizes
-//! TCP 20, UDP 8, SCTP 12, ICMP/ICMPv6 8.
+//! TCP 20, UDP 8, SCTP 12, ICMP/ICMPv6 8; ICMP only in IPv4 and ICMPv6 only
+//! in IPv6 (the other combinations are protocols without fields).
 
 use rand::Rng;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -95,6 +96,8 @@ struct Ext {
     /// Fragment header only: offset in 8-byte units and the M flag.
     frag_offset: u16,
     more: bool,
+    /// Routing header only: routing type and segments left.
+    route: (u8, u8),
 }
 
 impl Ext {
@@ -122,7 +125,11 @@ impl Ext {
                     b[8..12].copy_from_slice(&1u32.to_be_bytes()); // sequence
                 }
             }
-            _ => b[1] = self.len_byte, // options/route data: zeros (Pad1)
+            43 => {
+                b[1] = self.len_byte;
+                (b[2], b[3]) = self.route;
+            }
+            _ => b[1] = self.len_byte, // options data: zeros (Pad1)
         }
         b
     }
@@ -157,6 +164,8 @@ pub struct Packet {
     proto: u8,
     l4: Vec<u8>,
     options: usize,
+    /// The options' bytes when given (else NOPs closed by an EOL).
+    option_bytes: Vec<u8>,
     exts: Vec<Ext>,
     frag_field: u16,
     version: Option<u8>,
@@ -179,6 +188,7 @@ impl Packet {
             proto,
             l4,
             options: 0,
+            option_bytes: Vec::new(),
             exts: Vec::new(),
             frag_field: 0,
             version: None,
@@ -289,6 +299,25 @@ impl Packet {
         self.note(format!("opts={n}"))
     }
 
+    /// IPv4 options given byte for byte (padded with EOLs to a multiple of 4).
+    pub fn with_ipv4_option_bytes(mut self, bytes: &[u8]) -> Packet {
+        assert!(self.is_v4(), "IPv4 options on an IPv6 packet");
+        let mut b = bytes.to_vec();
+        b.resize(bytes.len().next_multiple_of(4), 0);
+        assert!(b.len() <= 40, "IPv4 options are at most 40 bytes");
+        self.options = b.len();
+        self.option_bytes = b;
+        self.note(format!("opts={bytes:02x?}"))
+    }
+
+    /// Appends an IPv6 routing header (8 bytes) of routing type `rtype`
+    /// with `segments_left`.
+    pub fn with_ipv6_routing_header(mut self, rtype: u8, segments_left: u8) -> Packet {
+        self = self.with_ipv6_ext_header(43, 0);
+        self.exts.last_mut().unwrap().route = (rtype, segments_left);
+        self.note(format!("rt{rtype}/sl{segments_left}"))
+    }
+
     /// Appends IPv6 extension headers of the given types with minimal sizes
     /// (8 bytes; AH 24 bytes; 44 = fragment header with offset 0 and M=1).
     pub fn with_ipv6_ext_headers(self, kinds: &[u8]) -> Packet {
@@ -312,6 +341,7 @@ impl Packet {
             len_byte,
             frag_offset: 0,
             more,
+            route: (0, 0),
         });
         self.note(format!("x{kind}/{len_byte}"))
     }
@@ -334,6 +364,7 @@ impl Packet {
                 len_byte: 0,
                 frag_offset: offset,
                 more,
+                route: (0, 0),
             };
             self.exts.push(e);
         }
@@ -491,8 +522,12 @@ impl Packet {
         h[9] = self.proto;
         h[12..16].copy_from_slice(&s.octets());
         h[16..20].copy_from_slice(&d.octets());
-        // Options: NOPs closed by an EOL.
-        h.extend((0..self.options).map(|i| u8::from(i + 1 != self.options)));
+        // Options: as given, else NOPs closed by an EOL.
+        if self.option_bytes.is_empty() {
+            h.extend((0..self.options).map(|i| u8::from(i + 1 != self.options)));
+        } else {
+            h.extend_from_slice(&self.option_bytes);
+        }
         let csum = ipv4_checksum(&h);
         h[10..12].copy_from_slice(&csum.to_be_bytes());
         h
@@ -599,6 +634,9 @@ impl Packet {
         if ihl < V4_HDR || total < ihl || total > avail {
             return Expected::Malformed;
         }
+        if !v4_options_acceptable(&frame[ETH_LEN + V4_HDR..ETH_LEN + ihl.min(avail)]) {
+            return Expected::Malformed;
+        }
         p.fragment = self.frag_field & 0x3fff != 0;
         if p.fragment {
             return Expected::Packet(p);
@@ -631,8 +669,12 @@ impl Packet {
             let Some(e) = self.exts.get(i) else {
                 return Some((off, i, fragment)); // L4 proto: stop
             };
-            let need = if e.kind == 44 { 4 } else { 2 };
+            let need = if e.kind == 44 || e.kind == 43 { 4 } else { 2 };
             if off + need > avail {
+                return None;
+            }
+            // A route still to follow (Mobile IPv6's type 2 excepted).
+            if e.kind == 43 && e.route.1 != 0 && e.route.0 != 2 {
                 return None;
             }
             off += e.size();
@@ -648,9 +690,42 @@ impl Packet {
     }
 }
 
+/// IPv4 options as the program walks them: EOL ends them, NOP is one byte,
+/// any other option has a length byte of at least 2 that stays inside the
+/// header; loose and strict source routes (131, 137) are refused.
+pub fn v4_options_acceptable(opts: &[u8]) -> bool {
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => return true,
+            1 => i += 1,
+            0x83 | 0x89 => return false,
+            _ => {
+                let Some(&len) = opts.get(i + 1) else {
+                    return false;
+                };
+                if len < 2 {
+                    return false;
+                }
+                i += len as usize;
+                if i > opts.len() {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
 /// L4 fields at IP offset `off` with `room` bytes left of the IP packet.
+/// ICMP of the other family (1 in IPv6, 58 in IPv4) is not ICMP: no fields.
 fn l4_fields(frame: &[u8], off: usize, room: usize, mut p: Parsed) -> Expected {
-    let Some(min) = l4_min(p.proto) else {
+    let cross_family = match p.proto {
+        PROTO_ICMP => p.src.is_ipv6(),
+        PROTO_ICMPV6 => p.src.is_ipv4(),
+        _ => false,
+    };
+    let Some(min) = l4_min(p.proto).filter(|_| !cross_family) else {
         return Expected::Packet(p);
     };
     let at = ETH_LEN + off;
@@ -813,7 +888,7 @@ fn short_l4(rng: &mut impl Rng, mut p: Packet) -> Packet {
     p.note(format!("l4={keep}"))
 }
 
-/// ICMP parsed by protocol number whatever the IP version: 1 over v6, 58 over v4.
+/// ICMP of the other family (1 over v6, 58 over v4): not ICMP, no fields.
 fn cross_family_icmp(rng: &mut impl Rng, p: Packet) -> Packet {
     let proto = if p.is_v4() { PROTO_ICMPV6 } else { PROTO_ICMP };
     let mut body = vec![rng.gen(), 0, 0, 0];

@@ -223,7 +223,7 @@ fn lpm(trie: &Compiled, a: IpAddr) -> Endpoint {
         .map_or(
             Endpoint {
                 identity: ID_WORLD,
-                peer: 0,
+                ..Default::default()
             },
             |(_, _, e)| *e,
         )

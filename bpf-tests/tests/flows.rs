@@ -539,9 +539,10 @@ fn icmp_error(src: IpAddr, dst: IpAddr, error: (u8, u8), quoted: &[u8]) -> Packe
 }
 
 /// An ICMP error quoting a packet of a live flow, sent to that packet's
-/// sender, passes as part of the flow (counted, never logged); errors about
-/// no flow, sent elsewhere, or about a flow the policy has since revoked,
-/// are judged by the policy. The kernel is checked against the documented
+/// sender by the flow's far end or the gateway, passes as part of the flow
+/// (counted, never logged); errors about no flow, sent elsewhere, from
+/// anyone else, or about a flow the policy has since revoked, are judged by
+/// the policy. The kernel is checked against the documented
 /// behaviour first, then the reference model against the kernel.
 #[test]
 fn icmp_errors_about_live_flows_pass_with_the_flow() {
@@ -574,14 +575,25 @@ fn icmp_errors_about_live_flows_pass_with_the_flow() {
                 &syn,
                 true,
             ),
-            ("too big from a router", router, p1, too_big, &syn, true),
+            ("too big from the gateway", gw, p1, too_big, &syn, true),
             (
                 "time exceeded about the ping",
-                router,
+                gw,
                 p1,
                 time_exceeded,
                 &ping,
                 true,
+            ),
+            // A router that is neither the far end nor the gateway: the
+            // policy's (no ICMP rule here).
+            ("too big from a router", router, p1, too_big, &syn, false),
+            (
+                "time exceeded from a router",
+                router,
+                p1,
+                time_exceeded,
+                &ping,
+                false,
             ),
             ("about no flow", gw, p1, unreachable, &stranger, false),
             ("not to the quoted sender", gw, p2, unreachable, &syn, false),
@@ -602,11 +614,16 @@ fn icmp_errors_about_live_flows_pass_with_the_flow() {
         assert_eq!(totals.egress.allowed_packets, 3, "{totals:?}");
         let icmp = f.icmp_proto();
         let l = 2 * f.ip_hdr() + 16;
-        let want: Denies = [
-            ((p1, 0, icmp, unreachable.0 as u16, false), (1, l)),
-            ((p2, 0, icmp, unreachable.0 as u16, false), (1, l)),
-        ]
-        .into();
+        let mut want = Denies::new();
+        for (dst, ty) in [
+            (p1, unreachable.0),
+            (p2, unreachable.0),
+            (p1, too_big.0),
+            (p1, time_exceeded.0),
+        ] {
+            let e = want.entry((dst, 0, icmp, ty as u16, false)).or_default();
+            *e = (e.0 + 1, e.1 + l);
+        }
         assert_eq!(denies(&b.h), want, "deny map");
         // Revoked flow: the error is the policy's again.
         let without_ssh: Vec<Rule> = flow_rules().into_iter().skip(1).collect();

@@ -60,6 +60,9 @@ fn ref_v4(ip: &[u8]) -> Option<Parsed> {
     if ihl < 20 || total < ihl || total > ip.len() {
         return None;
     }
+    if !wgbpf_bpf_tests::packets::v4_options_acceptable(&ip[20..ihl]) {
+        return None;
+    }
     let a = |i: usize| IpAddr::V4(Ipv4Addr::new(ip[i], ip[i + 1], ip[i + 2], ip[i + 3]));
     let mut p = empty(a(12), a(16), ip[9], total);
     p.fragment = be16(ip, 6) & 0x3fff != 0;
@@ -90,7 +93,12 @@ fn ref_v6(ip: &[u8]) -> Option<Parsed> {
         let later;
         match nh {
             0 | 43 | 60 | 51 => {
-                if off + 2 > ip.len() {
+                let need = if nh == 43 { 4 } else { 2 };
+                if off + need > ip.len() {
+                    return None;
+                }
+                // Routing header with segments left, type 2 excepted.
+                if nh == 43 && ip[off + 3] != 0 && ip[off + 2] != 2 {
                     return None;
                 }
                 let unit = if nh == 51 { 4 } else { 8 };
@@ -132,11 +140,13 @@ fn ref_v6(ip: &[u8]) -> Option<Parsed> {
 }
 
 fn ref_l4(ip: &[u8], off: usize, room: usize, p: &mut Parsed) -> Option<()> {
+    let v4 = p.src.is_ipv4();
     let (min, icmp) = match p.proto {
         6 => (20, false),
         17 => (8, false),
         132 => (12, false),
-        1 | 58 => (8, true),
+        1 if v4 => (8, true),
+        58 if !v4 => (8, true),
         _ => return Some(()),
     };
     let need = if icmp { 8 } else { 4 };
@@ -202,11 +212,13 @@ fn etherparse_view(frame: &[u8]) -> Parsed {
         Some(TransportSlice::Udp(u)) => {
             (p.sport, p.dport) = (u.source_port(), u.destination_port())
         }
-        Some(TransportSlice::Icmpv4(i)) => {
+        // etherparse reads ICMP by protocol number; the data plane only in
+        // its own family (the other combinations are not ICMP).
+        Some(TransportSlice::Icmpv4(i)) if src.is_ipv4() => {
             p.icmp_type = i.type_u8();
             p.icmp_id = u16::from_be_bytes([i.bytes5to8()[0], i.bytes5to8()[1]]);
         }
-        Some(TransportSlice::Icmpv6(i)) => {
+        Some(TransportSlice::Icmpv6(i)) if src.is_ipv6() => {
             p.icmp_type = i.type_u8();
             p.icmp_id = u16::from_be_bytes([i.bytes5to8()[0], i.bytes5to8()[1]]);
         }
@@ -369,12 +381,10 @@ fn edge_case_table() {
         .with_ipv6_ext_headers(&[0])
         .truncated_to(48));
     ok(Packet::raw_proto(x, y, 59).with_ipv6_ext_headers(&[60]));
-    // ICMP by protocol number regardless of IP version.
+    // ICMP (1) in IPv6 is not ICMP: no type, no identifier, no minimum.
     let cross = ok(Packet::raw_l4(x, y, 1, vec![8, 0, 0, 0, 0x12, 0x34, 0, 1]));
-    assert_eq!(
-        (parsed(&cross).icmp_type, parsed(&cross).icmp_id),
-        (8, 0x1234)
-    );
+    assert_eq!((parsed(&cross).icmp_type, parsed(&cross).icmp_id), (0, 0));
+    ok(Packet::raw_l4(x, y, 1, vec![8, 0]));
     // Padding after a fixed-up truncation never fills the chain's holes.
     m(Packet::tcp(x, y, 1, 2)
         .with_ipv6_ext_headers(&[60])

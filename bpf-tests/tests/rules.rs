@@ -443,19 +443,16 @@ fn icmp_echo_by_type() {
         b.expect(pass_if(f == Fam::V4), b.icmp(p2, gw, f.echo_request()));
     }
     // The wrong ICMP for the family: protocol 58 over IPv4, 1 over IPv6,
-    // with the other family's echo type.
+    // with the other family's echo type, is not ICMP: it has no type, so
+    // rules with types never match it.
     for f in FAMS {
         let (proto, t) = match f {
             Fam::V4 => (PROTO_ICMPV6, 128),
             Fam::V6 => (PROTO_ICMP, 8),
         };
         let body = vec![t, 0, 0, 0, 0x12, 0x34, 0, 1];
-        b.expect(Pass, Packet::raw_l4(f.peer(1), f.gw(), proto, body.clone()));
-        // p2's only rule is ICMP (1) type 8.
-        b.expect(
-            pass_if(f == Fam::V6),
-            Packet::raw_l4(f.peer(2), f.gw(), proto, body),
-        );
+        b.expect(Drop, Packet::raw_l4(f.peer(1), f.gw(), proto, body.clone()));
+        b.expect(Drop, Packet::raw_l4(f.peer(2), f.gw(), proto, body));
     }
 }
 
@@ -631,6 +628,57 @@ fn ipv4_options_and_ipv6_extension_headers_keep_the_verdict() {
         b.expect(Pass, b.tcp(p1, gw, 22).with_ipv6_ext_header(kind, len));
         b.expect(Drop, b.tcp(p1, gw, 23).with_ipv6_ext_header(kind, len));
     }
+}
+
+/// Source routes: a packet judged as addressed to one host must not carry
+/// a route onward. IPv4 loose and strict source route options and IPv6
+/// routing headers with segments left (Mobile IPv6's type 2 excepted) are
+/// dropped as malformed, even when everything is allowed; options and
+/// routing headers that route nowhere pass.
+#[test]
+fn source_routes_drop_as_malformed() {
+    let b = Bench::new(permit_all());
+    let (p1, gw) = (Fam::V4.peer(1), Fam::V4.gw());
+    let lsrr = [0x83, 7, 4, 10, 0, 9, 9];
+    let ssrr = [0x89, 7, 4, 10, 0, 9, 9];
+    for opts in [&lsrr[..], &ssrr[..], &[1, 1, 1, 0x83, 3, 4][..]] {
+        b.expect(Malformed, b.tcp(p1, gw, 22).with_ipv4_option_bytes(opts));
+        b.expect(Malformed, b.udp(p1, gw, 53).with_ipv4_option_bytes(opts));
+    }
+    // Option lengths the kernel's own parser refuses.
+    for opts in [&[0x07, 0][..], &[0x07, 1][..], &[1, 0x07, 40, 4][..]] {
+        b.expect(Malformed, b.tcp(p1, gw, 22).with_ipv4_option_bytes(opts));
+    }
+    // Record route, timestamp, router alert: no route onward.
+    for opts in [
+        &[0x07, 7, 4, 0, 0, 0, 0][..],
+        &[0x44, 8, 5, 0, 0, 0, 0, 0][..],
+        &[0x94, 4, 0, 0][..],
+        &[0, 0x83, 7][..], // after the end of the list: not an option
+    ] {
+        b.expect(Pass, b.tcp(p1, gw, 22).with_ipv4_option_bytes(opts));
+    }
+    let (p1, gw) = (Fam::V6.peer(1), Fam::V6.gw());
+    for (rtype, segs) in [(0, 1), (3, 1), (4, 2), (253, 255)] {
+        b.expect(
+            Malformed,
+            b.tcp(p1, gw, 22).with_ipv6_routing_header(rtype, segs),
+        );
+        b.expect(
+            Malformed,
+            b.udp(p1, gw, 53)
+                .with_ipv6_ext_headers(&[0])
+                .with_ipv6_routing_header(rtype, segs),
+        );
+    }
+    for (rtype, segs) in [(0, 0), (4, 0), (2, 1)] {
+        b.expect(
+            Pass,
+            b.tcp(p1, gw, 22).with_ipv6_routing_header(rtype, segs),
+        );
+    }
+    let before = b.h.dp.maps.stats().expect("stats").malformed;
+    assert_eq!(before, b.malformed.get(), "counted as malformed");
 }
 
 /// Headers that cannot be parsed are dropped even when everything is

@@ -7,22 +7,43 @@
 //! and the controller compares keys byte for byte.
 #![no_std]
 
+/// The one table of map names: `(constant in [`names`], name in the
+/// object)`. [`names`] is made from it, and the eBPF crate declares its maps
+/// through it (`wgbpf_common::for_each_map!(declare_maps)`), so a map's name
+/// is written nowhere else. Order: pin order.
+#[macro_export]
+macro_rules! for_each_map {
+    ($m:ident) => {
+        $m! {
+            ACTIVE = "WGBPF_ACTIVE",
+            SLOT_CONFIG = "WGBPF_SLOT_CONFIG",
+            IPCACHE = "WGBPF_IPCACHE",
+            HOSTS = "WGBPF_HOSTS",
+            POLICY = "WGBPF_POLICY",
+            PORT_CLASS = "WGBPF_PORTCLASS",
+            FLOWS = "WGBPF_FLOWS",
+            PEER_COUNTERS = "WGBPF_PEER_COUNTERS",
+            PEER_NAMES = "WGBPF_PEER_NAMES",
+            DENIES = "WGBPF_DENIES",
+            STATS = "WGBPF_STATS",
+            EVENTS = "WGBPF_EVENTS",
+            EVENT_BUCKET = "WGBPF_EVENT_BUCKET",
+            EVENT_CONFIG = "WGBPF_EVENT_CONFIG",
+        }
+    };
+}
+
 /// Map names, as the controller finds them in the object and pins them.
 pub mod names {
-    pub const ACTIVE: &str = "WGBPF_ACTIVE";
-    pub const SLOT_CONFIG: &str = "WGBPF_SLOT_CONFIG";
-    pub const IPCACHE: &str = "WGBPF_IPCACHE";
-    pub const HOSTS: &str = "WGBPF_HOSTS";
-    pub const POLICY: &str = "WGBPF_POLICY";
-    pub const PORT_CLASS: &str = "WGBPF_PORTCLASS";
-    pub const FLOWS: &str = "WGBPF_FLOWS";
-    pub const PEER_COUNTERS: &str = "WGBPF_PEER_COUNTERS";
-    pub const DENIES: &str = "WGBPF_DENIES";
-    pub const STATS: &str = "WGBPF_STATS";
-    pub const EVENTS: &str = "WGBPF_EVENTS";
-    pub const EVENT_BUCKET: &str = "WGBPF_EVENT_BUCKET";
-    pub const EVENT_CONFIG: &str = "WGBPF_EVENT_CONFIG";
-    pub const PEER_NAMES: &str = "WGBPF_PEER_NAMES";
+    macro_rules! name_consts {
+        ($($id:ident = $name:literal),* $(,)?) => {
+            $(pub const $id: &str = $name;)*
+            /// Every map the object defines, in pin order.
+            pub const ALL_MAPS: &[&str] = &[$($name),*];
+        };
+    }
+    for_each_map!(name_consts);
+
     /// Programs.
     pub const PROG_INGRESS: &str = "wgbpf_ingress";
     pub const PROG_EGRESS: &str = "wgbpf_egress";
@@ -84,6 +105,13 @@ pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_SCTP: u8 = 132;
 
+/// ICMP echo message types: an echo request opens a flow, its reply
+/// belongs to it (the identifier stands in for the ports).
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
 /// Port class 0 means any port; 1 is the class every fragment gets (its
 /// ports are unknown); specific classes start at 2.
 pub const PORT_CLASS_ANY: u16 = 0;
@@ -130,14 +158,20 @@ pub const fn ipcache_prefix_len(bits: u32) -> u32 {
     8 + bits
 }
 
-/// What an address is: its policy identity, and the peer whose AllowedIPs
-/// contain it (0 when it belongs to no peer).
+/// What an address is: its policy identity, the peer whose AllowedIPs
+/// contain it (0 when it belongs to no peer), and `EP_*` flags.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Endpoint {
     pub identity: u32,
     pub peer: u32,
+    pub flags: u32,
 }
+
+/// The address is one of the gateway's own (in the policy's `local`
+/// prefixes and in no peer's AllowedIPs): its ICMP errors about a flow
+/// belong to the flow (the gateway is the router on every tunnel path).
+pub const EP_GATEWAY: u32 = 1;
 
 /// Key of the policy hash map. Wildcards: `src_id`/`dst_id` = [`ID_ANY`],
 /// `proto` = [`PROTO_ANY`], `port_class` = [`PORT_CLASS_ANY`]. Both policy
@@ -387,6 +421,7 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<PolicyKey>(), 12);
+        assert_eq!(size_of::<Endpoint>(), 12);
         assert_eq!(size_of::<IpCacheKey>(), 17);
         assert_eq!(size_of::<PolicyValue>(), 8);
         assert_eq!(size_of::<FlowKey>(), 40);

@@ -18,7 +18,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
-use parse::{Packet, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST};
+use parse::Packet;
 use wgbpf_common::*;
 
 /// Pass to the next program (tcx) or filter (clsact), i.e. do not decide.
@@ -29,50 +29,84 @@ const TC_ACT_UNSPEC: i32 = -1;
 #[no_mangle]
 static WGBPF_L2_HDR_LEN: u32 = 0;
 
-#[map(name = "WGBPF_ACTIVE")]
-static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
-#[map(name = "WGBPF_SLOT_CONFIG")]
-static SLOT_CONFIG: Array<SlotConfig> = Array::with_max_entries(2, 0);
-
-// Both policy slots live in the same maps, told apart by a slot field in
-// the key: one code path for both, half the work for the verifier.
-#[map(name = "WGBPF_IPCACHE")]
-static IPCACHE: LpmTrie<IpCacheKey, Endpoint> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
-/// The trie's full-length entries (/32, /128) live here instead: a hash
-/// lookup costs a fraction of the trie's walk, and peers are mostly hosts.
-#[map(name = "WGBPF_HOSTS")]
-static HOSTS: HashMap<IpCacheKey, Endpoint> =
-    HashMap::with_max_entries(capacity::HOSTS, BPF_F_NO_PREALLOC);
-
 const BPF_F_NO_PREALLOC: u32 = 1;
 /// The controller writes the port-class arrays through mmap.
 const BPF_F_MMAPABLE: u32 = 1024;
-#[map(name = "WGBPF_POLICY")]
-static POLICY: HashMap<PolicyKey, PolicyValue> =
-    HashMap::with_max_entries(capacity::POLICY, BPF_F_NO_PREALLOC);
 
-#[map(name = "WGBPF_PORTCLASS")]
-static PORTCLASS: Array<u16> = Array::with_max_entries(2 * PORT_CLASS_ENTRIES, BPF_F_MMAPABLE);
-
-#[map(name = "WGBPF_FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
-
-#[map(name = "WGBPF_PEER_COUNTERS")]
-static PEER_COUNTERS: PerCpuArray<PeerCounters> = PerCpuArray::with_max_entries(capacity::PEERS, 0);
-#[map(name = "WGBPF_PEER_NAMES")]
-static PEER_NAMES: Array<PeerName> = Array::with_max_entries(capacity::PEERS, 0);
-#[map(name = "WGBPF_DENIES")]
-static DENIES: LruPerCpuHashMap<DenyKey, DenyValue> =
-    LruPerCpuHashMap::with_max_entries(capacity::DENIES, 0);
-#[map(name = "WGBPF_STATS")]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
-
-#[map(name = "WGBPF_EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
-#[map(name = "WGBPF_EVENT_BUCKET")]
-static EVENT_BUCKET: PerCpuArray<EventBucket> = PerCpuArray::with_max_entries(1, 0);
-#[map(name = "WGBPF_EVENT_CONFIG")]
-static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 0);
+/// One static per map of `wgbpf_common::for_each_map!`, named from it.
+macro_rules! declare_maps {
+    (@map ACTIVE $n:tt) => {
+        #[map(name = $n)]
+        static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+    };
+    (@map SLOT_CONFIG $n:tt) => {
+        #[map(name = $n)]
+        static SLOT_CONFIG: Array<SlotConfig> = Array::with_max_entries(2, 0);
+    };
+    // Both policy slots live in the same maps, told apart by a slot field
+    // in the key: one code path for both, half the work for the verifier.
+    (@map IPCACHE $n:tt) => {
+        #[map(name = $n)]
+        static IPCACHE: LpmTrie<IpCacheKey, Endpoint> =
+            LpmTrie::with_max_entries(capacity::IPCACHE, 0);
+    };
+    // The trie's full-length entries (/32, /128) live here instead: a hash
+    // lookup costs a fraction of the trie's walk, and peers are mostly hosts.
+    (@map HOSTS $n:tt) => {
+        #[map(name = $n)]
+        static HOSTS: HashMap<IpCacheKey, Endpoint> =
+            HashMap::with_max_entries(capacity::HOSTS, BPF_F_NO_PREALLOC);
+    };
+    (@map POLICY $n:tt) => {
+        #[map(name = $n)]
+        static POLICY: HashMap<PolicyKey, PolicyValue> =
+            HashMap::with_max_entries(capacity::POLICY, BPF_F_NO_PREALLOC);
+    };
+    (@map PORT_CLASS $n:tt) => {
+        #[map(name = $n)]
+        static PORT_CLASS: Array<u16> =
+            Array::with_max_entries(2 * PORT_CLASS_ENTRIES, BPF_F_MMAPABLE);
+    };
+    (@map FLOWS $n:tt) => {
+        #[map(name = $n)]
+        pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+            LruHashMap::with_max_entries(capacity::FLOWS, 0);
+    };
+    (@map PEER_COUNTERS $n:tt) => {
+        #[map(name = $n)]
+        static PEER_COUNTERS: PerCpuArray<PeerCounters> =
+            PerCpuArray::with_max_entries(capacity::PEERS, 0);
+    };
+    (@map PEER_NAMES $n:tt) => {
+        #[map(name = $n)]
+        static PEER_NAMES: Array<PeerName> = Array::with_max_entries(capacity::PEERS, 0);
+    };
+    (@map DENIES $n:tt) => {
+        #[map(name = $n)]
+        static DENIES: LruPerCpuHashMap<DenyKey, DenyValue> =
+            LruPerCpuHashMap::with_max_entries(capacity::DENIES, 0);
+    };
+    (@map STATS $n:tt) => {
+        #[map(name = $n)]
+        static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+    };
+    (@map EVENTS $n:tt) => {
+        #[map(name = $n)]
+        static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+    };
+    (@map EVENT_BUCKET $n:tt) => {
+        #[map(name = $n)]
+        static EVENT_BUCKET: PerCpuArray<EventBucket> = PerCpuArray::with_max_entries(1, 0);
+    };
+    (@map EVENT_CONFIG $n:tt) => {
+        #[map(name = $n)]
+        static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 0);
+    };
+    ($($id:ident = $name:tt),* $(,)?) => {
+        $(declare_maps!(@map $id $name);)*
+    };
+}
+wgbpf_common::for_each_map!(declare_maps);
 
 #[classifier]
 pub fn wgbpf_ingress(ctx: TcContext) -> i32 {
@@ -180,6 +214,7 @@ fn lookup_ep(slot: u32, addr: &Addr) -> Endpoint {
         None => Endpoint {
             identity: ID_WORLD,
             peer: 0,
+            flags: 0,
         },
     }
 }
@@ -213,13 +248,17 @@ fn decide(
     dst: &Endpoint,
 ) -> (Verdict, bool) {
     // An ICMP error about a packet of a live flow, sent back to that
-    // packet's sender, belongs to the flow.
-    if pkt.related && pkt.related_entry.version == cfg.version {
+    // packet's sender by the flow's far end or by the gateway, belongs to
+    // the flow. Anyone else (a peer, a router) is judged by the policy.
+    if pkt.related
+        && (pkt.related_far_end || src.flags & EP_GATEWAY != 0)
+        && pkt.related_version == cfg.version
+    {
         bump_stat(stat::FLOW_HITS);
         return (
             Verdict {
-                severity: pkt.related_entry.severity,
-                rule: pkt.related_entry.rule,
+                severity: pkt.related_severity,
+                rule: pkt.related_rule,
             },
             true,
         );
@@ -235,6 +274,7 @@ fn decide(
                 pkt.proto,
                 reversed_policy_port(pkt),
                 false,
+                pkt.ported,
             ),
             cfg,
         );
@@ -253,6 +293,7 @@ fn decide(
             pkt.proto,
             policy_port(pkt),
             pkt.fragment,
+            pkt.ported,
         ),
         cfg,
     );
@@ -329,7 +370,8 @@ fn reversed_policy_port(pkt: &Packet) -> u16 {
 #[inline(always)]
 fn flow_key(pkt: &Packet) -> (bool, FlowKey) {
     let (tracked, sport, dport) = match pkt.proto {
-        _ if pkt.fragment => (false, 0, 0),
+        // Fragments, and ICMP of the other family (not ICMP), have no ports.
+        _ if !pkt.ported => (false, 0, 0),
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => (true, pkt.sport, pkt.dport),
         PROTO_ICMP => match pkt.icmp_type {
             ICMP_ECHO_REQUEST => (true, pkt.icmp_id, 0),

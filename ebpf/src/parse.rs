@@ -3,9 +3,10 @@
 //! enforces), so a truncated header is an error, never a read of garbage.
 //! Anything we cannot parse is dropped as malformed.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{cty::c_void, helpers::bpf_skb_load_bytes, programs::TcContext};
 use wgbpf_common::{
-    map_v4, Addr, FlowKey, FlowValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    map_v4, Addr, FlowKey, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 /// What the policy and the flow table need to know about a packet.
@@ -17,6 +18,10 @@ pub struct Packet {
     pub fragment: bool,
     pub sport: u16,
     pub dport: u16,
+    /// The policy's "port" is known: TCP, UDP or SCTP ports, or the type of
+    /// ICMP in IPv4 or ICMPv6 in IPv6 (the other combinations are not ICMP),
+    /// in a packet that is no fragment.
+    pub ported: bool,
     /// ICMP/ICMPv6 message type (0 for other protocols).
     pub icmp_type: u8,
     /// ICMP echo identifier.
@@ -26,13 +31,14 @@ pub struct Packet {
     /// For an ICMP error about a packet of a live flow, sent back to that
     /// packet's sender: the flow entry as parsing found it.
     pub related: bool,
-    pub related_entry: FlowValue,
+    /// ... and the error comes from the quoted packet's destination (the
+    /// flow's far end).
+    pub related_far_end: bool,
+    /// The related flow's policy version, verdict and rule.
+    pub related_version: u32,
+    pub related_rule: u32,
+    pub related_severity: u8,
 }
-
-pub const ICMP_ECHO_REQUEST: u8 = 8;
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMPV6_ECHO_REQUEST: u8 = 128;
-pub const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// IPv6 extension headers walked before giving up (as malformed).
 const MAX_EXT_HEADERS: usize = 6;
@@ -123,7 +129,7 @@ pub fn parse(ctx: &TcContext, l2: usize, out: &mut core::mem::MaybeUninit<Packet
     };
     let first = first.u8(0);
     let parsed = match first >> 4 {
-        4 => parse_v4(&b, l2, avail),
+        4 => parse_v4(ctx, &b, l2, avail),
         6 => parse_v6(&b, l2, avail),
         _ => Err(Malformed),
     };
@@ -137,7 +143,7 @@ pub fn parse(ctx: &TcContext, l2: usize, out: &mut core::mem::MaybeUninit<Packet
 }
 
 #[inline(always)]
-fn parse_v4(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
+fn parse_v4(ctx: &TcContext, b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
     let h = b.view::<20>(l2)?;
     let ihl = ((h.u8(0) & 0x0f) as usize) * 4;
     let total = h.be16(2) as usize;
@@ -152,18 +158,86 @@ fn parse_v4(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
         fragment: h.be16(6) & 0x3fff != 0,
         sport: 0,
         dport: 0,
+        ported: false,
         icmp_type: 0,
         icmp_id: 0,
         len: total as u32,
         related: false,
-        related_entry: NO_ENTRY,
+        related_far_end: false,
+        related_version: 0,
+        related_rule: 0,
+        related_severity: 0,
     };
+    // Options are walked only to refuse source routes; otherwise they are
+    // skipped by the header length.
+    if ihl > 20 && !v4_options_ok(ctx, l2 + 20, ihl - 20) {
+        return Err(Malformed);
+    }
     if !p.fragment {
-        // Options are skipped by the header length, never interpreted.
-        parse_l4(b, l2 + ihl, total - ihl, &mut p)?;
+        parse_l4(b, l2 + ihl, total - ihl, PROTO_ICMP, &mut p)?;
     }
     Ok(p)
 }
+
+/// IPv4 options at `off` (`len` bytes, 1..=40): false for a loose or strict
+/// source route (a packet judged as addressed to one host must not carry a
+/// route onward) or an option length the kernel's own parser refuses. A
+/// BPF function of its own, walking a copy on its own stack: its loop
+/// states stay out of the caller's.
+#[inline(never)]
+fn v4_options_ok(ctx: &TcContext, off: usize, len: usize) -> bool {
+    let mut buf = [0u8; 40];
+    let len = len & 0x3f;
+    if len == 0 || len > 40 {
+        return false;
+    }
+    let copied = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            off as u32,
+            buf.as_mut_ptr() as *mut c_void,
+            len as u32,
+        )
+    };
+    if copied != 0 {
+        return false;
+    }
+    let mut i = 0usize;
+    for _ in 0..40 {
+        if i >= len {
+            return true;
+        }
+        let Some(&kind) = buf.get(i) else {
+            return false;
+        };
+        match kind {
+            0 => return true,
+            1 => {
+                i += 1;
+                continue;
+            }
+            LSRR | SSRR => return false,
+            _ => {}
+        }
+        let Some(&olen) = buf.get(i + 1) else {
+            return false;
+        };
+        if olen < 2 || i + 1 >= len {
+            return false;
+        }
+        i += olen as usize;
+        if i > len {
+            return false;
+        }
+    }
+    true
+}
+
+/// IPv4 loose and strict source route options.
+const LSRR: u8 = 0x83;
+const SSRR: u8 = 0x89;
+/// IPv6 routing header type 2 (Mobile IPv6: one address, the node's own).
+const ROUTING_TYPE_MOBILE: u8 = 2;
 
 #[inline(always)]
 fn parse_v6(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
@@ -180,11 +254,15 @@ fn parse_v6(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
         fragment: false,
         sport: 0,
         dport: 0,
+        ported: false,
         icmp_type: 0,
         icmp_id: 0,
         len: (40 + payload) as u32,
         related: false,
-        related_entry: NO_ENTRY,
+        related_far_end: false,
+        related_version: 0,
+        related_rule: 0,
+        related_severity: 0,
     };
     // IPv4-mapped addresses never belong on the wire (RFC 4291 2.5.5.2), and
     // here they would alias IPv4 identities in the shared trie.
@@ -197,7 +275,16 @@ fn parse_v6(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
     let mut done = false;
     for _ in 0..MAX_EXT_HEADERS {
         match nh {
-            0 | 43 | 60 => {
+            43 => {
+                // A route still to follow is refused, as IPv4 source routes.
+                let e = b.view::<4>(off)?;
+                if e.u8(3) != 0 && e.u8(2) != ROUTING_TYPE_MOBILE {
+                    return Err(Malformed);
+                }
+                nh = e.u8(0);
+                off += (e.u8(1) as usize + 1) * 8;
+            }
+            0 | 60 => {
                 let e = b.view::<2>(off)?;
                 nh = e.u8(0);
                 off += (e.u8(1) as usize + 1) * 8;
@@ -236,7 +323,7 @@ fn parse_v6(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
     }
     p.proto = nh;
     if !p.fragment {
-        parse_l4(b, off, end - off, &mut p)?;
+        parse_l4(b, off, end - off, PROTO_ICMPV6, &mut p)?;
     }
     Ok(p)
 }
@@ -246,10 +333,11 @@ fn is_v4_mapped(a: &Addr) -> bool {
     a[..10] == [0u8; 10] && a[10] == 0xff && a[11] == 0xff
 }
 
-/// Reads ports or the ICMP type; `room` is what the IP header says is left.
+/// Reads ports or the ICMP type; `room` is what the IP header says is left,
+/// `icmp` the family's ICMP (the other one is a portless protocol here).
 /// A header shorter than its protocol's minimum is malformed.
 #[inline(always)]
-fn parse_l4(b: &Bytes, off: usize, room: usize, p: &mut Packet) -> Result<(), Malformed> {
+fn parse_l4(b: &Bytes, off: usize, room: usize, icmp: u8, p: &mut Packet) -> Result<(), Malformed> {
     match p.proto {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
             let min = match p.proto {
@@ -263,14 +351,16 @@ fn parse_l4(b: &Bytes, off: usize, room: usize, p: &mut Packet) -> Result<(), Ma
             let ports = b.view::<4>(off)?;
             p.sport = ports.be16(0);
             p.dport = ports.be16(2);
+            p.ported = true;
         }
-        PROTO_ICMP | PROTO_ICMPV6 => {
+        proto if proto == icmp => {
             if room < 8 {
                 return Err(Malformed);
             }
-            let icmp = b.view::<8>(off)?;
-            p.icmp_type = icmp.u8(0);
-            p.icmp_id = icmp.be16(4);
+            let h = b.view::<8>(off)?;
+            p.icmp_type = h.u8(0);
+            p.icmp_id = h.be16(4);
+            p.ported = true;
             if is_icmp_error(p.proto, p.icmp_type) {
                 related(b, off + 8, room - 8, p);
             }
@@ -292,18 +382,9 @@ pub fn is_icmp_error(proto: u8, icmp_type: u8) -> bool {
     }
 }
 
-const NO_ENTRY: FlowValue = FlowValue {
-    version: 0,
-    rule: 0,
-    src_peer: 0,
-    dst_peer: 0,
-    severity: 0,
-    reply: 0,
-    _pad: [0; 2],
-};
-
 /// Looks up the flow of the packet an ICMP error quotes, when the error
-/// goes back to that packet's sender. The caller checks the version.
+/// goes back to that packet's sender. The caller checks the version and
+/// who sent the error.
 #[inline(always)]
 fn related(b: &Bytes, off: usize, room: usize, p: &mut Packet) {
     let mut key = FlowKey {
@@ -319,7 +400,11 @@ fn related(b: &Bytes, off: usize, room: usize, p: &mut Packet) {
     }
     if let Some(entry) = crate::FLOWS.get_ptr(&key) {
         p.related = true;
-        p.related_entry = unsafe { *entry };
+        p.related_far_end = key.dst == p.src;
+        let entry = unsafe { &*entry };
+        p.related_version = entry.version;
+        p.related_rule = entry.rule;
+        p.related_severity = entry.severity;
     }
 }
 

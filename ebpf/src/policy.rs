@@ -6,7 +6,7 @@
 
 use wgbpf_common::*;
 
-use crate::{Verdict, POLICY, PORTCLASS};
+use crate::{Verdict, POLICY, PORT_CLASS};
 
 #[inline(always)]
 pub fn evaluate(
@@ -17,14 +17,19 @@ pub fn evaluate(
     proto: u8,
     port: u16,
     fragment: bool,
+    ported: bool,
 ) -> Verdict {
     let class = if fragment {
         PORT_CLASS_FRAG
+    } else if !ported {
+        // No port known (ICMP of the other family): rules with ports or
+        // types cannot match; the (pair, protocol, any) entry decides.
+        PORT_CLASS_ANY
     } else {
         match ported_proto_block(proto) {
             Some(block) => {
                 let index = slot * PORT_CLASS_ENTRIES + block * 65536 + port as u32;
-                match PORTCLASS.get(index) {
+                match PORT_CLASS.get(index) {
                     Some(c) => *c,
                     None => PORT_CLASS_ANY,
                 }

@@ -30,22 +30,7 @@ pub struct Maps {
 }
 
 /// Every map the object defines, in pin order.
-pub const ALL_MAPS: [&str; 14] = [
-    names::ACTIVE,
-    names::SLOT_CONFIG,
-    names::IPCACHE,
-    names::HOSTS,
-    names::POLICY,
-    names::PORT_CLASS,
-    names::FLOWS,
-    names::PEER_COUNTERS,
-    names::PEER_NAMES,
-    names::DENIES,
-    names::STATS,
-    names::EVENTS,
-    names::EVENT_BUCKET,
-    names::EVENT_CONFIG,
-];
+pub use wgbpf_common::names::ALL_MAPS;
 
 impl Maps {
     /// Builds the handles from a source of maps by name.

@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use ipnet::IpNet;
 use thiserror::Error;
 use wgbpf_common::{
-    proto_bit, severity, Addr, Endpoint, PolicyKey, PolicyValue, ID_ANY, ID_FIRST, ID_WORLD,
-    PORTED_PROTOS, PORT_CLASS_ANY, PORT_CLASS_ENTRIES, PORT_CLASS_FIRST, PORT_CLASS_FRAG,
+    proto_bit, severity, Addr, Endpoint, PolicyKey, PolicyValue, EP_GATEWAY, ID_ANY, ID_FIRST,
+    ID_WORLD, PORTED_PROTOS, PORT_CLASS_ANY, PORT_CLASS_ENTRIES, PORT_CLASS_FIRST, PORT_CLASS_FRAG,
     PROTO_ANY, SLOT_AUDIT_ALL, SLOT_HAS_ANY_ANY, SLOT_HAS_ANY_DST, SLOT_HAS_ANY_SRC,
 };
 
@@ -291,6 +291,11 @@ fn ipcache_entries(atoms: &Atoms, ids: &Identities) -> Vec<(Addr, u32, Endpoint)
                 Endpoint {
                     identity: *id,
                     peer: *peer,
+                    flags: if *peer == 0 && policy.local.iter().any(|l| Atom::of(l).contains(a)) {
+                        EP_GATEWAY
+                    } else {
+                        0
+                    },
                 },
             )
         })

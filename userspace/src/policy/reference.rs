@@ -4,7 +4,10 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use wgbpf_common::{rule_id, severity, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use wgbpf_common::{
+    rule_id, severity, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+};
 
 use super::model::{Action, Policy, Rule};
 
@@ -25,6 +28,27 @@ pub struct PacketMeta {
 }
 
 impl PacketMeta {
+    /// ICMP in IPv4 or ICMPv6 in IPv6. The other combinations are not ICMP:
+    /// a protocol without ports or types, like GRE.
+    pub fn is_icmp(&self) -> bool {
+        match self.proto {
+            PROTO_ICMP => self.src.is_ipv4(),
+            PROTO_ICMPV6 => self.src.is_ipv6(),
+            _ => false,
+        }
+    }
+
+    /// Rules with ports (or ICMP types) can match: TCP, UDP, SCTP or the
+    /// family's ICMP. (A fragment's port is unknown: see `rule_matches`.)
+    pub fn has_port(&self) -> bool {
+        matches!(self.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) || self.is_icmp()
+    }
+
+    /// An ICMP error (of the packet's own family).
+    pub fn is_icmp_error(&self) -> bool {
+        self.is_icmp() && is_icmp_error(self.proto, self.icmp_type)
+    }
+
     /// The "port" rules match: the destination port, or the ICMP type.
     pub fn policy_port(&self) -> u16 {
         match self.proto {
@@ -87,6 +111,9 @@ pub fn rule_matches(rule: &Rule, pkt: &PacketMeta) -> bool {
     if pkt.fragment {
         return rule.action == Action::Deny;
     }
+    if !pkt.has_port() {
+        return false;
+    }
     let port = pkt.policy_port();
     rule.ports.iter().any(|r| r.contains(port))
 }
@@ -141,7 +168,8 @@ pub struct FlowTuple {
     pub proto: u8,
 }
 
-/// ICMP errors that quote the packet they are about.
+/// ICMP errors that quote the packet they are about (when `proto` is the
+/// packet's family's ICMP).
 pub fn is_icmp_error(proto: u8, icmp_type: u8) -> bool {
     match proto {
         PROTO_ICMP => matches!(icmp_type, 3 | 11 | 12),
@@ -156,11 +184,6 @@ struct FlowState {
     verdict: Verdict,
     reply: bool,
 }
-
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// The outcome for one packet through the stateful model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,13 +221,25 @@ impl Model {
         &self.policy
     }
 
+    /// One of the gateway's own addresses (and no peer's).
+    fn is_gateway(&self, a: IpAddr) -> bool {
+        self.policy.local.iter().any(|n| n.contains(&a))
+            && !self
+                .policy
+                .peers
+                .iter()
+                .any(|p| p.allowed_ips.iter().any(|n| n.contains(&a)))
+    }
+
     pub fn packet(&mut self, pkt: &PacketMeta) -> Outcome {
-        // An error about a packet of a live flow, back to its sender, is
-        // part of that flow (path MTU discovery needs it).
-        if let Some(q) = pkt
-            .quoted
-            .filter(|q| is_icmp_error(pkt.proto, pkt.icmp_type) && q.src == pkt.dst)
-        {
+        // An error about a packet of a live flow, back to its sender, from
+        // the flow's far end or from the gateway, is part of that flow
+        // (path MTU discovery needs it).
+        if let Some(q) = pkt.quoted.filter(|q| {
+            pkt.is_icmp_error()
+                && q.src == pkt.dst
+                && (q.dst == pkt.src || self.is_gateway(pkt.src))
+        }) {
             if let Some(state) = self.flows.get(&q).filter(|s| s.version == self.version) {
                 return Outcome {
                     verdict: state.verdict,
@@ -278,7 +313,7 @@ impl Model {
 }
 
 fn flow_tuple(pkt: &PacketMeta) -> Option<FlowTuple> {
-    if pkt.fragment {
+    if pkt.fragment || !pkt.has_port() {
         return None;
     }
     let (sport, dport) = match (pkt.proto, pkt.icmp_type) {
