@@ -37,7 +37,7 @@ use wgbpf_bpf_tests::dpbench::{
 use wgbpf_common::{capacity, names, EventConfig};
 
 const USAGE: &str = "usage: bench-dataplane [--reps R] [--seconds S] [--warmup S] \
-[--rules N,N,...] [--variants veth,wireguard] [--nft-timeout S]";
+[--rules N,N,...] [--variants veth,wireguard] [--filters wgbpf,nft_rules,nft_set] [--traffic allowed,denied,tcp] [--nft-timeout S]";
 
 struct Args {
     reps: usize,
@@ -47,17 +47,23 @@ struct Args {
     veth: bool,
     wireguard: bool,
     nft_timeout: Duration,
+    /// Filters besides the baseline (veth; the tunnel has wgbpf only).
+    filters: Vec<Filter>,
+    /// Traffic kinds to run (tcp: the tunnel only).
+    traffic: Vec<Traffic>,
 }
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
-        reps: 5,
+        reps: 7,
         window: Duration::from_secs(1),
         warmup: Duration::from_millis(300),
         rules: vec![10, 1_000, 10_000, 100_000],
         veth: true,
         wireguard: true,
         nft_timeout: Duration::from_secs(120),
+        filters: vec![Filter::Wgbpf, Filter::NftRules, Filter::NftSet],
+        traffic: vec![Traffic::Allowed, Traffic::Denied, Traffic::Tcp],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -101,6 +107,28 @@ fn parse_args() -> Result<Args> {
                 }
                 a.veth = v.contains(&"veth");
                 a.wireguard = v.contains(&"wireguard");
+            }
+            "--filters" => {
+                a.filters = value
+                    .split(',')
+                    .map(|f| match f.trim() {
+                        "wgbpf" => Ok(Filter::Wgbpf),
+                        "nft_rules" => Ok(Filter::NftRules),
+                        "nft_set" => Ok(Filter::NftSet),
+                        x => bail!("unknown filter {x}\n{USAGE}"),
+                    })
+                    .collect::<Result<_>>()?
+            }
+            "--traffic" => {
+                a.traffic = value
+                    .split(',')
+                    .map(|f| match f.trim() {
+                        "allowed" => Ok(Traffic::Allowed),
+                        "denied" => Ok(Traffic::Denied),
+                        "tcp" => Ok(Traffic::Tcp),
+                        x => bail!("unknown traffic {x}\n{USAGE}"),
+                    })
+                    .collect::<Result<_>>()?
             }
             _ => bail!("unknown argument {flag}\n{USAGE}"),
         }
@@ -214,7 +242,11 @@ struct Window {
 fn measure(gen: &Generator, rx: &Receiver, warmup: Duration, window: Duration) -> Result<Window> {
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let sender = s.spawn(|| gen.run(&stop));
+        // Named, so that a profile can be narrowed to it (perf --comms).
+        let sender = std::thread::Builder::new()
+            .name("dpb-sender".into())
+            .spawn_scoped(s, || gen.run(&stop))
+            .expect("spawning the sender thread");
         let r = (|| {
             cleanup::sleep(warmup)?;
             let c0 = rx.counts()?;
@@ -425,7 +457,7 @@ fn run_veth(a: &Args) -> Result<()> {
     let tx = Netns::create("tx")?;
     let largest = *a.rules.iter().max().expect("rules is not empty");
     let mut configs = vec![(Filter::None, largest)];
-    for f in [Filter::Wgbpf, Filter::NftRules, Filter::NftSet] {
+    for &f in &a.filters {
         for &n in &a.rules {
             configs.push((f, n));
         }
@@ -442,7 +474,7 @@ fn run_veth(a: &Args) -> Result<()> {
     let slack = backlog_slack();
     let mut cases: Vec<Case> = Vec::new();
     let mut plan = Vec::new();
-    for traffic in [Traffic::Allowed, Traffic::Denied] {
+    for &traffic in a.traffic.iter().filter(|t| **t != Traffic::Tcp) {
         for (i, s) in sides.iter().enumerate() {
             cases.push(Case {
                 variant: "veth",
@@ -554,7 +586,7 @@ fn wireguard_cases(a: &Args, mesh: &testbed::Mesh) -> Result<()> {
     let slack = backlog_slack();
     let mut cases = Vec::new();
     let mut plan = Vec::new();
-    for traffic in [Traffic::Allowed, Traffic::Denied, Traffic::Tcp] {
+    for &traffic in &a.traffic {
         for (i, (f, n, ..)) in instances.iter().enumerate() {
             cases.push(Case {
                 variant: "wireguard",

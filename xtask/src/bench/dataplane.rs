@@ -8,7 +8,7 @@ use clap::Args;
 #[derive(Args)]
 pub struct Dataplane {
     /// Repetitions of every case (interleaved); medians are reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 7)]
     reps: usize,
     /// Length of each measurement window, seconds.
     #[arg(long, default_value_t = 1.0)]
