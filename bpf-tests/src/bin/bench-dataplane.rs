@@ -12,7 +12,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -28,7 +28,7 @@ use wgbpf_bpf_tests::dpbench::{
     acl, cleanup,
     counters::{Counts, Receiver},
     frames::{self, Ethernet},
-    generator::Generator,
+    generator::{thread_cpu_ns, Generator},
     netns::{self, Netns},
     nft,
     stats::median,
@@ -231,34 +231,71 @@ fn attach(dp: &mut Dataplane, ns: &str, ifname: &str) -> Result<Vec<SchedClassif
     Ok(links)
 }
 
-/// One window of traffic: the counters' change and its length, and the
-/// frames the generator handed over in all.
+/// One window of traffic: the counters' change and its length, the
+/// frames the generator handed over in it and in all, and the sending
+/// thread's CPU time in it.
 struct Window {
     counts: Counts,
     secs: f64,
+    sent_in_window: u64,
     sent: u64,
+    cpu_ns: u64,
 }
 
 fn measure(gen: &Generator, rx: &Receiver, warmup: Duration, window: Duration) -> Result<Window> {
     let stop = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
+    let tid = AtomicI32::new(0);
     std::thread::scope(|s| {
         // Named, so that a profile can be narrowed to it (perf --comms).
         let sender = std::thread::Builder::new()
             .name("dpb-sender".into())
-            .spawn_scoped(s, || gen.run(&stop))
+            .spawn_scoped(s, || gen.run(&stop, &sent, &tid))
             .expect("spawning the sender thread");
         let r = (|| {
             cleanup::sleep(warmup)?;
-            let c0 = rx.counts()?;
+            let t = tid.load(Ordering::SeqCst);
+            let (c0, s0, cpu0) = (
+                rx.counts()?,
+                sent.load(Ordering::Relaxed),
+                thread_cpu_ns(t)?,
+            );
             let t0 = Instant::now();
             cleanup::sleep(window)?;
-            let c1 = rx.counts()?;
-            Ok((c1.since(&c0), t0.elapsed().as_secs_f64()))
+            let (c1, s1, cpu1) = (
+                rx.counts()?,
+                sent.load(Ordering::Relaxed),
+                thread_cpu_ns(t)?,
+            );
+            Ok((
+                c1.since(&c0),
+                t0.elapsed().as_secs_f64(),
+                s1 - s0,
+                cpu1 - cpu0,
+            ))
         })();
         stop.store(true, Ordering::SeqCst);
-        let sent = sender.join().unwrap_or(0);
-        r.map(|(counts, secs)| Window { counts, secs, sent })
+        let total = sender.join().unwrap_or(0);
+        r.map(|(counts, secs, sent_in_window, cpu_ns)| Window {
+            counts,
+            secs,
+            sent_in_window,
+            sent: total,
+            cpu_ns,
+        })
     })
+}
+
+/// Sender CPU ns per packet, when the whole receive path ran in the
+/// sender's context: every frame sent in the window entered the receiver
+/// (none waited for ksoftirqd or was dropped from a full backlog, which
+/// happens when the filter is slower than the sender). NaN otherwise.
+fn cpu_cost(w: &Window) -> f64 {
+    let (sent, rx) = (w.sent_in_window, w.counts.rx_packets);
+    if rx == 0 || rx.abs_diff(sent) * 100 > sent {
+        return f64::NAN;
+    }
+    w.cpu_ns as f64 / rx as f64
 }
 
 /// The rate a window stands for, after checking the filter did its job:
@@ -293,16 +330,22 @@ struct Case {
     filter: Filter,
     rules: usize,
     samples: Vec<f64>,
+    /// Sender CPU ns per packet (veth only), by repetition.
+    cpu: Vec<f64>,
     /// Why there is no figure (nft could not load the rules in time).
     missing: Option<String>,
 }
 
+fn baseline<'a>(cases: &'a [Case], c: &Case) -> &'a Case {
+    cases
+        .iter()
+        .find(|b| b.variant == c.variant && b.traffic == c.traffic && b.filter == Filter::None)
+        .expect("every traffic has a baseline")
+}
+
 fn report(cases: &[Case]) {
     for c in cases {
-        let base = cases
-            .iter()
-            .find(|b| b.variant == c.variant && b.traffic == c.traffic && b.filter == Filter::None)
-            .expect("every traffic has a baseline");
+        let base = baseline(cases, c);
         // Ratios pair each sample with the baseline of the same repetition.
         let ratios: Vec<f64> = c
             .samples
@@ -334,6 +377,23 @@ fn report(cases: &[Case]) {
                 c.rules,
                 value,
                 ratio
+            );
+        }
+    }
+    // The same cases by the sender's CPU time per packet (veth only).
+    for c in cases {
+        let base = baseline(cases, c);
+        if !c.cpu.is_empty() {
+            // As a rate ratio: baseline cost over this case's cost.
+            let cpu_ratios: Vec<f64> = c.cpu.iter().zip(&base.cpu).map(|(x, b)| b / x).collect();
+            println!(
+                "dataplane_cpu variant={} traffic={} filter={} rules={} ns_per_packet={:.0} ratio={:.3}",
+                c.variant,
+                c.traffic.name(),
+                c.filter.name(),
+                c.rules,
+                median(&c.cpu),
+                median(&cpu_ratios)
             );
         }
     }
@@ -482,6 +542,7 @@ fn run_veth(a: &Args) -> Result<()> {
                 filter: s.filter,
                 rules: if s.filter == Filter::None { 0 } else { s.rules },
                 samples: Vec::new(),
+                cpu: Vec::new(),
                 missing: s.missing.clone(),
             });
             if s.missing.is_none() {
@@ -502,17 +563,20 @@ fn run_veth(a: &Args) -> Result<()> {
             let w = measure(gen, &s.receiver, a.warmup, a.window)?;
             let pps = rate(s.filter, traffic, &w, slack)
                 .with_context(|| format!("veth rules={}", s.rules))?;
+            let cpu = cpu_cost(&w);
             eprintln!(
-                "bench-dataplane: rep {rep} veth {} {} rules={}: {pps:.0} pps \
-                 (in {}, arrived {}, generator {} in all)",
+                "bench-dataplane: rep {rep} veth {} {} rules={}: {pps:.0} pps, {cpu:.0} sender \
+                 CPU ns/packet (in {}, arrived {}, sent {} in the window, {} in all)",
                 traffic.name(),
                 s.filter.name(),
                 s.rules,
                 w.counts.rx_packets,
                 w.counts.arrived,
+                w.sent_in_window,
                 w.sent
             );
             cases[c].samples.push(pps);
+            cases[c].cpu.push(cpu);
         }
     }
     report(&cases);
@@ -594,6 +658,7 @@ fn wireguard_cases(a: &Args, mesh: &testbed::Mesh) -> Result<()> {
                 filter: *f,
                 rules: if *f == Filter::None { 0 } else { *n },
                 samples: Vec::new(),
+                cpu: Vec::new(),
                 missing: None,
             });
             plan.push((cases.len() - 1, i));

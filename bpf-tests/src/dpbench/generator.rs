@@ -6,7 +6,7 @@
 //! receiver counts is what got through.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 use anyhow::{bail, Result};
 
@@ -58,8 +58,12 @@ impl Generator {
         })
     }
 
-    /// Sends until `stop` is raised; returns the frames the kernel took.
-    pub fn run(&self, stop: &AtomicBool) -> u64 {
+    /// Sends until `stop` is raised, adding the frames the kernel took to
+    /// `sent` as it goes; `tid` gets the sending thread's id first (see
+    /// [`thread_cpu_ns`]). Returns the frames sent in all.
+    pub fn run(&self, stop: &AtomicBool, sent_so_far: &AtomicU64, tid: &AtomicI32) -> u64 {
+        // SAFETY: gettid(2) has no preconditions.
+        tid.store(unsafe { libc::gettid() }, Ordering::SeqCst);
         // SAFETY: all-zero is a valid sockaddr_ll; the fields are set below.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
@@ -106,6 +110,7 @@ impl Generator {
             };
             if r > 0 {
                 sent += r as u64;
+                sent_so_far.fetch_add(r as u64, Ordering::Relaxed);
             } else {
                 // ENOBUFS and the like: the device is full, try again.
                 std::thread::yield_now();
@@ -114,4 +119,17 @@ impl Generator {
         }
         sent
     }
+}
+
+/// CPU time of thread `tid` of this process, in ns (schedstat's first
+/// field). The kernel here has no IRQ time accounting, so the softirq work
+/// done in the thread's context (on a veth: the whole receive path,
+/// filter included) counts as the thread's time.
+pub fn thread_cpu_ns(tid: i32) -> anyhow::Result<u64> {
+    let path = format!("/proc/self/task/{tid}/schedstat");
+    let s = std::fs::read_to_string(&path)?;
+    Ok(s.split_whitespace()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("empty {path}"))?
+        .parse()?)
 }
