@@ -1,5 +1,6 @@
 //! Support for running wgbpf's programs in the kernel with BPF_PROG_TEST_RUN.
 pub mod bench_policies;
+pub mod dpbench;
 pub mod fixtures;
 pub mod harness;
 pub mod packets;

@@ -1,6 +1,8 @@
 //! `cargo xtask bench ...`: each benchmark is a release binary of the crate
 //! that owns the code under test; xtask only builds and runs it.
 
+mod dataplane;
+
 use anyhow::Result;
 use clap::Subcommand;
 
@@ -32,10 +34,14 @@ pub enum Bench {
         #[arg(long, default_value_t = 7)]
         samples: u32,
     },
+    /// Real packets through veth and a wireguard-go tunnel: wgbpf against
+    /// no filter and nftables (per rule, set) at several rule counts.
+    Dataplane(dataplane::Dataplane),
 }
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
+        Bench::Dataplane(a) => dataplane::run(a),
         Bench::Scrape { samples } => crate::cargo(&[
             "run",
             "--release",

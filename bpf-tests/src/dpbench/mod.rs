@@ -1,0 +1,13 @@
+//! `bench-dataplane`: real packets through a veth pair and through a
+//! wireguard-go tunnel, with no filter, wgbpf, nftables with one rule per
+//! (peer, port), and nftables with a set. See docs/benchmarks.md.
+
+pub mod acl;
+pub mod cleanup;
+pub mod counters;
+pub mod frames;
+pub mod generator;
+pub mod netns;
+pub mod nft;
+pub mod stats;
+pub mod tcp;
