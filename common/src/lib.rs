@@ -7,6 +7,9 @@
 //! and the controller compares keys byte for byte.
 #![no_std]
 
+/// The XDP guard's layouts (a separate object from the TC programs).
+pub mod xdp;
+
 /// Map names, as the controller finds them in the object and pins them.
 pub mod names {
     pub const ACTIVE: &str = "WGBPF_ACTIVE";
