@@ -15,6 +15,8 @@ pub mod names {
     pub const PROG_GUARD: &str = "wgbpf_xdp_guard";
     /// Returns XDP_DROP and nothing else: the benchmark's baseline.
     pub const PROG_DROP_ALL: &str = "wgbpf_xdp_drop_all";
+    /// Returns XDP_PASS and nothing else: the baseline for passed packets.
+    pub const PROG_PASS_ALL: &str = "wgbpf_xdp_pass_all";
 }
 
 /// Default sizes.

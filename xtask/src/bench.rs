@@ -1,6 +1,8 @@
 //! `cargo xtask bench ...`: each benchmark is a release binary of the crate
 //! that owns the code under test; xtask only builds and runs it.
 
+mod xdp;
+
 use anyhow::Result;
 use clap::Subcommand;
 
@@ -32,10 +34,14 @@ pub enum Bench {
         #[arg(long, default_value_t = 7)]
         samples: u32,
     },
+    /// The XDP guard's packet rate on a veth against a bare XDP_DROP
+    /// program (garbage, handshake flood, valid data).
+    Xdp(xdp::XdpArgs),
 }
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
+        Bench::Xdp(args) => xdp::run(args),
         Bench::Scrape { samples } => crate::cargo(&[
             "run",
             "--release",

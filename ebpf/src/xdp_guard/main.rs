@@ -68,6 +68,13 @@ pub fn wgbpf_xdp_drop_all(_ctx: XdpContext) -> u32 {
     XDP_DROP
 }
 
+/// The benchmark's baseline for passed packets: what running any XDP
+/// program costs a packet that goes on to the stack.
+#[xdp]
+pub fn wgbpf_xdp_pass_all(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
 /// The statistic (pass by type, or drop reason) for a message to the port
 /// whose headers are consistent. The order of the checks is the
 /// specification's: allowlist, type, reserved bytes, size, rate.

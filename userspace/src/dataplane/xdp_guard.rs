@@ -290,8 +290,9 @@ pub struct GuardLoadOptions {
     pub pin_dir: Option<PathBuf>,
     /// Sources with a token bucket; default [`capacity::BUCKETS`].
     pub buckets: Option<u32>,
-    /// Also load the bare XDP_DROP program (the benchmark's baseline).
-    pub with_drop_all: bool,
+    /// Also load the bare XDP_DROP and XDP_PASS programs (the benchmark's
+    /// baselines).
+    pub with_baselines: bool,
 }
 
 impl XdpGuard {
@@ -315,8 +316,8 @@ impl XdpGuard {
             .load(OBJECT)
             .map_err(|e| GuardError::Load(Box::new(e)))?;
         let mut progs = vec![names::PROG_GUARD];
-        if opts.with_drop_all {
-            progs.push(names::PROG_DROP_ALL);
+        if opts.with_baselines {
+            progs.extend([names::PROG_DROP_ALL, names::PROG_PASS_ALL]);
         }
         for name in progs {
             program_mut(&mut ebpf, name)?
@@ -439,7 +440,7 @@ fn install_fresh(
     let mut guard = XdpGuard::load(&GuardLoadOptions {
         pin_dir: Some(dir.to_path_buf()),
         buckets,
-        with_drop_all: false,
+        with_baselines: false,
     })?;
     // Configured before it sees a packet.
     guard.maps.configure(cfg)?;
@@ -517,7 +518,7 @@ fn reattach(iface: &str, dir: &Path, mode: GuardMode) -> Result<(), GuardError> 
     let mut guard = XdpGuard::load(&GuardLoadOptions {
         pin_dir: Some(dir.to_path_buf()),
         buckets: None,
-        with_drop_all: false,
+        with_baselines: false,
     })?;
     let prog = guard.program_mut(names::PROG_GUARD)?;
     let xdp_mode = match mode {
