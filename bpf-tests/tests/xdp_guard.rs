@@ -186,9 +186,19 @@ fn ipv4_options_ipv6_extension_headers_and_vlans_are_looked_through() {
             &format!("ext {chain:?}"),
         );
     }
-    // Beyond six extension headers the port is not looked for: passes.
-    let f = UdpFrame::wg(v6(1), 7, 64).with(|f| f.v6_ext = vec![60; 7]);
-    expect(&h, &f, XDP_PASS, None, "seven extension headers");
+    // Beyond six extension headers (more than RFC 8200 lets a packet
+    // carry) the port cannot be seen: an initiation hidden there must not
+    // slip past its bucket, so such packets are dropped whatever their port.
+    for (kind, len, port) in [(1, 148, PORT), (7, 64, PORT), (4, 64, 53)] {
+        let f = UdpFrame::new(v6(1), port, message(kind, len)).with(|f| f.v6_ext = vec![60; 7]);
+        expect(
+            &h,
+            &f,
+            XDP_DROP,
+            Some(DROP_EXT_HEADERS),
+            "seven extension headers",
+        );
+    }
     for src in srcs() {
         for tags in [vec![0x8100], vec![0x88a8, 0x8100], vec![0x8100, 0x8100]] {
             let f = UdpFrame::wg(src, 4, 64).with(|f| f.vlans = tags.clone());
@@ -308,6 +318,24 @@ fn fragments_first_judged_on_their_header_later_pass() {
         );
         let f = UdpFrame::new(src, PORT, vec![0xff; 300]).with(|f| f.frag = Frag::Later);
         expect(&h, &f, XDP_PASS, None, "later fragment");
+        // A first fragment that ends before the message's type and reserved
+        // bytes hides them in a later fragment: it is dropped, even when
+        // bytes after the IP packet (Ethernet padding) could be read as them.
+        for pad in [0, 18] {
+            let f = UdpFrame::new(src, PORT, vec![]).with(|f| {
+                f.frag = Frag::First;
+                f.udp_len = Some(8 + 148);
+                f.trailer = pad;
+            });
+            let mut bytes = f.bytes();
+            if pad > 0 {
+                let n = bytes.len();
+                bytes[n - pad..n - pad + 4].copy_from_slice(&[4, 0, 0, 0]);
+            }
+            let got = h.judge(&bytes).unwrap();
+            assert_eq!(got, (XDP_DROP, Some(DROP_MALFORMED)), "{src} pad {pad}");
+            assert_eq!(Model::new(cfg(), 1).judge(&bytes), got, "model, pad {pad}");
+        }
     }
 }
 

@@ -94,7 +94,10 @@ pub mod xdp_stat {
     pub const DROP_RATE_LIMITED: u32 = 8;
     /// Source not in the allowlist (allowlist enabled).
     pub const DROP_NOT_ALLOWED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// IPv6 with more than six extension headers, whatever its port: the
+    /// port cannot be seen, and the chain could hide an initiation.
+    pub const DROP_EXT_HEADERS: u32 = 10;
+    pub const COUNT: u32 = 11;
 
     /// Names for reports and metrics, by index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -108,6 +111,7 @@ pub mod xdp_stat {
         "bad_size",
         "rate_limited",
         "not_allowed",
+        "ext_headers",
     ];
     /// The first drop reason; earlier indices are passes.
     pub const FIRST_DROP: u32 = DROP_MALFORMED;
