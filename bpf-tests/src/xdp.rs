@@ -309,8 +309,9 @@ impl Model {
     /// (verdict, counter moved) for one frame, updating the buckets.
     pub fn judge(&mut self, f: &[u8]) -> (u32, Option<u32>) {
         match self.datagram(f) {
-            None => (XDP_PASS, None),
-            Some(d) => {
+            Found::Other => (XDP_PASS, None),
+            Found::LongChain => (XDP_DROP, Some(xdp_stat::DROP_EXT_HEADERS)),
+            Found::Datagram(d) => {
                 let stat = self.stat(&d);
                 let verdict = if stat >= xdp_stat::FIRST_DROP {
                     XDP_DROP
@@ -322,8 +323,15 @@ impl Model {
         }
     }
 
+    fn datagram(&self, f: &[u8]) -> Found {
+        match self.find(f) {
+            None => Found::Other,
+            Some(found) => found,
+        }
+    }
+
     /// Finds a datagram to a listen port; `None` for anything else.
-    fn datagram(&self, f: &[u8]) -> Option<Datagram> {
+    fn find(&self, f: &[u8]) -> Option<Found> {
         let mut et = be16(f, 12)?;
         let mut off = 14;
         let mut tags = 0;
@@ -358,7 +366,7 @@ impl Model {
                 let mut n = 0;
                 loop {
                     match nh {
-                        0 | 43 | 60 | 51 | 44 if n == 6 => return None,
+                        0 | 43 | 60 | 51 | 44 if n == 6 => return Some(Found::LongChain),
                         0 | 43 | 60 => {
                             nh = *f.get(l4)?;
                             l4 += (*f.get(l4 + 1)? as usize + 1) * 8;
@@ -400,15 +408,19 @@ impl Model {
         let udp_len = be16(u, 4)? as usize;
         let malformed = lengths_bad || udp_len < 8 || (!first_frag && udp + udp_len > ip_end);
         let len = udp_len.saturating_sub(8);
-        let head = f.get(udp + 8..udp + 12).map(|w| (w[0], [w[1], w[2], w[3]]));
-        // A first fragment may end before the message's first four bytes.
+        // The message's first four bytes, from this IP packet only (a first
+        // fragment may end before them; padding is no part of it).
+        let head = f
+            .get(udp + 8..(udp + 12).min(ip_end))
+            .filter(|w| w.len() == 4)
+            .map(|w| (w[0], [w[1], w[2], w[3]]));
         let malformed = malformed || (len >= 4 && head.is_none());
-        Some(Datagram {
+        Some(Found::Datagram(Datagram {
             src,
             malformed,
             len,
             head,
-        })
+        }))
     }
 
     fn stat(&mut self, d: &Datagram) -> u32 {
@@ -478,6 +490,12 @@ impl Model {
             true
         }
     }
+}
+
+enum Found {
+    Other,
+    LongChain,
+    Datagram(Datagram),
 }
 
 struct Datagram {

@@ -50,6 +50,10 @@ pub fn wgbpf_xdp_guard(ctx: XdpContext) -> u32 {
     let b = Bytes::of(&ctx);
     match packet::classify(&b, cfg) {
         Outcome::Other => XDP_PASS,
+        Outcome::LongChain => {
+            bump(xdp_stat::DROP_EXT_HEADERS);
+            XDP_DROP
+        }
         Outcome::Message(m) => {
             let reason = judge(cfg, &m);
             bump(reason);

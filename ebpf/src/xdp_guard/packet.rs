@@ -13,7 +13,8 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 /// VLAN tags looked through (802.1Q, and 802.1ad outside it).
 const MAX_VLAN_TAGS: usize = 2;
-/// IPv6 extension headers walked before the packet counts as not ours.
+/// IPv6 extension headers walked; a longer chain is dropped (RFC 8200 lets
+/// a packet carry six at most, and the port behind it cannot be seen).
 const MAX_EXT_HEADERS: usize = 6;
 const PROTO_UDP: u8 = 17;
 
@@ -21,6 +22,9 @@ const PROTO_UDP: u8 = 17;
 pub enum Outcome {
     /// Not a UDP datagram to a listen port (as far as it can be read).
     Other,
+    /// IPv6 with more extension headers than the guard walks (and RFC 8200
+    /// lets a packet carry): its port cannot be seen.
+    LongChain,
     Message(Message),
 }
 
@@ -174,9 +178,7 @@ fn ipv6(b: &Bytes, cfg: &XdpConfig, off: usize) -> Outcome {
     let mut nh = h.u8(6);
     let mut l4 = off + 40;
     let mut first_fragment = false;
-    let mut found = false;
-    // One round more than headers: the last one only finds the protocol.
-    for _ in 0..MAX_EXT_HEADERS + 1 {
+    for _ in 0..MAX_EXT_HEADERS {
         match nh {
             0 | 43 | 60 => {
                 let Some(e) = b.view::<2>(l4) else {
@@ -205,13 +207,13 @@ fn ipv6(b: &Bytes, cfg: &XdpConfig, off: usize) -> Outcome {
                 nh = e.u8(0);
                 l4 += 8;
             }
-            _ => {
-                found = true;
-                break;
-            }
+            _ => break,
         }
     }
-    if !found || nh != PROTO_UDP {
+    if matches!(nh, 0 | 43 | 60 | 51 | 44) {
+        return Outcome::LongChain;
+    }
+    if nh != PROTO_UDP {
         return Outcome::Other;
     }
     let Some(u) = b.view::<8>(l4) else {
@@ -262,9 +264,14 @@ fn datagram(
         return Outcome::Message(m);
     }
     m.len = udp_len - 8;
+    // The message header must lie in this IP packet: a first fragment
+    // could otherwise leave it to a later one (or to Ethernet padding).
+    if m.len >= 4 && udp + 12 > ip_end {
+        m.malformed = true;
+        return Outcome::Message(m);
+    }
     if m.len >= 4 {
         let Some(w) = b.view::<4>(udp + 8) else {
-            // Only a first fragment can end before its message header.
             m.malformed = true;
             return Outcome::Message(m);
         };
