@@ -515,6 +515,18 @@ fn handshake_bucket_over_simulated_time() {
         st.get(PASS_INITIATION) + st.get(DROP_RATE_LIMITED),
         25 * 2 + 5 * 2 + 10 + 3 + 3 + 3 + 50 + 500
     );
+    // An IPv6 host has a /64 of addresses to send from: the bucket is the
+    // /64's, so rotating through its addresses gains nothing.
+    h.set_clock(t0 + 100 * s).unwrap();
+    let one_net: u32 = (1..=40u16)
+        .map(|i| {
+            let a: IpAddr = format!("2001:db8:0:77::{i:x}").parse().unwrap();
+            initiations_passing(&h, a, 1)
+        })
+        .sum();
+    assert_eq!(one_net, 10, "one /64, one bucket");
+    let next_net: IpAddr = "2001:db8:0:78::1".parse().unwrap();
+    assert_eq!(initiations_passing(&h, next_net, 1), 1, "another /64");
     // Rate 0: no limit.
     c.handshake_rate = 0;
     h.configure(&c).unwrap();
