@@ -464,15 +464,17 @@ impl Model {
     }
 
     /// `rate` tokens per second, `burst` at most; a new source starts full.
+    /// An IPv6 source's bucket is its /64's.
     fn take_token(&mut self, src: IpAddr) -> bool {
         let rate = u64::from(self.cfg.handshake_rate);
         if rate == 0 {
             return true;
         }
         let cap = u64::from(self.cfg.handshake_burst.max(1)) * 1000;
+        // IPv4: the address; IPv6: its /64.
         let key = match src {
             IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-            IpAddr::V6(a) => a.octets(),
+            IpAddr::V6(a) => (u128::from(a) & !((1u128 << 64) - 1)).to_be_bytes(),
         };
         let now = self.now_ns;
         let b = self.buckets.entry(key).or_insert(Bucket {

@@ -47,7 +47,8 @@ pub struct XdpConfig {
     /// WireGuard listen ports (host order); 0 = unused. All 0: the guard
     /// passes everything.
     pub ports: [u16; XDP_MAX_PORTS],
-    /// Handshake initiations per second per source; 0 = no limit.
+    /// Handshake initiations per second per source (IPv4 address or IPv6
+    /// /64); 0 = no limit.
     pub handshake_rate: u32,
     /// Burst of initiations per source (bucket size); at least 1 when
     /// `handshake_rate` is set.
@@ -60,8 +61,9 @@ pub struct XdpConfig {
 /// Packets to a listen port must come from a source in the allowlist.
 pub const XDP_FLAG_ALLOWLIST: u32 = 1;
 
-/// A source's handshake token bucket (LRU hash keyed by [`Addr`], IPv4
-/// mapped into ::ffff:0:0/96).
+/// A source's handshake token bucket (LRU hash keyed by [`Addr`]: an IPv4
+/// address mapped into ::ffff:0:0/96, or an IPv6 /64 with the low 64 bits
+/// zero).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XdpBucket {

@@ -105,7 +105,7 @@ fn judge(cfg: &XdpConfig, m: &packet::Message) -> u32 {
     }
     match m.kind {
         wire::INITIATION if len == wire::INITIATION_LEN => {
-            if take_token(cfg, &m.src) {
+            if take_token(cfg, &bucket_key(&m.src)) {
                 xdp_stat::PASS_INITIATION
             } else {
                 xdp_stat::DROP_RATE_LIMITED
@@ -118,7 +118,20 @@ fn judge(cfg: &XdpConfig, m: &packet::Message) -> u32 {
     }
 }
 
-/// Token bucket per source address: `handshake_rate` initiations per
+/// Whose bucket an initiation takes from: its IPv4 address, or its IPv6
+/// /64 (one host can send from every address of its /64, as WireGuard's
+/// own rate limiter assumes too).
+#[inline(always)]
+fn bucket_key(src: &Addr) -> Addr {
+    let mut key = *src;
+    let v4 = src[..10] == [0u8; 10] && src[10] == 0xff && src[11] == 0xff;
+    if !v4 {
+        key[8..].copy_from_slice(&[0u8; 8]);
+    }
+    key
+}
+
+/// Token bucket per source (IPv4 address or IPv6 /64): `handshake_rate` initiations per
 /// second, at most `handshake_burst` at once. A new (or evicted) source
 /// starts with a full bucket. Two CPUs updating one source at the same
 /// instant may let an extra initiation through: a bound, not an exact count.
