@@ -5,3 +5,4 @@ pub mod fixtures;
 pub mod harness;
 pub mod packets;
 pub mod policies;
+pub mod xdp;

@@ -33,6 +33,9 @@ macro_rules! for_each_map {
     };
 }
 
+/// The XDP guard's layouts (a separate object from the TC programs).
+pub mod xdp;
+
 /// Map names, as the controller finds them in the object and pins them.
 pub mod names {
     macro_rules! name_consts {

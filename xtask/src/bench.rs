@@ -2,6 +2,7 @@
 //! that owns the code under test; xtask only builds and runs it.
 
 mod dataplane;
+mod xdp;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -37,11 +38,15 @@ pub enum Bench {
     /// Real packets through veth and a wireguard-go tunnel: wgbpf against
     /// no filter and nftables (per rule, set) at several rule counts.
     Dataplane(dataplane::Dataplane),
+    /// The XDP guard's packet rate on a veth against a bare XDP_DROP
+    /// program (garbage, handshake flood, valid data).
+    Xdp(xdp::XdpArgs),
 }
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
         Bench::Dataplane(a) => dataplane::run(a),
+        Bench::Xdp(args) => xdp::run(args),
         Bench::Scrape { samples } => crate::cargo(&[
             "run",
             "--release",

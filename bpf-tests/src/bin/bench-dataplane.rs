@@ -589,7 +589,7 @@ const TCP_PORT: u16 = 5201;
 
 fn run_wireguard(a: &Args) -> Result<()> {
     cleanup::check()?;
-    let mesh = testbed::Mesh::up(&testbed::MeshSpec::new(&["bench"])).context("mesh up")?;
+    let mesh = testbed::Testbed::up(&testbed::TestbedSpec::new(&["bench"])).context("mesh up")?;
     cleanup::register(&mesh.gateway.netns);
     cleanup::register(&mesh.peers[0].netns);
     let r = wireguard_cases(a, &mesh);
@@ -599,7 +599,7 @@ fn run_wireguard(a: &Args) -> Result<()> {
     r.and(down)
 }
 
-fn wireguard_cases(a: &Args, mesh: &testbed::Mesh) -> Result<()> {
+fn wireguard_cases(a: &Args, mesh: &testbed::Testbed) -> Result<()> {
     let (gw, peer) = (&mesh.gateway, &mesh.peers[0]);
     // The gateway takes the benchmark's peer addresses from the one peer
     // (as a site router's AllowedIPs would), and routes them back there.

@@ -12,6 +12,7 @@ pub mod mmap;
 pub mod peers;
 pub mod reattach;
 pub mod slot;
+pub mod xdp_guard;
 
 use std::path::PathBuf;
 

@@ -146,7 +146,7 @@ pub fn compile(policy: &Policy, max_peers: u32) -> Result<Compiled, CompileError
     );
     let (policy_entries, flags) = policy_entries(policy.audit, &pairs);
     Ok(Compiled {
-        ipcache: ipcache_entries(&atoms, &ids),
+        ipcache: ipcache_entries(&atoms, &ids, &policy.local),
         policy: policy_entries,
         port_classes,
         flags,
@@ -278,8 +278,9 @@ impl Identities {
     }
 }
 
-/// The trie's entries: every atom with its identity and peer.
-fn ipcache_entries(atoms: &Atoms, ids: &Identities) -> Vec<(Addr, u32, Endpoint)> {
+/// The trie's entries: every atom with its identity and peer, and whether
+/// it is one of the gateway's own addresses (`local`).
+fn ipcache_entries(atoms: &Atoms, ids: &Identities, local: &[IpNet]) -> Vec<(Addr, u32, Endpoint)> {
     atoms
         .atoms
         .iter()
@@ -291,7 +292,7 @@ fn ipcache_entries(atoms: &Atoms, ids: &Identities) -> Vec<(Addr, u32, Endpoint)
                 Endpoint {
                     identity: *id,
                     peer: *peer,
-                    flags: if *peer == 0 && policy.local.iter().any(|l| Atom::of(l).contains(a)) {
+                    flags: if *peer == 0 && local.iter().any(|l| Atom::of(l).contains(a)) {
                         EP_GATEWAY
                     } else {
                         0
