@@ -23,8 +23,13 @@ fn main() {
     println!("cargo:rerun-if-env-changed=WGBPF_EBPF_RUSTC");
     println!("cargo:rerun-if-env-changed=WGBPF_SKIP_EBPF");
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap());
+    // The TC programs, the XDP guard for the underlay, and a program for
+    // the tests only.
+    const OBJECTS: [&str; 3] = ["wgbpf-ebpf", "wgbpf-xdp-guard", "wgbpf-tc-pass"];
     if env::var("WGBPF_SKIP_EBPF").is_ok_and(|v| v == "1") {
-        std::fs::write(out.join("wgbpf-ebpf.o"), b"").expect("writing the empty object");
+        for name in OBJECTS {
+            std::fs::write(out.join(format!("{name}.o")), b"").expect("writing an empty object");
+        }
         return;
     }
     // The programs read kernel structures as the target architecture lays
@@ -65,8 +70,7 @@ fn main() {
              run `cargo xtask setup` (needs {rustc}, rust-web-src and bpf-linker)"
         );
     }
-    // The TC programs, and the XDP guard for the underlay.
-    for name in ["wgbpf-ebpf", "wgbpf-xdp-guard"] {
+    for name in OBJECTS {
         let obj = target_dir.join("bpfel-unknown-none/release").join(name);
         std::fs::copy(&obj, out.join(format!("{name}.o")))
             .unwrap_or_else(|e| panic!("copy {}: {e}", obj.display()));

@@ -9,7 +9,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 use wgbpf::{
-    dataplane::{self, attach, pin_dir},
+    dataplane::{
+        self, attach,
+        hooks::{self, HOOKS},
+        pin_dir,
+    },
     plan::{EnforcementPlan, Settings},
     wg::{open_backend, BackendChoice, DeviceUpdate},
 };
@@ -94,6 +98,18 @@ fn compare(a: &AuditArgs) -> Result<bool> {
             pin_dir(iface).display()
         )),
         Some(maps) => {
+            for (hook, state) in HOOKS.iter().zip(hooks::attachment(iface)?) {
+                if !state.attached() {
+                    audit
+                        .dataplane
+                        .push(format!("program {} is pinned but not attached", hook.prog));
+                } else if !state.first {
+                    audit.dataplane.push(format!(
+                        "program {} is not first on the tcx {} hook (another program runs before it)",
+                        hook.prog, state.direction
+                    ));
+                }
+            }
             let (_, cfg) = maps.active_slot()?;
             audit.policy_version = Some(cfg.version);
             let slots = maps.plan_counter_indexes(&plan.peer_names())?;

@@ -73,6 +73,21 @@ fn load(config: &std::path::Path, settings: Settings, json: bool) -> Result<()> 
         "{}: {how} ({:?}); policy version {} {state} ({} rules, {} identities, {} entries)",
         e.interface, e.attach.mode, e.policy.version, e.rules, e.identities, e.policy_entries
     );
+    if let Some(from) = &e.attach.upgraded_from {
+        println!(
+            "{}: the pinned programs were another build's ({}): replaced by this build's ({}) without a gap, maps kept",
+            e.interface,
+            from.as_deref().unwrap_or("not recorded"),
+            e.attach.build
+        );
+    }
+    if !e.attach.reordered.is_empty() {
+        println!(
+            "{}: another tcx program ran before {}: attached first again (same maps, policy and counters)",
+            e.interface,
+            e.attach.reordered.join(", ")
+        );
+    }
     if !e.attach.reattached.is_empty() {
         println!(
             "{}: attached the detached pinned program(s) {} again (same maps, policy and counters)",

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 use wgbpf::{
-    dataplane::{self, counters::PeerTotals, Maps},
+    dataplane::{self, counters::PeerTotals, replace, Maps},
     source,
     wg::{self, Key, PeerState},
 };
@@ -52,6 +52,7 @@ pub fn run(a: ShowArgs) -> Result<()> {
         }
     }
     let maps = dataplane::open(&a.interface).context("the data plane")?;
+    let pinned_build = replace::pinned_build(&a.interface);
     let version = match &maps {
         Some(m) => Some(m.active_slot()?.1.version),
         None => None,
@@ -107,7 +108,11 @@ pub fn run(a: ShowArgs) -> Result<()> {
                 "public_key": state.public_key.as_ref().map(Key::to_base64),
                 "listen_port": state.listen_port,
                 "fwmark": state.fwmark,
-                "dataplane": version.map(|v| json!({"policy_version": v})),
+                "dataplane": version.map(|v| json!({
+                    "policy_version": v,
+                    "build": pinned_build,
+                    "this_build": replace::build_id(),
+                })),
                 "peers": list,
             })
         );
@@ -125,7 +130,19 @@ pub fn run(a: ShowArgs) -> Result<()> {
         println!("  fwmark: {:#x}", state.fwmark);
     }
     match version {
-        Some(v) => println!("  wgbpf: data plane loaded, policy version {v}"),
+        Some(v) => {
+            println!("  wgbpf: data plane loaded, policy version {v}");
+            let this = replace::build_id();
+            match pinned_build.as_deref() {
+                Some(b) if b == this => println!("  wgbpf build: {b} (this binary's)"),
+                Some(b) => println!(
+                    "  wgbpf build: {b}, not this binary's ({this}): `wgbpf load` replaces it"
+                ),
+                None => println!(
+                    "  wgbpf build: not recorded (an older wgbpf): `wgbpf load` replaces it"
+                ),
+            }
+        }
         None => println!("  wgbpf: no data plane loaded"),
     }
     for (p, acl) in &peers {

@@ -32,7 +32,9 @@ use super::hook::{Pass, Reconciler, Repair, RepairKind};
 use crate::{
     dataplane::{
         attach::{self, AttachMode},
-        pin_dir, reattach, Maps,
+        pin_dir,
+        reattach::{self, Reattached},
+        Maps,
     },
     enforce::{enforce, Detached},
     plan::EnforcementPlan,
@@ -241,17 +243,28 @@ fn repair_dataplane(plan: &EnforcementPlan, pass: &mut Pass) -> Result<()> {
     };
 
     // Programs: attached by id, or attached again as pinned.
-    reattach::reattach_missing_with(iface, |prog, mode| {
-        pass.repairs.push(Repair {
-            kind: RepairKind::Program,
-            drift: format!("program {prog} is not attached to {iface}"),
-            action: format!(
-                "attached the pinned program again ({}; same maps, policy and counters)",
-                match mode {
-                    AttachMode::Tcx => "tcx link",
-                    AttachMode::Clsact => "clsact filter",
-                }
-            ),
+    reattach::reattach_missing_with(iface, |prog, mode, why| {
+        let how = match mode {
+            AttachMode::Tcx => "tcx link",
+            AttachMode::Clsact => "clsact filter",
+        };
+        pass.repairs.push(match why {
+            Reattached::Detached => Repair {
+                kind: RepairKind::Program,
+                drift: format!("program {prog} is not attached to {iface}"),
+                action: format!(
+                    "attached the pinned program again ({how}; same maps, policy and counters)"
+                ),
+            },
+            Reattached::NotFirst => Repair {
+                kind: RepairKind::Program,
+                drift: format!(
+                    "another tcx program runs before {prog} on {iface} (it could pass what wgbpf denies)"
+                ),
+                action: format!(
+                    "attached the pinned program first again ({how}; the old link released after)"
+                ),
+            },
         });
     })?;
 

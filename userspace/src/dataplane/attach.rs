@@ -16,7 +16,9 @@ use serde::Serialize;
 
 use super::{
     hooks::{remove_clsact_filters, Hook, HOOKS},
-    pin_dir, Dataplane, DataplaneError, LoadOptions, Maps,
+    pin_dir,
+    reattach::Reattached,
+    replace, Dataplane, DataplaneError, LoadOptions, Maps,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -48,6 +50,15 @@ pub struct Installed {
     /// were attached again ([`Prepared::attach_reattaching`]); empty
     /// otherwise.
     pub reattached: Vec<&'static str>,
+    /// Pinned programs another tcx program had got ahead of, attached
+    /// first again (likewise).
+    pub reordered: Vec<&'static str>,
+    /// The build of the programs now enforcing ([`super::replace::build_id`]).
+    pub build: String,
+    /// Set when the adopted programs came from another build and were
+    /// replaced by this one's, gap-free: the build they came from (`None`:
+    /// not recorded, pinned by a wgbpf before builds were).
+    pub upgraded_from: Option<Option<String>>,
 }
 
 /// What is pinned for an interface, if anything.
@@ -127,7 +138,21 @@ impl Prepared {
 
     fn attach_with(self, reattach: bool) -> Result<(Maps, Installed), DataplaneError> {
         let Some(mut ebpf) = self.ebpf else {
-            let reattached = if reattach {
+            let attach_err = |what: &str, e: anyhow::Error| DataplaneError::Attach {
+                iface: self.iface.clone(),
+                message: format!("{what}: {e:#}"),
+            };
+            // Programs from another build are replaced first, whatever else.
+            let build = replace::build_id();
+            let pinned = replace::pinned_build(&self.iface);
+            let upgraded_from = if pinned.as_deref() != Some(build.as_str()) {
+                replace::replace(&self.iface, &HOOKS, self.mode)
+                    .map_err(|e| attach_err("replacing the programs of another build", e))?;
+                Some(pinned)
+            } else {
+                None
+            };
+            let done = if reattach {
                 super::reattach::reattach_missing(&self.iface).map_err(|e| {
                     DataplaneError::Attach {
                         iface: self.iface.clone(),
@@ -137,17 +162,28 @@ impl Prepared {
             } else {
                 Vec::new()
             };
+            let which = |w: Reattached| done.iter().filter(|d| d.1 == w).map(|d| d.0).collect();
             return Ok((
                 self.maps,
                 Installed {
                     mode: self.mode,
                     adopted: true,
-                    reattached,
+                    reattached: which(Reattached::Detached),
+                    reordered: which(Reattached::NotFirst),
+                    build,
+                    upgraded_from,
                 },
             ));
         };
         let dir = pin_dir(&self.iface);
-        if let Err(e) = attach_all(&mut ebpf, &self.iface, &dir, self.mode) {
+        let build = replace::build_id();
+        let attached = attach_all(&mut ebpf, &self.iface, &dir, self.mode).and_then(|()| {
+            replace::mark_build(&dir, &build).map_err(|e| DataplaneError::Attach {
+                iface: self.iface.clone(),
+                message: format!("{e:#}"),
+            })
+        });
+        if let Err(e) = attached {
             // Leave nothing half-attached behind.
             let _ = remove(&self.iface);
             return Err(e);
@@ -158,6 +194,9 @@ impl Prepared {
                 mode: self.mode,
                 adopted: false,
                 reattached: Vec::new(),
+                reordered: Vec::new(),
+                build,
+                upgraded_from: None,
             },
         ))
     }
@@ -198,7 +237,9 @@ fn attach_all(
             .try_into()
             .map_err(|e| err(format!("{name}: {e}")))?;
         let options = match mode {
-            AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+            // First: a program before wgbpf's could end the chain with a
+            // pass, and the policy would never see the packet.
+            AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
             AttachMode::Clsact => TcAttachOptions::Netlink(Default::default()),
         };
         let id = prog

@@ -3,7 +3,7 @@
 //! (`BPF_PROG_QUERY`) and its clsact filters (rtnetlink `RTM_GETTFILTER`),
 //! not by what is pinned. No subprocess: `tc` is not a runtime dependency.
 
-use std::{collections::BTreeSet, ffi::CString, io, path::Path};
+use std::{ffi::CString, io, path::Path};
 
 use anyhow::{Context, Result};
 use aya::programs::{tc::TcAttachType, ProgramInfo};
@@ -19,7 +19,7 @@ use crate::netlink::NlSocket;
 
 /// One direction of the data plane.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Hook {
+pub struct Hook {
     /// The program's name, also its pin name.
     pub prog: &'static str,
     pub attach_type: TcAttachType,
@@ -33,7 +33,7 @@ pub(crate) struct Hook {
 
 /// The programs of both directions, and where they are pinned and
 /// attached: the one list.
-pub(crate) const HOOKS: [Hook; 2] = [
+pub const HOOKS: [Hook; 2] = [
     Hook {
         prog: names::PROG_INGRESS,
         attach_type: TcAttachType::Ingress,
@@ -57,6 +57,9 @@ pub struct HookState {
     pub direction: &'static str,
     /// In the interface's tcx program list.
     pub tcx: bool,
+    /// First in that list: no other tcx program runs before it (and could
+    /// end the chain with a pass). Always true for clsact.
+    pub first: bool,
     /// One of the interface's clsact filters.
     pub clsact: bool,
 }
@@ -74,11 +77,14 @@ pub fn attachment(iface: &str) -> Result<[HookState; 2]> {
     let mut out = HOOKS.map(|h| HookState {
         direction: h.direction,
         tcx: false,
+        first: true,
         clsact: false,
     });
     for (state, hook) in out.iter_mut().zip(&HOOKS) {
         let id = pinned_prog_id(&dir.join(hook.prog))?;
-        state.tcx = tcx_prog_ids(iface, hook.attach_type)?.contains(&id);
+        let tcx = tcx_prog_ids(iface, hook.attach_type)?;
+        state.tcx = tcx.contains(&id);
+        state.first = !state.tcx || tcx.first() == Some(&id);
         if !state.tcx {
             state.clsact = clsact_filters(iface, hook)?
                 .iter()
@@ -105,11 +111,12 @@ fn ifindex(iface: &str) -> Result<u32> {
     Ok(ifindex)
 }
 
-/// Program ids in `iface`'s tcx list of one direction (`BPF_PROG_QUERY`).
+/// Program ids in `iface`'s tcx list of one direction (`BPF_PROG_QUERY`),
+/// in the order they run.
 /// Only the ids: `SchedClassifier::query_tcx` also opens each program by
 /// id, which needs CAP_SYS_ADMIN, and the daemon runs without it. Empty on
 /// kernels without tcx.
-fn tcx_prog_ids(iface: &str, hook: TcAttachType) -> Result<BTreeSet<u32>> {
+fn tcx_prog_ids(iface: &str, hook: TcAttachType) -> Result<Vec<u32>> {
     const BPF_PROG_QUERY: libc::c_long = 16;
     const BPF_TCX_INGRESS: u32 = 46;
     const BPF_TCX_EGRESS: u32 = 47;
@@ -141,14 +148,14 @@ fn tcx_prog_ids(iface: &str, hook: TcAttachType) -> Result<BTreeSet<u32>> {
         let e = io::Error::last_os_error();
         return match e.raw_os_error() {
             // No tcx in this kernel.
-            Some(libc::EINVAL) => Ok(BTreeSet::new()),
+            Some(libc::EINVAL) => Ok(Vec::new()),
             _ => Err(e).context("BPF_PROG_QUERY (tcx)"),
         };
     }
     let mut cnt = [0u8; 4];
     cnt.copy_from_slice(&attr[24..28]);
     let n = (u32::from_ne_bytes(cnt) as usize).min(ids.len());
-    Ok(ids[..n].iter().copied().collect())
+    Ok(ids[..n].to_vec())
 }
 
 /// One filter on a clsact hook, as the kernel lists it.
@@ -234,6 +241,19 @@ pub(crate) fn clsact_filters(iface: &str, hook: &Hook) -> Result<Vec<ClsactFilte
 /// `iface` (`RTM_DELTFILTER`). Best effort: `wgbpf unload` removes the
 /// pins whatever happens here.
 pub(crate) fn remove_clsact_filters(iface: &str, hook: &Hook) {
+    remove_clsact_filters_where(iface, hook, |f| {
+        f.prog_name
+            .as_deref()
+            .is_some_and(|n| n.starts_with(hook.prog))
+    })
+}
+
+/// Deletes the clsact filter of program `id` from one hook of `iface`.
+pub(crate) fn remove_clsact_filter_of(iface: &str, hook: &Hook, id: u32) {
+    remove_clsact_filters_where(iface, hook, |f| f.prog_id == Some(id))
+}
+
+fn remove_clsact_filters_where(iface: &str, hook: &Hook, ours: impl Fn(&ClsactFilter) -> bool) {
     let Ok(filters) = clsact_filters(iface, hook) else {
         return;
     };
@@ -241,11 +261,7 @@ pub(crate) fn remove_clsact_filters(iface: &str, hook: &Hook) {
         return;
     };
     for f in filters {
-        if !f
-            .prog_name
-            .as_deref()
-            .is_some_and(|n| n.starts_with(hook.prog))
-        {
+        if !ours(&f) {
             continue;
         }
         let mut m = TcMessage::default();

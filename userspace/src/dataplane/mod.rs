@@ -11,6 +11,7 @@ pub mod maps;
 pub mod mmap;
 pub mod peers;
 pub mod reattach;
+pub mod replace;
 pub mod slot;
 pub mod xdp_guard;
 
@@ -24,6 +25,16 @@ pub use maps::Maps;
 
 /// The eBPF object built by build.rs from ../ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wgbpf-ebpf.o"));
+
+/// Programs the tests attach beside wgbpf's (the `test-programs` feature).
+#[cfg(feature = "test-programs")]
+pub mod test_programs {
+    /// A classifier that accepts everything and ends the tcx chain.
+    pub static TC_PASS_OBJECT: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wgbpf-tc-pass.o"));
+    /// Its program name.
+    pub const TC_PASS: &str = "wgbpf_test_pass";
+}
 
 /// Where an interface's programs, maps and links are pinned. `iface` must
 /// be a checked interface name ([`crate::ifname::check`] at every input),

@@ -31,21 +31,32 @@ use super::{
     pin_dir,
 };
 
+/// Why a pinned program was attached again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reattached {
+    /// It was not attached at all.
+    Detached,
+    /// Another tcx program ran before it (and could end the chain with a
+    /// pass): it is attached first again, then its old link released, so
+    /// it never stops running in between.
+    NotFirst,
+}
+
 /// Attaches again each pinned program of `iface` that is not really
-/// attached, as it is pinned (see the module's comment), and returns the
-/// names of those it attached. tcx if tcx links are pinned, clsact
-/// otherwise.
-pub fn reattach_missing(iface: &str) -> Result<Vec<&'static str>> {
+/// attached, or not first on its tcx hook, as it is pinned (see the
+/// module's comment), and returns those it attached, with why. tcx if tcx
+/// links are pinned, clsact otherwise.
+pub fn reattach_missing(iface: &str) -> Result<Vec<(&'static str, Reattached)>> {
     let mut done = Vec::new();
-    reattach_missing_with(iface, |prog, _| done.push(prog))?;
+    reattach_missing_with(iface, |prog, _, why| done.push((prog, why)))?;
     Ok(done)
 }
 
-/// [`reattach_missing`], calling `each` with the program and the mode as
-/// soon as one is attached again (so a later failure does not hide it).
+/// [`reattach_missing`], calling `each` with the program, the mode and why
+/// as soon as one is attached again (so a later failure does not hide it).
 pub fn reattach_missing_with(
     iface: &str,
-    mut each: impl FnMut(&'static str, AttachMode),
+    mut each: impl FnMut(&'static str, AttachMode, Reattached),
 ) -> Result<()> {
     let dir = pin_dir(iface);
     let states = attachment(iface)?;
@@ -56,11 +67,20 @@ pub fn reattach_missing_with(
         AttachMode::Clsact
     };
     for (hook, state) in HOOKS.iter().zip(states) {
-        if state.attached() {
-            continue;
+        let why = match (state.attached(), state.first) {
+            (true, true) => continue,
+            (true, false) => Reattached::NotFirst,
+            (false, _) => Reattached::Detached,
+        };
+        match why {
+            Reattached::Detached => reattach(iface, &dir, hook, mode)?,
+            // tcx refuses the same program twice on a hook: a new instance
+            // goes first, then the old one is released.
+            Reattached::NotFirst => {
+                super::replace::replace(iface, std::slice::from_ref(hook), mode)?
+            }
         }
-        reattach(iface, &dir, hook, mode)?;
-        each(hook.prog, mode);
+        each(hook.prog, mode, why);
     }
     Ok(())
 }
@@ -73,7 +93,7 @@ fn reattach(iface: &str, dir: &Path, hook: &Hook, mode: AttachMode) -> Result<()
     let mut prog = SchedClassifier::from_pin(dir.join(prog_name))
         .with_context(|| format!("opening the pinned {prog_name}"))?;
     let (options, how) = match mode {
-        AttachMode::Tcx => (TcAttachOptions::TcxOrder(LinkOrder::default()), "tcx"),
+        AttachMode::Tcx => (TcAttachOptions::TcxOrder(LinkOrder::first()), "tcx"),
         AttachMode::Clsact => {
             // EEXIST is fine: the qdisc is still there.
             let _ = tc::qdisc_add_clsact(iface);

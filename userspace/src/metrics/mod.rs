@@ -32,6 +32,7 @@ pub use tunnels::{TunnelSample, Tunnels};
 
 use crate::{
     daemon::hook::RepairKind,
+    dataplane::hooks::HookState,
     dataplane::{
         self,
         counters::{DenyEntry, PeerTotals, Stats, Totals},
@@ -177,7 +178,7 @@ impl Collector {
 
 /// What one scrape read, before any encoding.
 struct Scrape {
-    attached: [(&'static str, &'static str, bool); 4],
+    attached: [HookState; 2],
     /// `None`: tunnels not exported; `Some(None)`: the device was unreadable.
     tunnels: Option<Option<Vec<TunnelSample>>>,
     /// `None`: the maps were unreadable.
@@ -291,25 +292,15 @@ impl Snapshot {
 /// the interface's tcx lists and clsact filters
 /// ([`crate::dataplane::hooks::attachment`]). All false when nothing is pinned
 /// or it cannot be read.
-pub fn attached(interface: &str) -> [(&'static str, &'static str, bool); 4] {
-    let [i, e] = crate::dataplane::hooks::attachment(interface).unwrap_or([
-        crate::dataplane::hooks::HookState {
-            direction: "ingress",
+pub fn attached(interface: &str) -> [HookState; 2] {
+    crate::dataplane::hooks::attachment(interface).unwrap_or(["ingress", "egress"].map(|d| {
+        HookState {
+            direction: d,
             tcx: false,
+            first: false,
             clsact: false,
-        },
-        crate::dataplane::hooks::HookState {
-            direction: "egress",
-            tcx: false,
-            clsact: false,
-        },
-    ]);
-    [
-        ("ingress", "tcx", i.tcx),
-        ("ingress", "clsact", i.clsact),
-        ("egress", "tcx", e.tcx),
-        ("egress", "clsact", e.clsact),
-    ]
+        }
+    }))
 }
 
 fn counter<L: EncodeLabelSet>(
@@ -426,9 +417,18 @@ fn encode_scrape(mut enc: DescriptorEncoder, d: &DaemonCounters, s: &Scrape) -> 
         &mut enc,
         "wgbpf_program_attached",
         "1 if the program is attached to the interface in this mode (checked by program id)",
+        s.attached.iter().flat_map(|h| {
+            [("tcx", h.tcx), ("clsact", h.clsact)]
+                .map(|(m, on)| ([("program", h.direction), ("mode", m)], on as i64))
+        }),
+    )?;
+    gauge(
+        &mut enc,
+        "wgbpf_program_first",
+        "1 if the program runs first on its hook (no other tcx program before it could pass what it denies)",
         s.attached
-            .into_iter()
-            .map(|(p, m, on)| ([("program", p), ("mode", m)], on as i64)),
+            .iter()
+            .map(|h| ([("program", h.direction)], (h.attached() && h.first) as i64)),
     )?;
     if let Some(t) = &s.tunnels {
         encode_tunnels(&mut enc, t.as_deref())?;

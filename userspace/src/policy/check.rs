@@ -119,7 +119,8 @@ impl std::fmt::Display for TestFailure {
 }
 
 /// Runs every `[[policy.test]]`: each source address against each address
-/// of each destination. An `accept` needs the policy to accept (audit mode
+/// of each destination of the same family (for ICMP, IPv4 only; for
+/// ICMPv6, IPv6 only). An `accept` needs the policy to accept (audit mode
 /// does not count: it would be denied once enforced); a `deny` needs a deny
 /// or audit verdict.
 pub fn run_tests(policy: &Policy, tests: &[PolicyTest]) -> (usize, Vec<TestFailure>) {
@@ -130,7 +131,14 @@ pub fn run_tests(policy: &Policy, tests: &[PolicyTest]) -> (usize, Vec<TestFailu
             let before = checked;
             for &src in &t.src_addrs {
                 for &dst in &e.addrs {
-                    if src.is_ipv4() != dst.is_ipv4() {
+                    // ICMP belongs to IPv4 and ICMPv6 to IPv6: a test of
+                    // one checks only the address pairs of its family.
+                    let family_ok = match t.proto {
+                        PROTO_ICMP => src.is_ipv4(),
+                        PROTO_ICMPV6 => src.is_ipv6(),
+                        _ => true,
+                    };
+                    if src.is_ipv4() != dst.is_ipv4() || !family_ok {
                         continue;
                     }
                     checked += 1;
