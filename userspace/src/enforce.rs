@@ -8,7 +8,8 @@
 //! 1. the WireGuard interface made to exist (kernel backend only) and the
 //!    device read: the least change set computed, nothing sent;
 //! 2. the data plane loaded or adopted, not attached; the peers' counter
-//!    counter indexes planned and the policy checked to fit;
+//!    indexes planned and the policy checked to fit; the XDP guard
+//!    installed or adopted on each underlay interface the file names;
 //! 3. the WireGuard change set sent;
 //! 4. the counter indexes and the policy written (atomic swap);
 //! 5. the programs attached (or, adopted, a detached one attached again).
@@ -21,6 +22,7 @@ use crate::{
         attach::{self, Installed},
         lock::InterfaceLock,
         slot::ApplyReport,
+        xdp_guard::{self, GuardInstalled},
         LoadOptions, Maps,
     },
     plan::EnforcementPlan,
@@ -38,6 +40,8 @@ pub struct Enforced {
     /// The WireGuard step: `None` when the mesh file has no
     /// `private_key_file` (the device is managed elsewhere).
     pub wireguard: Option<WgReport>,
+    /// The XDP guard on each underlay interface the file names.
+    pub guards: Vec<GuardInstalled>,
 }
 
 /// What to do with a pinned program found detached when the data plane is
@@ -82,6 +86,15 @@ pub fn enforce(plan: &EnforcementPlan, detached: Detached) -> Result<(Maps, Enfo
             return Err(e.context("writing the policy"));
         }
     };
+    // The XDP guard on the underlay: each installed or adopted whole, or
+    // refused with nothing of the rest applied.
+    let guards = match install_guards(plan) {
+        Ok(g) => g,
+        Err(e) => {
+            prepared.abandon();
+            return Err(e);
+        }
+    };
     // Everything is checked: configure the device (the least change set;
     // nothing when unchanged), then the data plane.
     let wireguard = match wg_update.map(DeviceUpdate::apply).transpose() {
@@ -112,8 +125,24 @@ pub fn enforce(plan: &EnforcementPlan, detached: Detached) -> Result<(Maps, Enfo
         identities: compiled.identities,
         policy_entries: compiled.policy.len(),
         wireguard,
+        guards,
     };
     Ok((maps, enforced))
+}
+
+/// The XDP guard on each underlay interface of the plan (none without
+/// `[interface.guard]`).
+fn install_guards(plan: &EnforcementPlan) -> Result<Vec<GuardInstalled>> {
+    let Some(g) = &plan.guard else {
+        return Ok(Vec::new());
+    };
+    g.underlay
+        .iter()
+        .map(|u| {
+            xdp_guard::install(u, &xdp_guard::pin_dir(u), &g.config, None)
+                .with_context(|| format!("installing the XDP guard on {u}"))
+        })
+        .collect()
 }
 
 /// Step 1: `None` when the plan does not manage WireGuard. A kernel

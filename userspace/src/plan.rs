@@ -18,8 +18,8 @@ use ipnet::IpNet;
 use wgbpf_common::{capacity, EventConfig};
 
 use crate::{
-    dataplane::{attach::AttachMode, peers::CounterIndexPlan},
-    mesh::{Mesh, WgSpec},
+    dataplane::{attach::AttachMode, peers::CounterIndexPlan, xdp_guard::GuardConfig},
+    mesh::{GuardSpec, Mesh, WgSpec},
     policy::{
         check::run_tests,
         compile::{compile, Compiled},
@@ -77,7 +77,16 @@ pub struct EnforcementPlan {
     /// `None` when the mesh file has no `private_key_file` (the device is
     /// managed elsewhere and only the policy is enforced).
     pub wireguard: Option<WireguardPlan>,
+    /// The XDP guard on the underlay interfaces, when the file asks for it.
+    pub guard: Option<GuardPlan>,
     pub settings: Settings,
+}
+
+/// The XDP guard's interfaces and settings, checked.
+#[derive(Debug, Clone)]
+pub struct GuardPlan {
+    pub underlay: Vec<String>,
+    pub config: GuardConfig,
 }
 
 /// The wanted WireGuard device and interface.
@@ -116,10 +125,12 @@ impl EnforcementPlan {
             Some(_) => Some(wireguard_plan(&mesh.wg).context("WireGuard")?),
             None => None,
         };
+        let guard = mesh.guard.as_ref().map(guard_plan).transpose()?;
         Ok(EnforcementPlan {
             mesh,
             compiled,
             wireguard,
+            guard,
             settings,
         })
     }
@@ -150,6 +161,23 @@ impl EnforcementPlan {
             .collect();
         self.compiled.with_counter_indexes(&by_index)
     }
+}
+
+/// The guard's settings: the defaults, with what the file overrides.
+fn guard_plan(spec: &GuardSpec) -> Result<GuardPlan> {
+    let mut config = GuardConfig::for_port(spec.listen_port);
+    if let Some(r) = spec.handshake_rate {
+        config.handshake_rate = r;
+    }
+    if let Some(b) = spec.handshake_burst {
+        config.handshake_burst = b;
+    }
+    config.allowlist = spec.allow_sources.clone();
+    config.to_kernel().context("guard")?;
+    Ok(GuardPlan {
+        underlay: spec.underlay.clone(),
+        config,
+    })
 }
 
 /// The device configuration `spec` describes: key files read (refused

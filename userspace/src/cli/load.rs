@@ -73,6 +73,14 @@ fn load(config: &std::path::Path, settings: Settings, json: bool) -> Result<()> 
         "{}: {how} ({:?}); policy version {} {state} ({} rules, {} identities, {} entries)",
         e.interface, e.attach.mode, e.policy.version, e.rules, e.identities, e.policy_entries
     );
+    for g in &e.guards {
+        let how = match (g.adopted, g.reattached) {
+            (false, _) => "attached",
+            (true, false) => "adopted",
+            (true, true) => "adopted and attached again",
+        };
+        println!("{}: XDP guard {how} ({:?} mode)", g.iface, g.mode);
+    }
     if let Some(from) = &e.attach.upgraded_from {
         println!(
             "{}: the pinned programs were another build's ({}): replaced by this build's ({}) without a gap, maps kept",

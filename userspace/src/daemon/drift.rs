@@ -34,7 +34,7 @@ use crate::{
         attach::{self, AttachMode},
         pin_dir,
         reattach::{self, Reattached},
-        Maps,
+        xdp_guard, Maps,
     },
     enforce::{enforce, Detached},
     plan::EnforcementPlan,
@@ -70,6 +70,9 @@ impl Reconciler for DriftRepair {
         }
         if let Err(e) = repair_dataplane(plan, &mut pass) {
             pass.errors.push(format!("data plane: {e:#}"));
+        }
+        if let Err(e) = repair_guards(plan, &mut pass) {
+            pass.errors.push(format!("XDP guard: {e:#}"));
         }
         Ok(pass)
     }
@@ -288,6 +291,32 @@ fn repair_dataplane(plan: &EnforcementPlan, pass: &mut Pass) -> Result<()> {
         ),
     });
     pass.reenforced = Some((maps, enforced));
+    Ok(())
+}
+
+/// The XDP guard on each underlay: attached (by program id), or installed
+/// again from its pins (or afresh when they are gone).
+fn repair_guards(plan: &EnforcementPlan, pass: &mut Pass) -> Result<()> {
+    let Some(g) = &plan.guard else {
+        return Ok(());
+    };
+    for u in &g.underlay {
+        let dir = xdp_guard::pin_dir(u);
+        let pinned = xdp_guard::pinned_mode(&dir).is_some();
+        if pinned && xdp_guard::is_attached(u, &dir).unwrap_or(false) {
+            continue;
+        }
+        let done = xdp_guard::install(u, &dir, &g.config, None)
+            .with_context(|| format!("installing it on {u}"))?;
+        pass.repairs.push(Repair {
+            kind: RepairKind::Program,
+            drift: format!(
+                "the XDP guard on {u} is {}",
+                if pinned { "not attached" } else { "not pinned" }
+            ),
+            action: format!("attached it again ({} mode)", done.mode.as_str()),
+        });
+    }
     Ok(())
 }
 

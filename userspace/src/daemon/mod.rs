@@ -287,6 +287,12 @@ impl Daemon {
                 let registry = Arc::new(metrics::registry(
                     Collector::new(&iface, self.counters.clone(), self.config.max_deny_series)
                         .with_wg_backend(self.config.settings.wg_backend)
+                        .with_guards(
+                            plan.guard
+                                .as_ref()
+                                .map(|g| g.underlay.clone())
+                                .unwrap_or_default(),
+                        )
                         .with_tunnels(self.tunnels.clone()),
                 ));
                 tracing::info!(address = %local, "metrics: serving /metrics");

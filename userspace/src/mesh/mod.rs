@@ -63,6 +63,8 @@ pub struct Mesh {
     /// managed elsewhere (wg-quick, another tool) and only the policy is
     /// enforced.
     pub wg: WgSpec,
+    /// `[interface.guard]`: the XDP guard on the underlay interfaces.
+    pub guard: Option<GuardSpec>,
     /// `[policy] tailscale = "FILE"` / `netbird = "FILE"`, not yet applied:
     /// [`crate::source`] applies them (with [`crate::import`]).
     pub includes: Vec<Include>,
@@ -83,6 +85,18 @@ pub struct Include {
     pub path: String,
     pub line: usize,
     pub column: usize,
+}
+
+/// `[interface.guard]`, checked: the underlay names are interface names,
+/// the listen port is set, the allowlist parses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardSpec {
+    pub underlay: Vec<String>,
+    /// The WireGuard listen port the guard watches (`listen_port`).
+    pub listen_port: u16,
+    pub handshake_rate: Option<u32>,
+    pub handshake_burst: Option<u32>,
+    pub allow_sources: Option<Vec<IpNet>>,
 }
 
 /// The interface's WireGuard configuration as the mesh file gives it.
@@ -194,6 +208,7 @@ fn parse_net(ctx: &Ctx, s: &Spanned<String>, host_only: bool) -> Result<IpNet, M
 fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
     crate::ifname::check(raw.interface.name.get_ref())
         .map_err(|e| ctx.err(raw.interface.name.span(), format!("name: {e}")))?;
+    let guard = guard(ctx, &raw.interface)?;
     let local = raw
         .interface
         .addresses
@@ -354,8 +369,66 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
         tests: tests(ctx, &raw, &directory)?,
         directory,
         wg,
+        guard,
         includes: Vec::new(),
     })
+}
+
+fn guard(ctx: &Ctx, raw: &raw::InterfaceSection) -> Result<Option<GuardSpec>, MeshError> {
+    let Some(g) = &raw.guard else {
+        return Ok(None);
+    };
+    let listen_port = raw
+        .listen_port
+        .as_ref()
+        .map(|p| *p.get_ref())
+        .ok_or_else(|| {
+            ctx.err(
+                g.span(),
+                "guard: needs the interface's listen_port (the port it watches)",
+            )
+        })?;
+    let g = g.get_ref();
+    if g.underlay.is_empty() {
+        return Err(ctx.err(0..0, "guard: underlay: name at least one interface"));
+    }
+    let mut underlay = Vec::new();
+    for u in &g.underlay {
+        crate::ifname::check(u.get_ref())
+            .map_err(|e| ctx.err(u.span(), format!("guard: underlay: {e}")))?;
+        if u.get_ref() == raw.name.get_ref() {
+            return Err(ctx.err(
+                u.span(),
+                "guard: underlay: the WireGuard interface itself is not its underlay",
+            ));
+        }
+        underlay.push(u.get_ref().clone());
+    }
+    let allow_sources = match &g.allow_sources {
+        None => None,
+        Some(list) => Some(
+            list.iter()
+                .map(|s| {
+                    s.get_ref()
+                        .parse::<IpNet>()
+                        .or_else(|_| s.get_ref().parse::<std::net::IpAddr>().map(IpNet::from))
+                        .map_err(|_| {
+                            ctx.err(
+                                s.span(),
+                                format!("guard: allow_sources: `{}` is not a CIDR", s.get_ref()),
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(Some(GuardSpec {
+        underlay,
+        listen_port,
+        handshake_rate: g.handshake_rate.as_ref().map(|r| *r.get_ref()),
+        handshake_burst: g.handshake_burst.as_ref().map(|b| *b.get_ref()),
+        allow_sources,
+    }))
 }
 
 /// The names the file defines. Group members are checked here, so a typo

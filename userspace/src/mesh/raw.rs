@@ -27,6 +27,22 @@ pub struct InterfaceSection {
     pub mtu: Option<Spanned<u32>>,
     #[serde(default)]
     pub fwmark: Option<Spanned<u32>>,
+    /// The XDP guard on the underlay (docs/xdp-guard.md).
+    #[serde(default)]
+    pub guard: Option<Spanned<GuardSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardSection {
+    /// The interfaces the WireGuard packets arrive on.
+    pub underlay: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub handshake_rate: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub handshake_burst: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub allow_sources: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

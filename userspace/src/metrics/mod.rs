@@ -30,6 +30,8 @@ use wgbpf_common::SLOT_AUDIT_ALL;
 
 pub use tunnels::{TunnelSample, Tunnels};
 
+use wgbpf_common::xdp::xdp_stat;
+
 use crate::{
     daemon::hook::RepairKind,
     dataplane::hooks::HookState,
@@ -37,7 +39,9 @@ use crate::{
         self,
         counters::{DenyEntry, PeerTotals, Stats, Totals},
         peers::peer_label,
-        pin_dir, Maps,
+        pin_dir,
+        xdp_guard::{self, GuardMode, GuardStats},
+        Maps,
     },
     policy::model::proto_name,
 };
@@ -89,6 +93,8 @@ pub struct Collector {
     wg_failing: AtomicBool,
     /// Which backend reads the device.
     wg_backend: crate::wg::BackendChoice,
+    /// Underlay interfaces whose XDP guard is exported.
+    guards: Vec<String>,
 }
 
 impl Collector {
@@ -102,7 +108,14 @@ impl Collector {
             tunnels: None,
             wg_failing: AtomicBool::new(false),
             wg_backend: crate::wg::BackendChoice::Auto,
+            guards: Vec::new(),
         }
+    }
+
+    /// Also exports the XDP guard of these underlay interfaces.
+    pub fn with_guards(mut self, underlay: Vec<String>) -> Self {
+        self.guards = underlay;
+        self
     }
 
     /// Reads the WireGuard device through `choice` (default: auto).
@@ -123,6 +136,7 @@ impl Collector {
     /// maps. Read failures are logged when they start and stop.
     fn read(&self) -> Scrape {
         Scrape {
+            guards: self.guards.iter().map(|u| read_guard(u)).collect(),
             attached: attached(&self.interface),
             tunnels: self.tunnels.as_ref().map(|t| self.read_tunnels(t)),
             dataplane: self.read_dataplane(),
@@ -176,8 +190,70 @@ impl Collector {
     }
 }
 
+/// One underlay's guard as a scrape reads it: the mode it is attached in
+/// (`None`: not attached) and its counters (`None`: unreadable).
+struct GuardScrape {
+    underlay: String,
+    mode: Option<GuardMode>,
+    stats: Option<GuardStats>,
+}
+
+fn read_guard(underlay: &str) -> GuardScrape {
+    let dir = xdp_guard::pin_dir(underlay);
+    let mode = xdp_guard::pinned_mode(&dir)
+        .filter(|_| xdp_guard::is_attached(underlay, &dir).unwrap_or(false));
+    GuardScrape {
+        underlay: underlay.to_string(),
+        mode,
+        stats: xdp_guard::read_stats(&dir).ok(),
+    }
+}
+
+/// `wgbpf_xdp_guard_*`.
+fn encode_guards(enc: &mut DescriptorEncoder, guards: &[GuardScrape]) -> fmt::Result {
+    gauge(
+        enc,
+        "wgbpf_xdp_guard_attached",
+        "1 if the XDP guard is attached to the underlay interface in this mode (native: in the driver; generic: in the stack)",
+        guards.iter().flat_map(|g| {
+            [GuardMode::Native, GuardMode::Generic].map(|m| {
+                (
+                    [("underlay", g.underlay.clone()), ("mode", m.as_str().to_string())],
+                    (g.mode == Some(m)) as i64,
+                )
+            })
+        }),
+    )?;
+    let counts = |passes: bool| {
+        guards.iter().flat_map(move |g| {
+            g.stats.iter().flat_map(move |s| {
+                s.named()
+                    .enumerate()
+                    .filter(move |(i, _)| (*i < xdp_stat::FIRST_DROP as usize) == passes)
+                    .map(move |(_, (name, n))| {
+                        let what = name.strip_prefix("pass_").unwrap_or(name).to_string();
+                        ([("underlay", g.underlay.clone()), ("what", what)], n)
+                    })
+            })
+        })
+    };
+    counter(
+        enc,
+        "wgbpf_xdp_guard_passed_packets",
+        "WireGuard messages the XDP guard passed to the listen port, by message type (what = initiation, response, cookie, data)",
+        counts(true),
+    )?;
+    counter(
+        enc,
+        "wgbpf_xdp_guard_dropped_packets",
+        "Packets to the listen port the XDP guard dropped, by reason (what = malformed, bad_type, reserved, bad_size, rate_limited, not_allowed, ext_headers)",
+        counts(false),
+    )
+}
+
 /// What one scrape read, before any encoding.
 struct Scrape {
+    guards: Vec<GuardScrape>,
     attached: [HookState; 2],
     /// `None`: tunnels not exported; `Some(None)`: the device was unreadable.
     tunnels: Option<Option<Vec<TunnelSample>>>,
@@ -432,6 +508,9 @@ fn encode_scrape(mut enc: DescriptorEncoder, d: &DaemonCounters, s: &Scrape) -> 
     )?;
     if let Some(t) = &s.tunnels {
         encode_tunnels(&mut enc, t.as_deref())?;
+    }
+    if !s.guards.is_empty() {
+        encode_guards(&mut enc, &s.guards)?;
     }
 
     let Some(snap) = &s.dataplane else {
