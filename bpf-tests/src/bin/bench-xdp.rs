@@ -323,6 +323,14 @@ fn run() -> Result<()> {
         ..Default::default()
     })?;
     guard.maps.configure(&GuardConfig::for_port(PORT))?;
+    let info = guard.program(names::PROG_GUARD)?.info()?;
+    eprintln!(
+        "guard program: {} instructions ({} bytes of eBPF, {} bytes JIT-compiled), {} instructions processed by the verifier",
+        info.size_translated().unwrap_or(0) / 8,
+        info.size_translated().unwrap_or(0),
+        info.size_jitted(),
+        info.verified_instruction_count().unwrap_or(0)
+    );
     eprintln!(
         "bench-xdp: {} sender thread(s), {} samples of {} s per program and case, native XDP on veth",
         args.senders, args.samples, args.seconds
