@@ -38,9 +38,27 @@ use wgbpf_common::{
 pub static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wgbpf-xdp-guard.o"));
 
+/// Where guards are pinned, one directory per underlay interface.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/wgbpf-xdp";
+
 /// Where the guard of an underlay interface is pinned.
 pub fn pin_dir(iface: &str) -> PathBuf {
-    PathBuf::from("/sys/fs/bpf/wgbpf-xdp").join(iface)
+    PathBuf::from(PIN_ROOT).join(iface)
+}
+
+/// The interfaces with a guard pinned under `root` (normally [`PIN_ROOT`]),
+/// sorted: what `unload` removes, and what a reload compares with the
+/// interfaces it wants guarded.
+pub fn pinned_interfaces(root: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| pinned_mode(&e.path()).is_some())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    out.sort();
+    out
 }
 
 /// The guard's maps, in pin order.
@@ -594,6 +612,30 @@ pub fn remove(_iface: &str, dir: &Path) -> Result<bool, GuardError> {
     }
     std::fs::remove_dir_all(dir).map_err(|e| pin_err(dir)(e.to_string()))?;
     Ok(true)
+}
+
+/// What `show` and the metrics report for one underlay interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GuardStatus {
+    pub iface: String,
+    /// The mode it was attached in.
+    pub mode: GuardMode,
+    /// Whether it is still the interface's XDP program.
+    pub attached: bool,
+    /// Every counter by name (`xdp_stat::NAMES`), summed over CPUs.
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+/// The status of the guard pinned in `dir` for `iface` (looked up in the
+/// caller's network namespace).
+pub fn status(iface: &str, dir: &Path) -> Result<GuardStatus, GuardError> {
+    let mode = pinned_mode(dir).ok_or_else(|| GuardError::NotLoaded(iface.to_string()))?;
+    Ok(GuardStatus {
+        iface: iface.to_string(),
+        mode,
+        attached: is_attached(iface, dir)?,
+        counters: read_stats(dir)?.named().collect(),
+    })
 }
 
 /// The counters of the guard pinned in `dir`.
