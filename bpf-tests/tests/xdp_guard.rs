@@ -1,6 +1,6 @@
 //! The XDP guard in the kernel (BPF_PROG_TEST_RUN) on crafted frames: every
 //! verdict and the counter it moves, and a randomized comparison with the
-//! reference model (bpf-tests/src/xdp/). Needs root.
+//! reference model (bpf-tests/src/xdp/model.rs). Needs root.
 
 use std::net::IpAddr;
 
