@@ -1,6 +1,6 @@
 //! The XDP guard on the underlay (see docs/xdp-guard.md): map names, keys,
 //! values and constants shared by `ebpf/src/xdp_guard/` and the loader in
-//! `userspace/src/dataplane/xdp_guard.rs`. Kept apart from the TC programs'
+//! `userspace/src/dataplane/xdp_guard/`. Kept apart from the TC programs'
 //! layouts in `lib.rs`: the two objects share nothing.
 
 use crate::Addr;

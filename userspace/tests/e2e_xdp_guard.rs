@@ -371,7 +371,7 @@ fn guard_keeps_the_tunnel_and_drops_the_flood() {
     let mut tunnel_sent = 0;
     let mut tunnel_got = 0;
     for _ in 0..5 {
-        let s = flood(&fl.netns, initiation.clone(), 20);
+        let s = flood(&fl.netns, initiation.clone(), 60);
         sent.bad_type += s.bad_type;
         sent.bad_size += s.bad_size;
         sent.reserved += s.reserved;

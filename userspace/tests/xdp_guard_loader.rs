@@ -15,7 +15,8 @@ use std::{
 
 use common::in_netns;
 use wgbpf::dataplane::xdp_guard::{
-    attached_prog, install, is_attached, pinned_mode, read_stats, remove, GuardConfig, GuardMode,
+    attached_prog, install, is_attached, pinned_interfaces, pinned_mode, read_stats, remove,
+    status, GuardConfig, GuardMode,
 };
 use wgbpf_common::xdp::xdp_stat;
 
@@ -179,6 +180,11 @@ fn guard_attaches_pins_counts_adopts_reattaches_and_goes() {
     assert_eq!(drain(&other_sock), garbage, "other ports are not touched");
     let stats = read_stats(&dir).unwrap();
     assert_eq!(stats.get(xdp_stat::DROP_BAD_TYPE), 40);
+    let d = dir.clone();
+    let st = in_b(&b, move || status("vb", &d)).unwrap();
+    assert_eq!((st.mode, st.attached), (GuardMode::Native, true));
+    assert!(st.counters.contains(&("bad_type", 40)) && st.counters.contains(&("pass_data", 25)));
+    assert_eq!(pinned_interfaces(&pair.pins), vec!["vb".to_string()]);
     assert_eq!(stats.get(xdp_stat::PASS_DATA), 25);
     assert_eq!(stats.dropped(), 40);
 
@@ -202,6 +208,8 @@ fn guard_attaches_pins_counts_adopts_reattaches_and_goes() {
     pair.link();
     let d = dir.clone();
     assert!(!in_b(&b, move || is_attached("vb", &d)).unwrap());
+    let d = dir.clone();
+    assert!(!in_b(&b, move || status("vb", &d)).unwrap().attached);
     let (d, c) = (dir.clone(), cfg.clone());
     let repaired = in_b(&b, move || install("vb", &d, &c, None)).unwrap();
     assert!(repaired.adopted && repaired.reattached, "{repaired:?}");
@@ -217,6 +225,7 @@ fn guard_attaches_pins_counts_adopts_reattaches_and_goes() {
     let d = dir.clone();
     assert!(in_b(&b, move || remove("vb", &d)).unwrap());
     assert!(!dir.exists());
+    assert!(pinned_interfaces(&pair.pins).is_empty());
     assert_eq!(in_b(&b, || attached_prog("vb")).unwrap(), None);
     send_all(&a, to_port, garbage[..3].to_vec());
     assert_eq!(drain(&wg_sock).len(), 3);

@@ -132,7 +132,8 @@ fn lint() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     run(Command::new("rustfmt")
         .args(["--edition", "2021", "--check"])
-        .args(glob_rs("ebpf/src")?))?;
+        .args(glob_rs("ebpf/src")?)
+        .args(glob_rs("ebpf/src/xdp_guard")?))?;
     cargo(&[
         "clippy",
         "--workspace",

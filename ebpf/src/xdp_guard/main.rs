@@ -79,9 +79,9 @@ pub fn wgbpf_xdp_pass_all(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
-/// The statistic (pass by type, or drop reason) for a message to the port
-/// whose headers are consistent. The order of the checks is the
-/// specification's: allowlist, type, reserved bytes, size, rate.
+/// The statistic (pass by type, or drop reason) for a datagram to a listen
+/// port. The order of the checks is the specification's (docs/xdp-guard.md):
+/// allowlist, lengths, at least 4 bytes, type, reserved bytes, size, rate.
 #[inline(always)]
 fn judge(cfg: &XdpConfig, m: &packet::Message) -> u32 {
     if cfg.flags & XDP_FLAG_ALLOWLIST != 0 {

@@ -7,10 +7,11 @@ use anyhow::Result;
 #[derive(clap::Args)]
 pub struct XdpArgs {
     /// Seconds per sample.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 0.5)]
     seconds: f64,
-    /// Samples per program and case; the median is reported.
-    #[arg(long, default_value_t = 7)]
+    /// Samples per program and case; medians are reported (ratios: the
+    /// median of the per-sample ratios).
+    #[arg(long, default_value_t = 15)]
     samples: usize,
     /// Sender threads writing to the veth.
     #[arg(long, default_value_t = 1)]
