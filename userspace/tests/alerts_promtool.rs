@@ -61,6 +61,8 @@ fn alert_rules_check_and_pass_their_tests() {
         "WireGuardPeerEgressSpike",
         "WgbpfPersistentDenials",
         "WgbpfProgramDetached",
+        "WgbpfUnderlayFlood",
+        "WgbpfXdpGuardDetached",
     ] {
         assert!(rules.contains(&format!("alert: {alert}")), "{alert}");
         assert!(tests.contains(&format!("alertname: {alert}")), "{alert}");

@@ -11,10 +11,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 use wgbpf::{
-    dataplane::{self, counters::PeerTotals, replace, Maps},
+    dataplane::{self, counters::PeerTotals, replace, xdp_guard, Maps},
     source,
     wg::{self, Key, PeerState},
 };
+use wgbpf_common::xdp::xdp_stat;
 
 /// Show the WireGuard interface and its peers (like `wg show`), with peer
 /// names and the ACL counters of wgbpf's data plane when it is loaded.
@@ -44,8 +45,18 @@ pub fn run(a: ShowArgs) -> Result<()> {
     )?;
     let state = backend.get()?;
     let mut names: BTreeMap<Key, String> = BTreeMap::new();
+    let mut guards: Vec<xdp_guard::GuardStatus> = Vec::new();
     if let Some(c) = &a.config {
-        for p in source::load(c)?.wg.peers {
+        let mesh = source::load(c)?;
+        // The XDP guard of each underlay the file names, if pinned.
+        for u in mesh.guard.iter().flat_map(|g| &g.underlay) {
+            match xdp_guard::status(u, &xdp_guard::pin_dir(u)) {
+                Ok(s) => guards.push(s),
+                Err(xdp_guard::GuardError::NotLoaded(_)) => {}
+                Err(e) => return Err(e).with_context(|| format!("the XDP guard on {u}")),
+            }
+        }
+        for p in mesh.wg.peers {
             if let Some(k) = p.public_key {
                 names.insert(k, p.name);
             }
@@ -114,6 +125,12 @@ pub fn run(a: ShowArgs) -> Result<()> {
                     "this_build": replace::build_id(),
                 })),
                 "peers": list,
+                "xdp_guards": guards.iter().map(|g| json!({
+                    "underlay": g.iface,
+                    "mode": g.mode.as_str(),
+                    "attached": g.attached,
+                    "counters": g.counters.iter().map(|(n, c)| (n.to_string(), *c)).collect::<BTreeMap<_, _>>(),
+                })).collect::<Vec<_>>(),
             })
         );
         return Ok(());
@@ -144,6 +161,29 @@ pub fn run(a: ShowArgs) -> Result<()> {
             }
         }
         None => println!("  wgbpf: no data plane loaded"),
+    }
+    for g in &guards {
+        let (passed, dropped) =
+            g.counters
+                .iter()
+                .enumerate()
+                .fold((0, 0), |(p, d), (i, (_, n))| {
+                    if i < xdp_stat::FIRST_DROP as usize {
+                        (p + n, d)
+                    } else {
+                        (p, d + n)
+                    }
+                });
+        println!(
+            "  XDP guard on {}: {} mode, {}; {passed} passed, {dropped} dropped",
+            g.iface,
+            g.mode.as_str(),
+            if g.attached {
+                "attached"
+            } else {
+                "NOT attached"
+            }
+        );
     }
     for (p, acl) in &peers {
         println!();

@@ -224,7 +224,7 @@ fn encode_guards(enc: &mut DescriptorEncoder, guards: &[GuardScrape]) -> fmt::Re
             })
         }),
     )?;
-    let counts = |passes: bool| {
+    let counts = |passes: bool, label: &'static str| {
         guards.iter().flat_map(move |g| {
             g.stats.iter().flat_map(move |s| {
                 s.named()
@@ -232,7 +232,7 @@ fn encode_guards(enc: &mut DescriptorEncoder, guards: &[GuardScrape]) -> fmt::Re
                     .filter(move |(i, _)| (*i < xdp_stat::FIRST_DROP as usize) == passes)
                     .map(move |(_, (name, n))| {
                         let what = name.strip_prefix("pass_").unwrap_or(name).to_string();
-                        ([("underlay", g.underlay.clone()), ("what", what)], n)
+                        ([("underlay", g.underlay.clone()), (label, what)], n)
                     })
             })
         })
@@ -240,14 +240,14 @@ fn encode_guards(enc: &mut DescriptorEncoder, guards: &[GuardScrape]) -> fmt::Re
     counter(
         enc,
         "wgbpf_xdp_guard_passed_packets",
-        "WireGuard messages the XDP guard passed to the listen port, by message type (what = initiation, response, cookie, data)",
-        counts(true),
+        "WireGuard messages the XDP guard passed to the listen port, by message type (initiation, response, cookie, data)",
+        counts(true, "type"),
     )?;
     counter(
         enc,
         "wgbpf_xdp_guard_dropped_packets",
-        "Packets to the listen port the XDP guard dropped, by reason (what = malformed, bad_type, reserved, bad_size, rate_limited, not_allowed, ext_headers)",
-        counts(false),
+        "Packets to the listen port the XDP guard dropped, by reason (malformed, bad_type, reserved, bad_size, rate_limited, not_allowed, ext_headers)",
+        counts(false, "reason"),
     )
 }
 
