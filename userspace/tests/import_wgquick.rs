@@ -224,3 +224,19 @@ fn the_command_writes_a_file_and_refuses_to_overwrite() {
     assert!(help.contains("never copied"), "{help}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_peer_whose_allowed_ips_hold_the_gateway_is_refused_where_it_is() {
+    let conf = "[Interface]\nAddress = 10.0.0.1/24\n\n[Peer]\n# Name = wide\n\
+                PublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nAllowedIPs = 10.0.0.0/22\n";
+    let f = wgquick::parse("gw.conf", conf).unwrap();
+    let e = wgquick::to_mesh(&[f], Some("wg0")).unwrap_err();
+    assert!(
+        e.contains("gw.conf")
+            && e.contains("line 4")
+            && e.contains("10.0.0.0/22")
+            && e.contains("10.0.0.1")
+            && e.contains("`wide`"),
+        "{e}"
+    );
+}

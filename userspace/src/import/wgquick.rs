@@ -427,6 +427,22 @@ pub fn to_mesh(files: &[WgQuick], interface: Option<&str>) -> Result<Output, Str
         names.push(n);
     }
 
+    // The mesh file refuses a peer whose AllowedIPs hold a gateway address
+    // (it could send as the gateway): so does the import, saying where.
+    for (p, name) in peers.iter().zip(&names) {
+        for net in &p.allowed_ips {
+            if let Some(a) = iface.addresses.iter().find(|a| net.contains(&a.addr())) {
+                return Err(format!(
+                    "{}: peer `{name}` ([Peer] at line {}): AllowedIPs {net} contains the \
+                     gateway's address {}: that peer could send as the gateway; narrow its AllowedIPs",
+                    gw.file,
+                    p.line,
+                    a.addr()
+                ));
+            }
+        }
+    }
+
     let mut t = String::new();
     let all: Vec<&str> = files.iter().map(|f| f.file.as_str()).collect();
     let _ = writeln!(
