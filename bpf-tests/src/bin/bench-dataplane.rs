@@ -27,8 +27,9 @@ use wgbpf::{
 use wgbpf_bpf_tests::dpbench::{
     acl, cleanup,
     counters::{Counts, Receiver},
+    cpu::{find_process, process_cpu_ns, thread_cpu_ns},
     frames::{self, Ethernet},
-    generator::{thread_cpu_ns, Generator},
+    generator::Generator,
     netns::{self, Netns},
     nft,
     stats::median,
@@ -242,7 +243,14 @@ struct Window {
     cpu_ns: u64,
 }
 
-fn measure(gen: &Generator, rx: &Receiver, warmup: Duration, window: Duration) -> Result<Window> {
+/// `cpu` gives the CPU time to charge, given the sender thread's id.
+fn measure(
+    gen: &Generator,
+    rx: &Receiver,
+    warmup: Duration,
+    window: Duration,
+    cpu: &dyn Fn(i32) -> Result<u64>,
+) -> Result<Window> {
     let stop = AtomicBool::new(false);
     let sent = AtomicU64::new(0);
     let tid = AtomicI32::new(0);
@@ -258,14 +266,14 @@ fn measure(gen: &Generator, rx: &Receiver, warmup: Duration, window: Duration) -
             let (c0, s0, cpu0) = (
                 rx.counts()?,
                 sent.load(Ordering::Relaxed),
-                thread_cpu_ns(t)?,
+                cpu(t)?,
             );
             let t0 = Instant::now();
             cleanup::sleep(window)?;
             let (c1, s1, cpu1) = (
                 rx.counts()?,
                 sent.load(Ordering::Relaxed),
-                thread_cpu_ns(t)?,
+                cpu(t)?,
             );
             Ok((
                 c1.since(&c0),
@@ -380,21 +388,33 @@ fn report(cases: &[Case]) {
             );
         }
     }
-    // The same cases by the sender's CPU time per packet (veth only).
+    // The same cases by CPU time per packet (veth: the sender thread's;
+    // tunnel: wireguard-go's) or per KiB (TCP).
     for c in cases {
         let base = baseline(cases, c);
         if !c.cpu.is_empty() {
             // As a rate ratio: baseline cost over this case's cost.
             let cpu_ratios: Vec<f64> = c.cpu.iter().zip(&base.cpu).map(|(x, b)| b / x).collect();
-            println!(
-                "dataplane_cpu variant={} traffic={} filter={} rules={} ns_per_packet={:.0} ratio={:.3}",
-                c.variant,
-                c.traffic.name(),
-                c.filter.name(),
-                c.rules,
-                median(&c.cpu),
-                median(&cpu_ratios)
-            );
+            if c.traffic == Traffic::Tcp {
+                println!(
+                    "dataplane_tcp_cpu variant={} filter={} rules={} ns_per_kbyte={:.0} ratio={:.3}",
+                    c.variant,
+                    c.filter.name(),
+                    c.rules,
+                    median(&c.cpu),
+                    median(&cpu_ratios)
+                );
+            } else {
+                println!(
+                    "dataplane_cpu variant={} traffic={} filter={} rules={} ns_per_packet={:.0} ratio={:.3}",
+                    c.variant,
+                    c.traffic.name(),
+                    c.filter.name(),
+                    c.rules,
+                    median(&c.cpu),
+                    median(&cpu_ratios)
+                );
+            }
         }
     }
 }
@@ -560,7 +580,7 @@ fn run_veth(a: &Args) -> Result<()> {
             } else {
                 &s.denied
             };
-            let w = measure(gen, &s.receiver, a.warmup, a.window)?;
+            let w = measure(gen, &s.receiver, a.warmup, a.window, &thread_cpu_ns)?;
             let pps = rate(s.filter, traffic, &w, slack)
                 .with_context(|| format!("veth rules={}", s.rules))?;
             let cpu = cpu_cost(&w);
@@ -620,6 +640,14 @@ fn wireguard_cases(a: &Args, mesh: &testbed::Mesh) -> Result<()> {
     ])?;
     gw.run(&["ip", "route", "add", acl::PEER_NET, "dev", &gw.wg_if])?;
     let receiver = Receiver::bind(&gw.netns, &gw.wg_if, &acl::all_ports())?;
+    // The tunnel's work is the two wireguard-go processes' (crypto, and
+    // the receive path after the gateway's TUN write, wgbpf included): its
+    // CPU time per packet is what competing load does not move.
+    let daemons = [
+        find_process(&["wireguard-go", "-f", &gw.wg_if])?,
+        find_process(&["wireguard-go", "-f", &peer.wg_if])?,
+    ];
+    let wg_cpu = || -> Result<u64> { daemons.iter().map(|&p| process_cpu_ns(p)).sum() };
     let sink = tcp::Sink::start(&gw.netns, SocketAddrV4::new(gw.tunnel_v4, TCP_PORT))?;
     let tcp_peer = acl::TcpPeer {
         addr: peer.tunnel_v4,
@@ -678,13 +706,15 @@ fn wireguard_cases(a: &Args, mesh: &testbed::Mesh) -> Result<()> {
                     let src =
                         tcp::Source::start(&peer.netns, SocketAddrV4::new(gw.tunnel_v4, TCP_PORT))?;
                     cleanup::sleep(a.warmup)?;
-                    let (b0, t0) = (sink.bytes(), Instant::now());
+                    let (b0, t0, cpu0) = (sink.bytes(), Instant::now(), wg_cpu()?);
                     cleanup::sleep(a.window)?;
-                    let bits = (sink.bytes() - b0) as f64 * 8.0 / t0.elapsed().as_secs_f64();
+                    let (bytes, cpu) = (sink.bytes() - b0, wg_cpu()? - cpu0);
+                    let bits = bytes as f64 * 8.0 / t0.elapsed().as_secs_f64();
                     drop(src);
-                    if bits == 0.0 {
+                    if bytes == 0 {
                         bail!("no TCP data through the tunnel with {}", f.name());
                     }
+                    cases[c].cpu.push(cpu as f64 / (bytes as f64 / 1024.0));
                     bits
                 }
                 _ => {
@@ -693,18 +723,22 @@ fn wireguard_cases(a: &Args, mesh: &testbed::Mesh) -> Result<()> {
                     } else {
                         &*denied
                     };
-                    let w = measure(gen, &receiver, a.warmup, a.window)?;
+                    let w = measure(gen, &receiver, a.warmup, a.window, &|_| wg_cpu())?;
                     let pps = rate(*f, traffic, &w, slack)
                         .with_context(|| format!("wireguard rules={n}"))?;
+                    // The generator outruns wireguard-go (the TUN queue drops
+                    // the rest): charge what came through.
+                    let cpu = w.cpu_ns as f64 / w.counts.rx_packets.max(1) as f64;
                     eprintln!(
-                        "bench-dataplane: rep {rep} wireguard {} {} rules={n}: {pps:.0} pps \
-                         (in {}, arrived {}, generator {} in all)",
+                        "bench-dataplane: rep {rep} wireguard {} {} rules={n}: {pps:.0} pps, \
+                         {cpu:.0} wireguard-go CPU ns/packet (in {}, arrived {}, generator {} in all)",
                         traffic.name(),
                         f.name(),
                         w.counts.rx_packets,
                         w.counts.arrived,
                         w.sent
                     );
+                    cases[c].cpu.push(cpu);
                     pps
                 }
             };

@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod cleanup;
 pub mod counters;
+pub mod cpu;
 pub mod frames;
 pub mod generator;
 pub mod netns;
