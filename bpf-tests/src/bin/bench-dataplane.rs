@@ -263,18 +263,10 @@ fn measure(
         let r = (|| {
             cleanup::sleep(warmup)?;
             let t = tid.load(Ordering::SeqCst);
-            let (c0, s0, cpu0) = (
-                rx.counts()?,
-                sent.load(Ordering::Relaxed),
-                cpu(t)?,
-            );
+            let (c0, s0, cpu0) = (rx.counts()?, sent.load(Ordering::Relaxed), cpu(t)?);
             let t0 = Instant::now();
             cleanup::sleep(window)?;
-            let (c1, s1, cpu1) = (
-                rx.counts()?,
-                sent.load(Ordering::Relaxed),
-                cpu(t)?,
-            );
+            let (c1, s1, cpu1) = (rx.counts()?, sent.load(Ordering::Relaxed), cpu(t)?);
             Ok((
                 c1.since(&c0),
                 t0.elapsed().as_secs_f64(),
