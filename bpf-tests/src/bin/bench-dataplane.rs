@@ -330,7 +330,8 @@ struct Case {
     filter: Filter,
     rules: usize,
     samples: Vec<f64>,
-    /// Sender CPU ns per packet (veth only), by repetition.
+    /// CPU ns per packet (veth: the sender thread; tunnel: wireguard-go)
+    /// or per KiB (TCP), by repetition.
     cpu: Vec<f64>,
     /// Why there is no figure (nft could not load the rules in time).
     missing: Option<String>,
