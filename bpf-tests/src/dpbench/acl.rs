@@ -121,3 +121,74 @@ pub fn policy(n: usize, receiver: Ipv4Addr, tcp: Option<&TcpPeer>) -> Policy {
         audit: false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+    use wgbpf::policy::{compile::compile, reference};
+    use wgbpf_common::{capacity, severity};
+
+    fn meta(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> reference::PacketMeta {
+        reference::PacketMeta {
+            src: IpAddr::V4(src),
+            dst: IpAddr::V4(dst),
+            proto: PROTO_UDP,
+            fragment: false,
+            sport: 40_000,
+            dport,
+            icmp_type: 0,
+            icmp_id: 0,
+            quoted: None,
+        }
+    }
+
+    /// The policy wgbpf gets says what the nftables rulesets say: the
+    /// measured allowed pairs are accepted (by the rule of the same index),
+    /// the denied ones fall to the default deny; and it compiles within
+    /// wgbpf's capacities at the largest size.
+    #[test]
+    fn wgbpf_policy_matches_the_list() {
+        let rx = Ipv4Addr::new(10, 63, 0, 1);
+        for n in [10, 1000] {
+            let p = policy(n, rx, None);
+            assert_eq!(p.rules.len(), n);
+            let allowed = measured(n, true);
+            assert_eq!(allowed.len(), n.min(MEASURED_RULES));
+            for (i, &(src, port)) in allowed.iter().enumerate() {
+                let v = reference::evaluate(&p, &meta(src, rx, port));
+                assert_eq!(v.severity, severity::ALLOW, "n={n} {src}:{port}");
+                assert_eq!(v.rule as usize, n - allowed.len() + i);
+            }
+            for (src, port) in measured(n, false) {
+                let v = reference::evaluate(&p, &meta(src, rx, port));
+                assert_eq!(v.severity, severity::DENY, "n={n} {src}:{port}");
+            }
+            // A listed pair to another address is not allowed either.
+            let (src, port) = rule(n - 1);
+            let other = Ipv4Addr::new(10, 63, 0, 2);
+            assert_eq!(
+                reference::evaluate(&p, &meta(src, other, port)).severity,
+                severity::DENY
+            );
+        }
+        compile(&policy(100_000, rx, None), capacity::PEERS).expect("fits");
+    }
+
+    #[test]
+    fn nft_rulesets_list_every_rule() {
+        let n = 1000;
+        let per_rule = crate::dpbench::nft::per_rule(n, "rx0");
+        assert_eq!(per_rule.matches(" accept\n").count(), n);
+        let (src, port) = rule(n - 1);
+        let last =
+            format!("iifname \"rx0\" ip saddr {src} udp dport {port} accept\niifname \"rx0\" drop");
+        assert!(
+            per_rule.contains(&last),
+            "the last rule comes just before the drop"
+        );
+        let set = crate::dpbench::nft::with_set(n, "rx0");
+        assert_eq!(set.matches(" . 1").count(), n);
+        assert_eq!(set.matches(" accept\n").count(), 1);
+    }
+}

@@ -120,16 +120,3 @@ impl Generator {
         sent
     }
 }
-
-/// CPU time of thread `tid` of this process, in ns (schedstat's first
-/// field). The kernel here has no IRQ time accounting, so the softirq work
-/// done in the thread's context (on a veth: the whole receive path,
-/// filter included) counts as the thread's time.
-pub fn thread_cpu_ns(tid: i32) -> anyhow::Result<u64> {
-    let path = format!("/proc/self/task/{tid}/schedstat");
-    let s = std::fs::read_to_string(&path)?;
-    Ok(s.split_whitespace()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("empty {path}"))?
-        .parse()?)
-}
