@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
 use thiserror::Error;
-use wgbpf_common::{capacity, names, EventConfig};
+use wgbpf_common::{capacity, names, EventConfig, FlowConfig};
 
 pub use maps::Maps;
 
@@ -99,6 +99,8 @@ pub struct LoadOptions {
     pub capacities: Capacities,
     /// Deny events per second per CPU, and burst.
     pub events: Option<EventConfig>,
+    /// Flow lifetimes and the budget of new flows per peer.
+    pub flows: FlowConfig,
 }
 
 /// A loaded object: its programs and its maps.
@@ -115,6 +117,8 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .override_global(names::L2_HDR_LEN, &opts.l2_hdr_len, true)
+            .override_global(names::FLOW_CONFIG, &opts.flows, true)
+            .map_max_entries(names::FLOW_BUDGET, caps.peers)
             .map_max_entries(names::POLICY, caps.policy)
             .map_max_entries(names::IPCACHE, caps.ipcache)
             .map_max_entries(names::HOSTS, caps.hosts)
