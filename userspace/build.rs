@@ -55,7 +55,9 @@ fn main() {
              run `cargo xtask setup` (needs {rustc}, rust-web-src and bpf-linker)"
         );
     }
-    let obj = target_dir.join("bpfel-unknown-none/release/wgbpf-ebpf");
-    std::fs::copy(&obj, out.join("wgbpf-ebpf.o"))
-        .unwrap_or_else(|e| panic!("copy {}: {e}", obj.display()));
+    for name in ["wgbpf-ebpf", "wgbpf-acl-probe"] {
+        let obj = target_dir.join("bpfel-unknown-none/release").join(name);
+        std::fs::copy(&obj, out.join(format!("{name}.o")))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", obj.display()));
+    }
 }

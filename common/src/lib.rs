@@ -50,6 +50,11 @@ pub mod names {
     pub const PROG_EGRESS: &str = "wgbpf_egress";
     /// Global (in .rodata) set by the loader: bytes before the IP header.
     pub const L2_HDR_LEN: &str = "WGBPF_L2_HDR_LEN";
+    /// The benchmark's reference program and its maps (ebpf/src/acl_probe.rs).
+    pub const ACL_FLOOR: &str = "acl_floor";
+    pub const ACL_PROBE: &str = "acl_probe";
+    pub const ACL_PROBE_SOURCES: &str = "ACL_PROBE_SOURCES";
+    pub const ACL_PROBE_PORTS: &str = "ACL_PROBE_PORTS";
     /// Global (in .rodata) set by the loader: flow lifetimes and budget.
     pub const FLOW_CONFIG: &str = "WGBPF_FLOW_CONFIG";
 }
@@ -468,6 +473,17 @@ pub struct DenyEvent {
     pub _pad: u8,
 }
 
+/// Key of the benchmark's reference ACL (ebpf/src/acl_probe.rs): the
+/// source's identity, the destination port and the protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AclProbeKey {
+    pub identity: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
 /// Rate limit of deny events, per CPU (token bucket in the kernel).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -536,6 +552,7 @@ mod pod {
     unsafe impl aya::Pod for PeerName {}
     unsafe impl aya::Pod for FlowConfig {}
     unsafe impl aya::Pod for FlowBucket {}
+    unsafe impl aya::Pod for AclProbeKey {}
 }
 
 #[cfg(test)]

@@ -22,6 +22,12 @@ pub use maps::Maps;
 /// The eBPF object built by build.rs from ../ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wgbpf-ebpf.o"));
 
+/// The benchmark's yardsticks (ebpf/src/acl_probe.rs): a program that
+/// returns at once and the least a per-peer-port ACL can do. Never loaded
+/// by wgbpf itself; `cargo xtask bench acl` runs them.
+pub static ACL_PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wgbpf-acl-probe.o"));
+
 /// Where an interface's programs, maps and links are pinned.
 pub fn pin_dir(iface: &str) -> PathBuf {
     PathBuf::from("/sys/fs/bpf/wgbpf").join(iface)
