@@ -23,9 +23,14 @@ fn main() {
     println!("cargo:rerun-if-env-changed=WGBPF_EBPF_RUSTC");
     println!("cargo:rerun-if-env-changed=WGBPF_SKIP_EBPF");
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap());
-    // The TC programs, the XDP guard for the underlay, and a program for
-    // the tests only.
-    const OBJECTS: [&str; 3] = ["wgbpf-ebpf", "wgbpf-xdp-guard", "wgbpf-tc-pass"];
+    // The TC programs, the XDP guard for the underlay, a program for the
+    // tests and the benchmark's yardsticks (neither loaded by wgbpf).
+    const OBJECTS: [&str; 4] = [
+        "wgbpf-ebpf",
+        "wgbpf-xdp-guard",
+        "wgbpf-tc-pass",
+        "wgbpf-acl-probe",
+    ];
     if env::var("WGBPF_SKIP_EBPF").is_ok_and(|v| v == "1") {
         for name in OBJECTS {
             std::fs::write(out.join(format!("{name}.o")), b"").expect("writing an empty object");

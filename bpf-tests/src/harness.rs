@@ -15,6 +15,7 @@ use wgbpf::{
 };
 use wgbpf_common::{
     capacity, names, DIR_INGRESS, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_TCP,
 };
 
 use crate::packets::{Expected, Frame, Parsed};
@@ -98,9 +99,14 @@ pub fn meta(frame: &Frame) -> Option<PacketMeta> {
     if m.is_icmp_error() && !p.fragment {
         m.quoted = quoted_tuple(&frame.bytes[14..], p.len as usize);
     }
+    if p.proto == PROTO_TCP && !p.fragment {
+        let ip = &frame.bytes[14..];
+        m.tcp_flags = l4_offset(ip).and_then(|o| ip.get(o + 13)).copied()?;
+    }
     Some(m)
 }
 
+/// The fields `Parsed` has (no TCP flags, no quoted tuple: see [`meta`]).
 pub fn to_meta(p: &Parsed) -> PacketMeta {
     PacketMeta {
         src: p.src,
@@ -111,6 +117,7 @@ pub fn to_meta(p: &Parsed) -> PacketMeta {
         dport: p.dport,
         icmp_type: p.icmp_type,
         icmp_id: p.icmp_id,
+        tcp_flags: 0,
         quoted: None,
     }
 }

@@ -64,6 +64,8 @@ pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_SCTP: u8 = 132;
 
+pub use wgbpf_common::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
 /// IPv6 extension header types the program walks.
 pub const IPV6_EXT_TYPES: [u8; 5] = [0, 43, 60, 51, 44];
 
@@ -225,6 +227,13 @@ impl Packet {
         h[2..4].copy_from_slice(&dport.to_be_bytes());
         h[4..8].copy_from_slice(&0xfeed_beefu32.to_be_bytes()); // verification tag
         Packet::raw_l4(src, dst, PROTO_SCTP, h).named(format!("sctp {sport}>{dport}"))
+    }
+
+    /// TCP with the given flags (`TCP_SYN`, `TCP_ACK`, ...).
+    pub fn tcp_flags(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Packet {
+        let mut p = Packet::tcp(src, dst, sport, dport);
+        p.l4[13] = flags;
+        p.note(format!("flags={flags:#04x}"))
     }
 
     /// ICMP (v4 addresses, proto 1) or ICMPv6 (v6 addresses, proto 58);

@@ -7,7 +7,10 @@ use std::{collections::HashMap, net::IpAddr};
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use wgbpf::{
-    dataplane::counters::{unmap, PeerTotals, Totals},
+    dataplane::{
+        counters::{unmap, PeerTotals, Totals},
+        LoadOptions,
+    },
     policy::{
         model::Policy,
         reference::{Model, PacketMeta},
@@ -15,11 +18,12 @@ use wgbpf::{
 };
 use wgbpf_bpf_tests::{
     harness::{meta, Harness, DROP, PASS},
-    packets::{random_frame, Frame, Packet},
+    packets::{random_frame, Frame, Packet, Pools},
     policies::{pools_for, random_policy},
 };
 use wgbpf_common::{
-    severity, DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    severity, FlowConfig, DIR_EGRESS, DIR_INGRESS, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 fn peer_of(policy: &Policy, addr: IpAddr) -> u32 {
@@ -30,17 +34,79 @@ fn peer_of(policy: &Policy, addr: IpAddr) -> u32 {
         .map_or(0, |p| p.index)
 }
 
+/// TCP flags of a later packet of a flow: a handshake answer, data, a
+/// reset, a close, a new SYN.
+fn random_tcp_flags(rng: &mut impl Rng) -> u8 {
+    [0x12, 0x10, 0x10, 0x14, 0x04, 0x11, 0x02][rng.gen_range(0..7)]
+}
+
 /// A reply to a packet that passed: addresses and ports swapped, echo
 /// request answered by echo reply.
-fn reply_to(m: &PacketMeta) -> Option<Frame> {
+fn reply_to(rng: &mut impl Rng, m: &PacketMeta) -> Option<Frame> {
     let p = match m.proto {
-        PROTO_TCP => Packet::tcp(m.dst, m.src, m.dport, m.sport),
+        PROTO_TCP => Packet::tcp_flags(m.dst, m.src, m.dport, m.sport, random_tcp_flags(rng)),
         PROTO_UDP => Packet::udp(m.dst, m.src, m.dport, m.sport),
         PROTO_SCTP => Packet::sctp(m.dst, m.src, m.dport, m.sport),
         PROTO_ICMP | PROTO_ICMPV6 => Packet::icmp_echo_reply(m.dst, m.src, m.icmp_id),
         _ => return None,
     };
     Some(p.build())
+}
+
+/// The packet a meta describes (well formed, no options), as sent.
+fn rebuild(m: &PacketMeta) -> Option<Packet> {
+    Some(match m.proto {
+        PROTO_TCP => Packet::tcp_flags(m.src, m.dst, m.sport, m.dport, m.tcp_flags),
+        PROTO_UDP => Packet::udp(m.src, m.dst, m.sport, m.dport),
+        PROTO_SCTP => Packet::sctp(m.src, m.dst, m.sport, m.dport),
+        PROTO_ICMP | PROTO_ICMPV6 if m.is_icmp() && m.icmp_type == echo_request(m) => {
+            Packet::icmp_echo_request(m.src, m.dst, m.icmp_id)
+        }
+        _ => return None,
+    })
+}
+
+fn echo_request(m: &PacketMeta) -> u8 {
+    if m.src.is_ipv4() {
+        ICMP_ECHO_REQUEST
+    } else {
+        ICMPV6_ECHO_REQUEST
+    }
+}
+
+/// An ICMP error about a packet that passed, quoting it: from its far end,
+/// from the gateway, or from anyone in the pools; mostly to its sender.
+fn error_about(rng: &mut impl Rng, m: &PacketMeta, gw: &[IpAddr], pools: &Pools) -> Option<Frame> {
+    let quoted = rebuild(m)?.build();
+    let v4 = m.src.is_ipv4();
+    let same_family = |a: &&IpAddr| a.is_ipv4() == v4;
+    let from = match rng.gen_range(0..3) {
+        0 => m.dst,
+        1 => *gw.iter().find(same_family)?,
+        _ => random_frame_addr(rng, pools, v4),
+    };
+    let to = if rng.gen_bool(0.8) {
+        m.src
+    } else {
+        random_frame_addr(rng, pools, v4)
+    };
+    let (proto, hdr, types): (u8, usize, &[u8]) = if v4 {
+        (PROTO_ICMP, 20, &[3, 11, 12])
+    } else {
+        (PROTO_ICMPV6, 40, &[1, 2, 3, 4])
+    };
+    let mut l4 = vec![types[rng.gen_range(0..types.len())], 0, 0, 0, 0, 0, 5, 0];
+    l4.extend_from_slice(&quoted.bytes[14..14 + hdr + 8]);
+    l4.extend((0..rng.gen_range(0..24)).map(|_| rng.gen::<u8>()));
+    Some(Packet::raw_l4(from, to, proto, l4).build())
+}
+
+fn random_frame_addr(rng: &mut impl Rng, pools: &Pools, v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4(pools.v4[rng.gen_range(0..pools.v4.len())])
+    } else {
+        IpAddr::V6(pools.v6[rng.gen_range(0..pools.v6.len())])
+    }
 }
 
 fn add(t: &mut Totals, sev: u8, len: u64) {
@@ -70,7 +136,16 @@ fn kernel_agrees_with_reference_on_random_traffic() {
         .unwrap_or_else(|| rand::thread_rng().gen());
     eprintln!("seed {seed} (rerun with WGBPF_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut h = Harness::new().expect("load");
+    // The model has no flow budget: none in the kernel either (the budget
+    // is tested in flow_table.rs).
+    let mut h = Harness::with_options(LoadOptions {
+        flows: FlowConfig {
+            new_per_second: 0,
+            ..FlowConfig::DEFAULT
+        },
+        ..Default::default()
+    })
+    .expect("load");
 
     let first = random_policy(&mut rng, 12, 30);
     let v = h.apply(&first).expect("apply").version;
@@ -79,6 +154,7 @@ fn kernel_agrees_with_reference_on_random_traffic() {
     let mut expected_denies: HashMap<DenyKey, (u64, u64)> = HashMap::new();
     let mut passed: Vec<PacketMeta> = Vec::new();
     let (mut total, mut malformed, mut flow_decided, mut denied) = (0, 0, 0, 0);
+    let mut related = 0;
 
     for round in 0..10 {
         if round > 0 {
@@ -91,16 +167,37 @@ fn kernel_agrees_with_reference_on_random_traffic() {
         }
         let pools = pools_for(model.policy());
         for _ in 0..2000 {
-            let frame = match passed.len() {
-                n if n > 0 && rng.gen_bool(0.25) => {
+            let gw = model
+                .policy()
+                .local
+                .iter()
+                .map(|n| n.addr())
+                .collect::<Vec<_>>();
+            let later = match passed.len() {
+                0 => None,
+                n => {
                     let m = passed[rng.gen_range(0..n)].clone();
-                    match reply_to(&m) {
-                        Some(f) => f,
-                        None => random_frame(&mut rng, &pools),
+                    match rng.gen_range(0..100) {
+                        0..25 => reply_to(&mut rng, &m),
+                        25..33 => error_about(&mut rng, &m, &gw, &pools),
+                        33..38 => rebuild(&m).map(|p| {
+                            let p = match m.proto {
+                                PROTO_TCP => Packet::tcp_flags(
+                                    m.src,
+                                    m.dst,
+                                    m.sport,
+                                    m.dport,
+                                    random_tcp_flags(&mut rng),
+                                ),
+                                _ => p,
+                            };
+                            p.build()
+                        }),
+                        _ => None,
                     }
                 }
-                _ => random_frame(&mut rng, &pools),
             };
+            let frame = later.unwrap_or_else(|| random_frame(&mut rng, &pools));
             let dir = if rng.gen_bool(0.5) {
                 DIR_INGRESS
             } else {
@@ -151,6 +248,9 @@ fn kernel_agrees_with_reference_on_random_traffic() {
                 out.verdict.severity,
                 len,
             );
+            if out.from_flow && m.is_icmp_error() {
+                related += 1;
+            }
             if out.from_flow {
                 flow_decided += 1;
             } else if out.verdict.severity >= severity::AUDIT {
@@ -174,11 +274,12 @@ fn kernel_agrees_with_reference_on_random_traffic() {
         }
     }
     eprintln!(
-        "{total} packets: {malformed} malformed, {denied} denied, {flow_decided} by the flow table"
+        "{total} packets: {malformed} malformed, {denied} denied, {flow_decided} by the flow table, \
+         {related} ICMP errors related to a flow"
     );
     // The run must have exercised every path, or it proves little.
     assert!(
-        malformed > 500 && denied > 1000 && flow_decided > 500,
+        malformed > 500 && denied > 1000 && flow_decided > 500 && related > 50,
         "weak mix"
     );
 

@@ -10,7 +10,7 @@ use wgbpf::policy::{
     reference::{FlowTuple, Model},
 };
 use wgbpf_bpf_tests::{
-    harness::{to_meta, Harness, DROP, PASS},
+    harness::{meta, Harness, DROP, PASS},
     packets::{Expected, Frame, Packet},
 };
 use wgbpf_common::{DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
@@ -72,10 +72,10 @@ fn check(
     quoted: Option<FlowTuple>,
     want: u32,
 ) {
-    let Expected::Packet(p) = &frame.expected else {
+    let Expected::Packet(_) = &frame.expected else {
         panic!("{} must parse", frame.label)
     };
-    let mut meta = to_meta(p);
+    let mut meta = meta(frame).expect("well formed");
     meta.quoted = quoted;
     let out = model.packet(&meta);
     let model_says = if out.verdict.passes() { PASS } else { DROP };

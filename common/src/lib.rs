@@ -29,6 +29,7 @@ macro_rules! for_each_map {
             EVENTS = "WGBPF_EVENTS",
             EVENT_BUCKET = "WGBPF_EVENT_BUCKET",
             EVENT_CONFIG = "WGBPF_EVENT_CONFIG",
+            FLOW_BUDGET = "WGBPF_FLOW_BUDGET",
         }
     };
 }
@@ -52,6 +53,13 @@ pub mod names {
     pub const PROG_EGRESS: &str = "wgbpf_egress";
     /// Global (in .rodata) set by the loader: bytes before the IP header.
     pub const L2_HDR_LEN: &str = "WGBPF_L2_HDR_LEN";
+    /// The benchmark's reference program and its maps (ebpf/src/acl_probe.rs).
+    pub const ACL_FLOOR: &str = "acl_floor";
+    pub const ACL_PROBE: &str = "acl_probe";
+    pub const ACL_PROBE_SOURCES: &str = "ACL_PROBE_SOURCES";
+    pub const ACL_PROBE_PORTS: &str = "ACL_PROBE_PORTS";
+    /// Global (in .rodata) set by the loader: flow lifetimes and budget.
+    pub const FLOW_CONFIG: &str = "WGBPF_FLOW_CONFIG";
 }
 
 /// Default capacities, overridable by the loader.
@@ -107,6 +115,12 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_SCTP: u8 = 132;
+
+/// TCP flags the flow table reads.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// ICMP echo message types: an echo request opens a flow, its reply
 /// belongs to it (the identifier stands in for the ports).
@@ -242,37 +256,140 @@ pub const SLOT_HAS_ANY_ANY: u32 = 8;
 /// The slot holds a loaded policy (an all-zero slot denies everything).
 pub const SLOT_VALID: u32 = 16;
 
-/// Flow-table key: the packet's own 5-tuple as it travels. For ICMP echo
-/// the identifier stands in the source port of requests and the destination
-/// port of replies, so a reply's key is the request's key reversed.
+/// Flow-table key: a connection's 5-tuple, normalised so that both
+/// directions find the one entry: side `a` is the (address, port) that
+/// sorts first. For ICMP echo the identifier stands in the source port of
+/// requests and the destination port of replies, so a reply's tuple is the
+/// request's reversed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub src: Addr,
-    pub dst: Addr,
-    pub sport: u16,
-    pub dport: u16,
+    pub a: Addr,
+    pub b: Addr,
+    pub a_port: u16,
+    pub b_port: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
 }
 
-/// Flow-table value.
+impl FlowKey {
+    /// The key of a packet from `src`:`sport` to `dst`:`dport`, and whether
+    /// the packet's source is side `a`.
+    #[inline(always)]
+    pub fn of(src: &Addr, dst: &Addr, sport: u16, dport: u16, proto: u8) -> (FlowKey, bool) {
+        let (s, d) = (addr_order(src), addr_order(dst));
+        let src_first = s < d || (s == d && sport <= dport);
+        let key = if src_first {
+            FlowKey {
+                a: *src,
+                b: *dst,
+                a_port: sport,
+                b_port: dport,
+                proto,
+                _pad: [0; 3],
+            }
+        } else {
+            FlowKey {
+                a: *dst,
+                b: *src,
+                a_port: dport,
+                b_port: sport,
+                proto,
+                _pad: [0; 3],
+            }
+        };
+        (key, src_first)
+    }
+}
+
+/// A total order on addresses that costs two 8-byte loads.
+#[inline(always)]
+fn addr_order(a: &Addr) -> (u64, u64) {
+    let hi = [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]];
+    let lo = [a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]];
+    (u64::from_ne_bytes(hi), u64::from_ne_bytes(lo))
+}
+
+/// Flow-table value: one per connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
+    /// Monotonic time (ns, `bpf_ktime_get_ns`) after which the entry is
+    /// dead; every packet of the flow pushes it on by its state's lifetime.
+    pub expires_ns: u64,
     /// Policy version that allowed the flow.
     pub version: u32,
-    /// The rule that allowed the flow's first packet.
+    /// The rule that allowed the flow's opening packet.
     pub rule: u32,
-    /// Counter slots of the key's source and destination, so packets of a
-    /// flow are counted without looking their addresses up again.
-    pub src_peer: u32,
-    pub dst_peer: u32,
+    /// Counter slots of the key's sides `a` and `b`, so packets of a flow
+    /// are counted without looking their addresses up again.
+    pub peer_a: u32,
+    pub peer_b: u32,
     /// [`severity::ALLOW`] or [`severity::AUDIT`]: how packets of the flow count.
     pub severity: u8,
-    /// 1 when this entry lets replies in (the key is the reversed tuple).
-    pub reply: u8,
-    pub _pad: [u8; 2],
+    /// The side that opened the flow: 0 for `a`, 1 for `b`.
+    pub opener: u8,
+    /// `FLOW_*` state.
+    pub state: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Flow states. Opening: only the opener has spoken (a SYN, or a first
+/// UDP/SCTP packet or echo request). Established: the other side answered.
+/// Closing: a TCP FIN or RST was seen.
+pub const FLOW_OPENING: u8 = 0;
+pub const FLOW_ESTABLISHED: u8 = 1;
+pub const FLOW_CLOSING: u8 = 2;
+
+/// Flow lifetimes and the budget of new flows, set by the loader as a
+/// read-only global (`names::FLOW_CONFIG`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowConfig {
+    /// TCP: opened, not yet answered.
+    pub tcp_opening_ns: u64,
+    pub tcp_established_ns: u64,
+    /// TCP after a FIN or RST.
+    pub tcp_closing_ns: u64,
+    /// UDP, SCTP, ICMP echo: opened, not yet answered; and answered.
+    pub other_opening_ns: u64,
+    pub other_established_ns: u64,
+    /// New flows each peer may open per second (0: no budget) and the
+    /// largest burst.
+    pub new_per_second: u32,
+    pub new_burst: u32,
+}
+
+impl FlowConfig {
+    /// Defaults: TCP 30 s unanswered, 6 h established, 10 s after FIN or
+    /// RST; others 30 s unanswered, 120 s answered; 1,000 new flows per peer
+    /// per second, bursts of 2,000.
+    pub const DEFAULT: FlowConfig = {
+        const S: u64 = 1_000_000_000;
+        FlowConfig {
+            tcp_opening_ns: 30 * S,
+            tcp_established_ns: 6 * 3600 * S,
+            tcp_closing_ns: 10 * S,
+            other_opening_ns: 30 * S,
+            other_established_ns: 120 * S,
+            new_per_second: 1000,
+            new_burst: 2000,
+        }
+    };
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A peer's budget of new flows (token bucket, in thousandths of a flow).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowBucket {
+    pub tokens_milli: u64,
+    pub last_ns: u64,
 }
 
 /// Per-peer counters, one slot per direction: ingress counts packets from the
@@ -326,7 +443,19 @@ pub mod stat {
     pub const EVENTS_LOST: u32 = 4;
     pub const FLOW_HITS: u32 = 5;
     pub const FLOW_RECHECKS: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Flow entries created.
+    pub const FLOW_NEW: u32 = 7;
+    /// New flows the table refused (the insert failed): judged alone.
+    pub const FLOW_INSERT_FAILED: u32 = 8;
+    /// New flows over their peer's budget: passed, but no entry made.
+    pub const FLOW_OVER_BUDGET: u32 = 9;
+    /// Entries found past their lifetime (removed when met).
+    pub const FLOW_EXPIRED: u32 = 10;
+    /// TCP packets other than a SYN that opened a flow: a connection whose
+    /// entry was lost (evicted, expired, or older than the table). The
+    /// table-pressure signal: evictions seen.
+    pub const FLOW_PICKUPS: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// A deny (or audit) event, sent to userspace through the ring buffer.
@@ -344,6 +473,17 @@ pub struct DenyEvent {
     pub severity: u8,
     /// [`DIR_INGRESS`] or [`DIR_EGRESS`].
     pub direction: u8,
+    pub _pad: u8,
+}
+
+/// Key of the benchmark's reference ACL (ebpf/src/acl_probe.rs): the
+/// source's identity, the destination port and the protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AclProbeKey {
+    pub identity: u32,
+    pub port: u16,
+    pub proto: u8,
     pub _pad: u8,
 }
 
@@ -413,6 +553,9 @@ mod pod {
     unsafe impl aya::Pod for EventConfig {}
     unsafe impl aya::Pod for EventBucket {}
     unsafe impl aya::Pod for PeerName {}
+    unsafe impl aya::Pod for FlowConfig {}
+    unsafe impl aya::Pod for FlowBucket {}
+    unsafe impl aya::Pod for AclProbeKey {}
 }
 
 #[cfg(test)]
@@ -422,13 +565,34 @@ mod tests {
     use core::mem::size_of;
 
     #[test]
+    fn both_directions_of_a_flow_share_one_key() {
+        let (x, y) = (map_v4([10, 0, 0, 2]), map_v4([10, 0, 0, 1]));
+        let v6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+        for (s, d, sp, dp) in [
+            (x, y, 40000, 22),
+            (y, x, 22, 40000),
+            (x, x, 1, 2),
+            (v6, x, 7, 7),
+        ] {
+            let (k1, a1) = FlowKey::of(&s, &d, sp, dp, PROTO_TCP);
+            let (k2, a2) = FlowKey::of(&d, &s, dp, sp, PROTO_TCP);
+            assert_eq!(k1, k2);
+            assert!(a1 != a2 || (s == d && sp == dp));
+        }
+        // Same addresses, ports differ: still two sides.
+        let (k, a) = FlowKey::of(&x, &x, 2, 1, PROTO_UDP);
+        assert_eq!((k.a_port, k.b_port, a), (1, 2, false));
+    }
+
+    #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<PolicyKey>(), 12);
         assert_eq!(size_of::<Endpoint>(), 12);
         assert_eq!(size_of::<IpCacheKey>(), 17);
         assert_eq!(size_of::<PolicyValue>(), 8);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<FlowValue>(), 20);
+        assert_eq!(size_of::<FlowValue>(), 32);
+        assert_eq!(size_of::<FlowConfig>(), 48);
         assert_eq!(size_of::<DenyKey>(), 24);
         assert_eq!(size_of::<DenyEvent>(), 8 + 32 + 8 + 4 + 4);
         assert_eq!(size_of::<PeerCounters>(), 2 * 6 * 8);

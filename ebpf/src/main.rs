@@ -29,6 +29,18 @@ const TC_ACT_UNSPEC: i32 = -1;
 #[no_mangle]
 static WGBPF_L2_HDR_LEN: u32 = 0;
 
+/// Flow lifetimes and budget (`FlowConfig`), set at load.
+#[no_mangle]
+static WGBPF_FLOW_CONFIG: FlowConfig = FlowConfig::DEFAULT;
+
+/// One field of the flow configuration (read where needed: a copy of the
+/// whole would cost stack).
+macro_rules! flow_config {
+    ($field:ident) => {
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(WGBPF_FLOW_CONFIG.$field)) }
+    };
+}
+
 const BPF_F_NO_PREALLOC: u32 = 1;
 /// The controller writes the port-class arrays through mmap.
 const BPF_F_MMAPABLE: u32 = 1024;
@@ -102,6 +114,12 @@ macro_rules! declare_maps {
         #[map(name = $n)]
         static EVENT_CONFIG: Array<EventConfig> = Array::with_max_entries(1, 0);
     };
+    // Shared by all CPUs: a peer's budget is the peer's, whichever CPU its
+    // packets land on (races between CPUs only blur it by a few flows).
+    (@map FLOW_BUDGET $n:tt) => {
+        #[map(name = $n)]
+        static FLOW_BUDGET: Array<FlowBucket> = Array::with_max_entries(capacity::PEERS, 0);
+    };
     ($($id:ident = $name:tt),* $(,)?) => {
         $(declare_maps!(@map $id $name);)*
     };
@@ -146,31 +164,41 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
         Some(c) => *c,
         None => SlotConfig::default(),
     };
-    // Fast path: a packet of a flow allowed under the current policy needs
-    // neither identities nor policy.
-    let (tracked, key) = flow_key(pkt);
+    // Fast path: a packet of a live flow allowed under the current policy
+    // needs neither identities nor policy.
+    let (tracked, key, from_a) = flow_key(pkt);
     let mut stale = Stale::No;
+    let mut now = 0;
     if tracked {
-        if let Some(entry) = FLOWS.get_ptr(&key) {
-            let entry = unsafe { &*entry };
-            if entry.version == cfg.version {
+        now = unsafe { bpf_ktime_get_ns() };
+        if let Some(entry) = FLOWS.get_ptr_mut(&key) {
+            let entry = unsafe { &mut *entry };
+            let from_opener = from_a == (entry.opener == 0);
+            if now > entry.expires_ns {
+                // Lazy expiry: a dead entry is removed when met.
+                let _ = FLOWS.remove(&key);
+                bump_stat(stat::FLOW_EXPIRED);
+            } else if entry.version == cfg.version {
                 bump_stat(stat::FLOW_HITS);
-                let peer = if dir == DIR_INGRESS {
-                    entry.src_peer
+                advance(entry, pkt, from_opener, now);
+                // Ingress counts the source's peer, egress the destination's.
+                let peer = if (dir == DIR_INGRESS) == from_a {
+                    entry.peer_a
                 } else {
-                    entry.dst_peer
+                    entry.peer_b
                 };
                 count_peer(peer, dir, entry.severity, pkt.len);
                 return TC_ACT_UNSPEC;
-            }
-            // The policy changed since the flow began: the flow lives on
-            // only if its opening direction is still allowed.
-            bump_stat(stat::FLOW_RECHECKS);
-            stale = if entry.reply != 0 {
-                Stale::Reply
             } else {
-                Stale::Forward
-            };
+                // The policy changed since the flow began: the flow lives
+                // on only if its opening direction is still allowed.
+                bump_stat(stat::FLOW_RECHECKS);
+                stale = if from_opener {
+                    Stale::Forward
+                } else {
+                    Stale::Reply
+                };
+            }
         }
     }
 
@@ -179,7 +207,10 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
     let flow = FlowCtx {
         key: &key,
         tracked,
+        from_a,
         stale,
+        now,
+        dir,
     };
     let (verdict, from_flow) = decide(pkt, &flow, slot, &cfg, &src_ep, &dst_ep);
 
@@ -233,7 +264,12 @@ enum Stale {
 struct FlowCtx<'a> {
     key: &'a FlowKey,
     tracked: bool,
+    /// The packet's source is the key's side `a`.
+    from_a: bool,
     stale: Stale,
+    /// bpf_ktime_get_ns() when tracked.
+    now: u64,
+    dir: usize,
 }
 
 /// The verdict for a packet the fast path did not settle, and whether the
@@ -279,7 +315,7 @@ fn decide(
             cfg,
         );
         if origin.severity != severity::DENY {
-            refresh(flow.key, cfg.version, &origin, peers);
+            refresh(flow, cfg.version, &origin, peers, pkt);
             return (origin, true);
         }
         let _ = FLOWS.remove(flow.key);
@@ -299,28 +335,120 @@ fn decide(
     );
     if flow.stale == Stale::Forward {
         if v.severity != severity::DENY {
-            refresh(flow.key, cfg.version, &v, peers);
+            refresh(flow, cfg.version, &v, peers, pkt);
             return (v, true);
         }
         let _ = FLOWS.remove(flow.key);
         return (v, false);
     }
     if v.severity != severity::DENY && flow.tracked && opens_flow(pkt) {
-        track(flow.key, cfg.version, &v, peers);
+        // The opener's peer pays: the source's on ingress, the
+        // destination's on egress (the peer the packet is counted for).
+        let payer = if flow.dir == DIR_INGRESS {
+            src.peer
+        } else {
+            dst.peer
+        };
+        if take_budget(payer, flow.now) {
+            let value = FlowValue {
+                expires_ns: flow.now + lifetime(pkt.proto, FLOW_OPENING),
+                version: cfg.version,
+                rule: v.rule,
+                peer_a: if flow.from_a { src.peer } else { dst.peer },
+                peer_b: if flow.from_a { dst.peer } else { src.peer },
+                severity: v.severity,
+                opener: if flow.from_a { 0 } else { 1 },
+                state: FLOW_OPENING,
+                _pad: [0; 5],
+            };
+            track(flow.key, &value, pkt);
+        } else {
+            bump_stat(stat::FLOW_OVER_BUDGET);
+        }
     }
     (v, false)
 }
 
+/// A packet of a live flow moves its state on and pushes its expiry.
+#[inline(always)]
+fn advance(entry: &mut FlowValue, pkt: &Packet, from_opener: bool, now: u64) {
+    let mut state = entry.state;
+    if pkt.proto == PROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        state = FLOW_CLOSING;
+    } else if !from_opener && state == FLOW_OPENING {
+        state = FLOW_ESTABLISHED;
+    } else if from_opener && state == FLOW_CLOSING && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    {
+        // The opener reuses the tuple for a new connection.
+        state = FLOW_OPENING;
+    }
+    entry.state = state;
+    entry.expires_ns = now + lifetime(pkt.proto, state);
+}
+
+/// How long an entry lives after its last packet, by protocol and state.
+#[inline(always)]
+fn lifetime(proto: u8, state: u8) -> u64 {
+    match (proto == PROTO_TCP, state) {
+        (true, FLOW_OPENING) => flow_config!(tcp_opening_ns),
+        (true, FLOW_ESTABLISHED) => flow_config!(tcp_established_ns),
+        (true, _) => flow_config!(tcp_closing_ns),
+        (false, FLOW_OPENING) => flow_config!(other_opening_ns),
+        (false, _) => flow_config!(other_established_ns),
+    }
+}
+
+/// Takes one new flow from `peer`'s budget (token bucket); false when the
+/// peer has used it up.
+#[inline(always)]
+fn take_budget(peer: u32, now: u64) -> bool {
+    let rate = flow_config!(new_per_second) as u64;
+    if rate == 0 {
+        return true;
+    }
+    let Some(bucket) = FLOW_BUDGET.get_ptr_mut(peer) else {
+        return true;
+    };
+    let bucket = unsafe { &mut *bucket };
+    let mut elapsed = now.wrapping_sub(bucket.last_ns);
+    if elapsed > 10_000_000_000 {
+        elapsed = 10_000_000_000;
+    }
+    bucket.last_ns = now;
+    let cap = flow_config!(new_burst) as u64 * 1000;
+    let mut tokens = bucket.tokens_milli + elapsed * rate / 1_000_000;
+    if tokens > cap {
+        tokens = cap;
+    }
+    if tokens < 1000 {
+        bucket.tokens_milli = tokens;
+        return false;
+    }
+    bucket.tokens_milli = tokens - 1000;
+    true
+}
+
 /// A flow entry re-checked under the current policy: keep it, renewed.
 #[inline(always)]
-fn refresh(key: &FlowKey, version: u32, v: &Verdict, (src_peer, dst_peer): (u32, u32)) {
-    if let Some(entry) = FLOWS.get_ptr_mut(key) {
+fn refresh(
+    flow: &FlowCtx,
+    version: u32,
+    v: &Verdict,
+    (src_peer, dst_peer): (u32, u32),
+    pkt: &Packet,
+) {
+    if let Some(entry) = FLOWS.get_ptr_mut(flow.key) {
         let entry = unsafe { &mut *entry };
         entry.version = version;
         entry.severity = v.severity;
         entry.rule = v.rule;
-        entry.src_peer = src_peer;
-        entry.dst_peer = dst_peer;
+        (entry.peer_a, entry.peer_b) = if flow.from_a {
+            (src_peer, dst_peer)
+        } else {
+            (dst_peer, src_peer)
+        };
+        let from_opener = flow.from_a == (entry.opener == 0);
+        advance(entry, pkt, from_opener, flow.now);
     }
 }
 
@@ -364,11 +492,11 @@ fn reversed_policy_port(pkt: &Packet) -> u16 {
     }
 }
 
-/// The packet's flow-table key, and whether it has one (fragments,
-/// portless protocols and ICMP other than echo belong to no flow; their key
-/// is all zeros and never looked up).
+/// The packet's flow-table key, whether it has one (fragments, portless
+/// protocols and ICMP other than echo belong to no flow; their key is
+/// never looked up), and whether its source is the key's side `a`.
 #[inline(always)]
-fn flow_key(pkt: &Packet) -> (bool, FlowKey) {
+fn flow_key(pkt: &Packet) -> (bool, FlowKey, bool) {
     let (tracked, sport, dport) = match pkt.proto {
         // Fragments, and ICMP of the other family (not ICMP), have no ports.
         _ if !pkt.ported => (false, 0, 0),
@@ -385,52 +513,36 @@ fn flow_key(pkt: &Packet) -> (bool, FlowKey) {
         },
         _ => (false, 0, 0),
     };
-    let key = FlowKey {
-        src: pkt.src,
-        dst: pkt.dst,
-        sport,
-        dport,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    };
-    (tracked, key)
+    let (key, from_a) = FlowKey::of(&pkt.src, &pkt.dst, sport, dport, pkt.proto);
+    (tracked, key, from_a)
 }
 
-/// Packets that, once allowed, let their replies in. Echo replies do not.
+/// Packets that, once allowed, let their replies in. Echo replies do not,
+/// nor does a TCP reset.
 #[inline(always)]
 fn opens_flow(pkt: &Packet) -> bool {
     match pkt.proto {
         PROTO_ICMP => pkt.icmp_type == ICMP_ECHO_REQUEST,
         PROTO_ICMPV6 => pkt.icmp_type == ICMPV6_ECHO_REQUEST,
+        PROTO_TCP => pkt.tcp_flags & TCP_RST == 0,
         _ => true,
     }
 }
 
 // Separate BPF functions from here on keep the main frame's stack small.
+/// Inserts a new flow, checking the result: a refused insert leaves the
+/// packet judged alone (its replies meet the policy), counted.
 #[inline(never)]
-fn track(key: &FlowKey, version: u32, v: &Verdict, (src_peer, dst_peer): (u32, u32)) {
-    let mut value = FlowValue {
-        version,
-        rule: v.rule,
-        src_peer,
-        dst_peer,
-        severity: v.severity,
-        reply: 0,
-        _pad: [0; 2],
-    };
-    let _ = FLOWS.insert(key, &value, 0);
-    let reverse = FlowKey {
-        src: key.dst,
-        dst: key.src,
-        sport: key.dport,
-        dport: key.sport,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
-    value.reply = 1;
-    value.src_peer = dst_peer;
-    value.dst_peer = src_peer;
-    let _ = FLOWS.insert(&reverse, &value, 0);
+fn track(key: &FlowKey, value: &FlowValue, pkt: &Packet) {
+    match FLOWS.insert(key, value, 0) {
+        Ok(()) => {
+            bump_stat(stat::FLOW_NEW);
+            if pkt.proto == PROTO_TCP && pkt.tcp_flags & TCP_SYN == 0 {
+                bump_stat(stat::FLOW_PICKUPS);
+            }
+        }
+        Err(_) => bump_stat(stat::FLOW_INSERT_FAILED),
+    }
 }
 
 #[inline(always)]

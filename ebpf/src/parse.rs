@@ -3,7 +3,11 @@
 //! enforces), so a truncated header is an error, never a read of garbage.
 //! Anything we cannot parse is dropped as malformed.
 
-use aya_ebpf::{cty::c_void, helpers::bpf_skb_load_bytes, programs::TcContext};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    programs::TcContext,
+};
 use wgbpf_common::{
     map_v4, Addr, FlowKey, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6,
     PROTO_SCTP, PROTO_TCP, PROTO_UDP,
@@ -26,6 +30,8 @@ pub struct Packet {
     pub icmp_type: u8,
     /// ICMP echo identifier.
     pub icmp_id: u16,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
     /// Bytes from the IP header on.
     pub len: u32,
     /// For an ICMP error about a packet of a live flow, sent back to that
@@ -161,6 +167,7 @@ fn parse_v4(ctx: &TcContext, b: &Bytes, l2: usize, avail: usize) -> Result<Packe
         ported: false,
         icmp_type: 0,
         icmp_id: 0,
+        tcp_flags: 0,
         len: total as u32,
         related: false,
         related_far_end: false,
@@ -170,7 +177,10 @@ fn parse_v4(ctx: &TcContext, b: &Bytes, l2: usize, avail: usize) -> Result<Packe
     };
     // Options are walked only to refuse source routes; otherwise they are
     // skipped by the header length.
-    if ihl > 20 && !v4_options_ok(ctx, l2 + 20, ihl - 20) {
+    // Called for every IPv4 packet (it returns at once without options):
+    // a test on `ihl` here would split the verifier's view of the header
+    // length, and everything after it would be verified twice.
+    if !v4_options_ok(ctx, l2 + 20, ihl - 20) {
         return Err(Malformed);
     }
     if !p.fragment {
@@ -179,18 +189,21 @@ fn parse_v4(ctx: &TcContext, b: &Bytes, l2: usize, avail: usize) -> Result<Packe
     Ok(p)
 }
 
-/// IPv4 options at `off` (`len` bytes, 1..=40): false for a loose or strict
-/// source route (a packet judged as addressed to one host must not carry a
-/// route onward) or an option length the kernel's own parser refuses. A
-/// BPF function of its own, walking a copy on its own stack: its loop
-/// states stay out of the caller's.
+/// IPv4 options at `off` (`len` bytes, at most 40): false for a loose or
+/// strict source route (a packet judged as addressed to one host must not
+/// carry a route onward) or an option length the kernel's own parser
+/// refuses. A BPF function of its own, walking a copy on its own stack.
 #[inline(never)]
 fn v4_options_ok(ctx: &TcContext, off: usize, len: usize) -> bool {
-    let mut buf = [0u8; 40];
     let len = len & 0x3f;
-    if len == 0 || len > 40 {
+    if len == 0 {
+        return true;
+    }
+    if len > 40 {
         return false;
     }
+    // 64 bytes so that every index below, masked, is in bounds.
+    let mut buf = [0u8; 64];
     let copied = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb as *const _,
@@ -207,25 +220,16 @@ fn v4_options_ok(ctx: &TcContext, off: usize, len: usize) -> bool {
         if i >= len {
             return true;
         }
-        let Some(&kind) = buf.get(i) else {
-            return false;
-        };
-        match kind {
+        let kind = buf[i & 63];
+        let olen = buf[(i + 1) & 63] as usize;
+        let step = match kind {
             0 => return true,
-            1 => {
-                i += 1;
-                continue;
-            }
+            1 => 1,
             LSRR | SSRR => return false,
-            _ => {}
-        }
-        let Some(&olen) = buf.get(i + 1) else {
-            return false;
+            _ if olen < 2 || i + 1 >= len => return false,
+            _ => olen,
         };
-        if olen < 2 || i + 1 >= len {
-            return false;
-        }
-        i += olen as usize;
+        i += step;
         if i > len {
             return false;
         }
@@ -257,6 +261,7 @@ fn parse_v6(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
         ported: false,
         icmp_type: 0,
         icmp_id: 0,
+        tcp_flags: 0,
         len: (40 + payload) as u32,
         related: false,
         related_far_end: false,
@@ -352,6 +357,10 @@ fn parse_l4(b: &Bytes, off: usize, room: usize, icmp: u8, p: &mut Packet) -> Res
             p.sport = ports.be16(0);
             p.dport = ports.be16(2);
             p.ported = true;
+            if p.proto == PROTO_TCP {
+                // Within the 20 bytes `room` vouches for.
+                p.tcp_flags = b.view::<14>(off)?.u8(13);
+            }
         }
         proto if proto == icmp => {
             if room < 8 {
@@ -387,29 +396,34 @@ pub fn is_icmp_error(proto: u8, icmp_type: u8) -> bool {
 /// who sent the error.
 #[inline(always)]
 fn related(b: &Bytes, off: usize, room: usize, p: &mut Packet) {
-    let mut key = FlowKey {
-        src: [0; 16],
-        dst: [0; 16],
-        sport: 0,
-        dport: 0,
+    // The quoted tuple as it travelled: `a` its source, `b` its destination.
+    let mut q = FlowKey {
+        a: [0; 16],
+        b: [0; 16],
+        a_port: 0,
+        b_port: 0,
         proto: 0,
         _pad: [0; 3],
     };
-    if quoted(b, off, room, &mut key).is_err() || key.src != p.dst {
+    if quoted(b, off, room, &mut q).is_err() || q.a != p.dst {
         return;
     }
+    let (key, _) = FlowKey::of(&q.a, &q.b, q.a_port, q.b_port, q.proto);
     if let Some(entry) = crate::FLOWS.get_ptr(&key) {
-        p.related = true;
-        p.related_far_end = key.dst == p.src;
         let entry = unsafe { &*entry };
+        if unsafe { bpf_ktime_get_ns() } > entry.expires_ns {
+            return;
+        }
+        p.related = true;
+        p.related_far_end = q.b == p.src;
         p.related_version = entry.version;
         p.related_rule = entry.rule;
         p.related_severity = entry.severity;
     }
 }
 
-/// The flow key of the packet quoted in an ICMP error, if its headers are
-/// there in full (IPv4 with options allowed; IPv6 without extension
+/// The tuple of the packet quoted in an ICMP error (`a` its source, `b` its
+/// destination, not normalised), if its headers are there in full (IPv4 with options allowed; IPv6 without extension
 /// headers). Anything else is simply not related to a flow.
 #[inline(always)]
 fn quoted(b: &Bytes, off: usize, room: usize, key: &mut FlowKey) -> Result<(), Malformed> {
@@ -421,14 +435,14 @@ fn quoted(b: &Bytes, off: usize, room: usize, key: &mut FlowKey) -> Result<(), M
             if ihl < 20 || h.be16(6) & 0x1fff != 0 {
                 return Err(Malformed);
             }
-            key.src = h.v4_addr(12);
-            key.dst = h.v4_addr(16);
+            key.a = h.v4_addr(12);
+            key.b = h.v4_addr(16);
             (h.u8(9), ihl)
         }
         6 => {
             let h = b.view::<40>(off)?;
-            key.src = h.v6_addr(8);
-            key.dst = h.v6_addr(24);
+            key.a = h.v6_addr(8);
+            key.b = h.v6_addr(24);
             (h.u8(6), 40)
         }
         _ => return Err(Malformed),
@@ -443,8 +457,8 @@ fn quoted(b: &Bytes, off: usize, room: usize, key: &mut FlowKey) -> Result<(), M
         PROTO_ICMPV6 if l4.u8(0) == ICMPV6_ECHO_REQUEST => (l4.be16(4), 0),
         _ => return Err(Malformed),
     };
-    key.sport = sport;
-    key.dport = dport;
+    key.a_port = sport;
+    key.b_port = dport;
     key.proto = proto;
     Ok(())
 }

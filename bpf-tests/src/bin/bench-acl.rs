@@ -12,6 +12,13 @@
 //! - `acl_established`: an allowed TCP packet of a flow already in the flow
 //!   table (the first run creates the entry).
 //!
+//! Yardsticks, run under the same harness, frame and repeat count
+//! (ebpf/src/acl_probe.rs):
+//! - `acl_floor`: a program that returns at once.
+//! - `acl_probe case=allowed|denied`: the least a per-peer-port ACL can do,
+//!   one LPM lookup on the source and one hash lookup on (identity,
+//!   protocol, port), with 100,000 entries in each map.
+//!
 //! One program instance (with private maps) per policy size, all loaded at
 //! once, and samples interleaved across sizes and cases, so the ratios come
 //! from one run. Results on stdout; everything else on stderr.
@@ -309,6 +316,113 @@ fn check_kernel(case: &Case) -> Result<()> {
     Ok(())
 }
 
+/// Entries in each of the reference ACL's maps.
+const PROBE_ENTRIES: u32 = 100_000;
+/// The source (by index) and ports the reference probes use.
+const PROBE_SOURCE: u32 = 54_321;
+const PROBE_ALLOWED_PORT: u16 = 443;
+const PROBE_DENIED_PORT: u16 = 444;
+
+/// The yardsticks: the floor and the reference ACL, loaded once.
+struct Yardsticks {
+    ebpf: aya::Ebpf,
+    allowed: Vec<u8>,
+    denied: Vec<u8>,
+    floor_ns: Vec<u64>,
+    allowed_ns: Vec<u64>,
+    denied_ns: Vec<u64>,
+}
+
+fn probe_source(i: u32) -> [u8; 4] {
+    [10, (i >> 16) as u8, (i >> 8) as u8, i as u8]
+}
+
+fn setup_yardsticks() -> Result<Yardsticks> {
+    use aya::maps::{lpm_trie::Key, HashMap, LpmTrie};
+    use aya::programs::SchedClassifier;
+    use wgbpf_common::AclProbeKey;
+
+    let mut ebpf = aya::Ebpf::load(wgbpf::dataplane::ACL_PROBE_OBJECT)
+        .context("loading the reference ACL object")?;
+    for name in [names::ACL_FLOOR, names::ACL_PROBE] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?;
+        prog.load().with_context(|| format!("loading {name}"))?;
+    }
+    let t = Instant::now();
+    let mut sources: LpmTrie<_, [u8; 4], u32> = ebpf
+        .map_mut(names::ACL_PROBE_SOURCES)
+        .context("sources map")?
+        .try_into()?;
+    for i in 0..PROBE_ENTRIES {
+        sources.insert(&Key::new(32, probe_source(i)), i, 0)?;
+    }
+    let mut ports: HashMap<_, AclProbeKey, u32> = ebpf
+        .map_mut(names::ACL_PROBE_PORTS)
+        .context("ports map")?
+        .try_into()?;
+    for i in 0..PROBE_ENTRIES {
+        let key = AclProbeKey {
+            identity: i,
+            port: PROBE_ALLOWED_PORT,
+            proto: PROTO_TCP,
+            _pad: 0,
+        };
+        ports.insert(key, 1, 0)?;
+    }
+    eprintln!(
+        "bench-acl: reference ACL filled ({PROBE_ENTRIES} prefixes, {PROBE_ENTRIES} ports) in {}",
+        ms(t.elapsed())
+    );
+    let src = IpAddr::from(probe_source(PROBE_SOURCE));
+    let dst = IpAddr::from([10, 255, 255, 1]);
+    Ok(Yardsticks {
+        ebpf,
+        allowed: Packet::tcp(src, dst, 40000, PROBE_ALLOWED_PORT)
+            .build()
+            .bytes,
+        denied: Packet::tcp(src, dst, 40000, PROBE_DENIED_PORT)
+            .build()
+            .bytes,
+        floor_ns: Vec::new(),
+        allowed_ns: Vec::new(),
+        denied_ns: Vec::new(),
+    })
+}
+
+impl Yardsticks {
+    fn run(&self, name: &str, frame: &[u8], repeat: u32, want: u32) -> Result<u64> {
+        use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?;
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        })?;
+        if r.return_value != want {
+            bail!("{name} returned {}, expected {want}", r.return_value);
+        }
+        Ok(r.duration.as_nanos() as u64)
+    }
+
+    /// One sample of each yardstick.
+    fn sample(&mut self, repeat: u32) -> Result<()> {
+        let ns = self.run(names::ACL_FLOOR, &self.allowed, repeat, PASS)?;
+        self.floor_ns.push(ns);
+        let ns = self.run(names::ACL_PROBE, &self.allowed, repeat, PASS)?;
+        self.allowed_ns.push(ns);
+        let ns = self.run(names::ACL_PROBE, &self.denied, repeat, DROP)?;
+        self.denied_ns.push(ns);
+        Ok(())
+    }
+}
+
 /// One timed test_run: (kernel mean ns per run, wall ns per run).
 fn sample(h: &Harness, frame: &[u8], repeat: u32, want: u32) -> Result<(u64, f64)> {
     let t = Instant::now();
@@ -349,6 +463,7 @@ fn run() -> Result<()> {
     for &n in &args.rules {
         cases.push(setup(n, args.peers)?);
     }
+    let mut yard = setup_yardsticks()?;
     for case in &cases {
         check_kernel(case)?;
         let prog = case.harness.dp.program(names::PROG_INGRESS)?;
@@ -375,6 +490,8 @@ fn run() -> Result<()> {
         sample(&case.harness, &case.verdict_frame, warm, DROP)?;
         sample(&case.harness, &case.established_frame, warm, PASS)?;
     }
+    yard.sample(warm)?;
+    (yard.floor_ns, yard.allowed_ns, yard.denied_ns) = Default::default();
     let t = Instant::now();
     let k = cases.len();
     for s in 0..args.samples as usize {
@@ -387,6 +504,7 @@ fn run() -> Result<()> {
             case.established_ns.push(ns);
             case.established_wall.push(wall);
         }
+        yard.sample(args.repeat)?;
     }
     eprintln!(
         "bench-acl: {} samples x {} cases x repeat {} in {:.1} s",
@@ -407,6 +525,18 @@ fn run() -> Result<()> {
             median_f64(&case.established_wall),
         );
     }
+    eprintln!(
+        "bench-acl: floor samples {:?} ns; probe allowed {:?} ns, denied {:?} ns",
+        yard.floor_ns, yard.allowed_ns, yard.denied_ns
+    );
+    let floor = median_u64(&yard.floor_ns);
+    let probe_allowed = median_u64(&yard.allowed_ns);
+    println!("acl_floor ns_per_packet={floor:.1}");
+    println!("acl_probe case=allowed ns_per_packet={probe_allowed:.1}");
+    println!(
+        "acl_probe case=denied ns_per_packet={:.1}",
+        median_u64(&yard.denied_ns)
+    );
     for case in &cases {
         println!(
             "acl_verdict rules={} peers={} ns_per_packet={:.1}",
@@ -429,6 +559,18 @@ fn run() -> Result<()> {
     let hi = median_u64(&largest.verdict_ns);
     let ratio = if lo > 0.0 { hi / lo } else { f64::NAN };
     println!("acl_flatness largest_over_smallest={ratio:.2}");
+    // Ratios to the reference ACL's allowed packet (the aims: an
+    // established flow at most 1.2, a full verdict at most 3).
+    if probe_allowed > 0.0 {
+        for case in &cases {
+            println!(
+                "acl_vs_probe rules={} established={:.2} verdict={:.2}",
+                case.rules,
+                median_u64(&case.established_ns) / probe_allowed,
+                median_u64(&case.verdict_ns) / probe_allowed
+            );
+        }
+    }
     Ok(())
 }
 

@@ -139,6 +139,7 @@ mod tests {
             dport,
             icmp_type: 0,
             icmp_id: 0,
+            tcp_flags: 0,
             quoted: None,
         }
     }

@@ -68,6 +68,14 @@ pub struct Stats {
     pub events_lost: u64,
     pub flow_hits: u64,
     pub flow_rechecks: u64,
+    /// Flow-table pressure: entries made, inserts refused, new flows over
+    /// their peer's budget, dead entries met, and TCP connections picked up
+    /// mid-stream (their entry was lost: evictions seen).
+    pub flow_new: u64,
+    pub flow_insert_failed: u64,
+    pub flow_over_budget: u64,
+    pub flow_expired: u64,
+    pub flow_pickups: u64,
 }
 
 /// Turns a mapped kernel address back into an IPv4 or IPv6 address.
@@ -146,6 +154,12 @@ impl Maps {
             events_lost: read(stat::EVENTS_LOST)?,
             flow_hits: read(stat::FLOW_HITS)?,
             flow_rechecks: read(stat::FLOW_RECHECKS)?,
+            // A stats map pinned by an older build is shorter: 0 there.
+            flow_new: read(stat::FLOW_NEW).unwrap_or(0),
+            flow_insert_failed: read(stat::FLOW_INSERT_FAILED).unwrap_or(0),
+            flow_over_budget: read(stat::FLOW_OVER_BUDGET).unwrap_or(0),
+            flow_expired: read(stat::FLOW_EXPIRED).unwrap_or(0),
+            flow_pickups: read(stat::FLOW_PICKUPS).unwrap_or(0),
         })
     }
 }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
 use thiserror::Error;
-use wgbpf_common::{capacity, names, EventConfig};
+use wgbpf_common::{capacity, names, EventConfig, FlowConfig};
 
 pub use maps::Maps;
 
@@ -35,6 +35,12 @@ pub mod test_programs {
     /// Its program name.
     pub const TC_PASS: &str = "wgbpf_test_pass";
 }
+
+/// The benchmark's yardsticks (ebpf/src/acl_probe.rs): a program that
+/// returns at once and the least a per-peer-port ACL can do. Never loaded
+/// by wgbpf itself; `cargo xtask bench acl` runs them.
+pub static ACL_PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/wgbpf-acl-probe.o"));
 
 /// Where an interface's programs, maps and links are pinned. `iface` must
 /// be a checked interface name ([`crate::ifname::check`] at every input),
@@ -136,6 +142,8 @@ pub struct LoadOptions {
     pub capacities: Capacities,
     /// Deny events per second per CPU, and burst.
     pub events: Option<EventConfig>,
+    /// Flow lifetimes and the budget of new flows per peer.
+    pub flows: FlowConfig,
 }
 
 /// A loaded object: its programs and its maps.
@@ -152,6 +160,8 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .override_global(names::L2_HDR_LEN, &opts.l2_hdr_len, true)
+            .override_global(names::FLOW_CONFIG, &opts.flows, true)
+            .map_max_entries(names::FLOW_BUDGET, caps.peers)
             .map_max_entries(names::POLICY, caps.policy)
             .map_max_entries(names::IPCACHE, caps.ipcache)
             .map_max_entries(names::HOSTS, caps.hosts)

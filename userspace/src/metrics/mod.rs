@@ -684,6 +684,18 @@ fn encode_snapshot(enc: &mut DescriptorEncoder, s: &Snapshot, dropped_total: u64
         "Flow-table entries from an older policy version re-checked against the current one",
         [(NONE, st.flow_rechecks)],
     )?;
+    counter(
+        enc,
+        "wgbpf_flow_table_events",
+        "Flow-table pressure: entries created, inserts refused, new flows over their peer's budget (passed, not tracked), entries met past their lifetime, TCP connections picked up mid-stream (their entry was lost: evictions seen)",
+        [
+            ([("event", "new")], st.flow_new),
+            ([("event", "insert_failed")], st.flow_insert_failed),
+            ([("event", "over_budget")], st.flow_over_budget),
+            ([("event", "expired")], st.flow_expired),
+            ([("event", "pickup")], st.flow_pickups),
+        ],
+    )?;
     Ok(())
 }
 

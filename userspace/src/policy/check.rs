@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use serde::Serialize;
-use wgbpf_common::{rule_id, severity, PROTO_ICMP, PROTO_ICMPV6};
+use wgbpf_common::{rule_id, severity, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, TCP_SYN};
 
 use super::{
     model::{proto_name, Policy, PolicyTest},
@@ -39,6 +39,7 @@ pub fn explain(policy: &Policy, src: IpAddr, dst: IpAddr, proto: u8, port: u16) 
         dport: if icmp { 0 } else { port },
         icmp_type: if icmp { port as u8 } else { 0 },
         icmp_id: 0,
+        tcp_flags: if proto == PROTO_TCP { TCP_SYN } else { 0 },
         quoted: None,
     };
     describe(policy, &pkt, evaluate(policy, &pkt))

@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use wgbpf_common::{
     rule_id, severity, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, TCP_RST,
 };
 
 use super::model::{Action, Policy, Rule};
@@ -22,6 +22,8 @@ pub struct PacketMeta {
     pub dport: u16,
     pub icmp_type: u8,
     pub icmp_id: u16,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
     /// For an ICMP error: the flow tuple of the packet it quotes, as that
     /// packet travelled (echo requests as (id, 0)).
     pub quoted: Option<FlowTuple>,
@@ -182,7 +184,8 @@ pub fn is_icmp_error(proto: u8, icmp_type: u8) -> bool {
 struct FlowState {
     version: u32,
     verdict: Verdict,
-    reply: bool,
+    /// The tuple of the packet that opened the flow, as it travelled.
+    opened_by: FlowTuple,
 }
 
 /// The outcome for one packet through the stateful model.
@@ -194,12 +197,36 @@ pub struct Outcome {
 }
 
 /// The data plane as a state machine: a policy (with a version) and a flow
-/// table without capacity limits. Drive it with the same packets as the
-/// kernel, in the same order.
+/// table without capacity limits, budgets or clock (the kernel's lifetimes
+/// and budget are tested on their own, against the documented behaviour).
+/// Drive it with the same packets as the kernel, in the same order.
 pub struct Model {
     policy: Policy,
     version: u32,
+    /// One entry per connection, found from both directions.
     flows: HashMap<FlowTuple, FlowState>,
+}
+
+impl FlowTuple {
+    /// The tuple the other way.
+    pub fn reversed(&self) -> FlowTuple {
+        FlowTuple {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+
+    /// One key for both directions: the lower (address, port) first.
+    fn normalised(&self) -> FlowTuple {
+        if (self.src, self.sport) <= (self.dst, self.dport) {
+            *self
+        } else {
+            self.reversed()
+        }
+    }
 }
 
 impl Model {
@@ -240,7 +267,11 @@ impl Model {
                 && q.src == pkt.dst
                 && (q.dst == pkt.src || self.is_gateway(pkt.src))
         }) {
-            if let Some(state) = self.flows.get(&q).filter(|s| s.version == self.version) {
+            if let Some(state) = self
+                .flows
+                .get(&q.normalised())
+                .filter(|s| s.version == self.version)
+            {
                 return Outcome {
                     verdict: state.verdict,
                     from_flow: true,
@@ -249,7 +280,8 @@ impl Model {
         }
         let tuple = flow_tuple(pkt);
         if let Some(t) = tuple {
-            if let Some(state) = self.flows.get(&t).copied() {
+            let key = t.normalised();
+            if let Some(state) = self.flows.get(&key).copied() {
                 if state.version == self.version {
                     return Outcome {
                         verdict: state.verdict,
@@ -258,18 +290,18 @@ impl Model {
                 }
                 // The policy changed: the flow survives if its opening
                 // direction is still allowed.
-                let origin = if state.reply {
-                    evaluate(&self.policy, &reversed(pkt))
-                } else {
+                let origin = if t == state.opened_by {
                     evaluate(&self.policy, &unfragmented(pkt))
+                } else {
+                    evaluate(&self.policy, &reversed(pkt))
                 };
                 if origin.passes() {
                     self.flows.insert(
-                        t,
+                        key,
                         FlowState {
                             version: self.version,
                             verdict: origin,
-                            reply: state.reply,
+                            ..state
                         },
                     );
                     return Outcome {
@@ -277,30 +309,18 @@ impl Model {
                         from_flow: true,
                     };
                 }
-                self.flows.remove(&t);
+                self.flows.remove(&key);
             }
         }
         let v = evaluate(&self.policy, pkt);
         if v.passes() && opens_flow(pkt) {
             if let Some(t) = tuple {
-                let state = FlowState {
-                    version: self.version,
-                    verdict: v,
-                    reply: false,
-                };
-                self.flows.insert(t, state);
-                let back = FlowTuple {
-                    src: t.dst,
-                    dst: t.src,
-                    sport: t.dport,
-                    dport: t.sport,
-                    proto: t.proto,
-                };
                 self.flows.insert(
-                    back,
+                    t.normalised(),
                     FlowState {
-                        reply: true,
-                        ..state
+                        version: self.version,
+                        verdict: v,
+                        opened_by: t,
                     },
                 );
             }
@@ -331,10 +351,13 @@ fn flow_tuple(pkt: &PacketMeta) -> Option<FlowTuple> {
     })
 }
 
+/// Packets that, once allowed, let their replies in: not echo replies,
+/// not TCP resets.
 fn opens_flow(pkt: &PacketMeta) -> bool {
     match pkt.proto {
         PROTO_ICMP => pkt.icmp_type == ICMP_ECHO_REQUEST,
         PROTO_ICMPV6 => pkt.icmp_type == ICMPV6_ECHO_REQUEST,
+        PROTO_TCP => pkt.tcp_flags & TCP_RST == 0,
         _ => true,
     }
 }
