@@ -310,8 +310,11 @@ pub struct Snapshot {
     pub audit_mode: bool,
     /// (peer label, totals); slot 0 is "-".
     pub peers: Vec<(String, PeerTotals)>,
-    /// (source peer label, entry), already capped.
-    pub denies: Vec<(String, DenyEntry)>,
+    /// (index of the source peer's label in `peer_names`, entry), already
+    /// capped, largest first.
+    pub denies: Vec<(usize, DenyEntry)>,
+    /// The source peers' labels of `denies`, each once.
+    pub peer_names: Vec<String>,
     /// Label sets left out by the cap at this scrape.
     pub dropped: usize,
     /// Keys in the kernel's deny map now.
@@ -332,7 +335,7 @@ impl Snapshot {
         let mut denies = maps.denies()?;
         let deny_keys = denies.len();
         // Largest first; ties broken by the key so the cut is stable.
-        denies.sort_by(|a, b| {
+        let order = |a: &DenyEntry, b: &DenyEntry| {
             b.packets
                 .cmp(&a.packets)
                 .then(a.src_peer.cmp(&b.src_peer))
@@ -340,23 +343,36 @@ impl Snapshot {
                 .then(a.proto.cmp(&b.proto))
                 .then(a.port.cmp(&b.port))
                 .then(a.audit.cmp(&b.audit))
-        });
+        };
         let dropped = if max_deny_series > 0 && denies.len() > max_deny_series {
+            // Only the kept ones need sorting.
+            denies.select_nth_unstable_by(max_deny_series - 1, order);
             let d = denies.len() - max_deny_series;
             denies.truncate(max_deny_series);
             d
         } else {
             0
         };
+        denies.sort_unstable_by(order);
+        // One label per source peer, not one string per series.
+        let mut peer_names = Vec::new();
+        let mut label_of: std::collections::HashMap<u32, usize> = Default::default();
         let denies = denies
             .into_iter()
-            .map(|d| (peer_label(&slots, d.src_peer), d))
+            .map(|d| {
+                let i = *label_of.entry(d.src_peer).or_insert_with(|| {
+                    peer_names.push(peer_label(&slots, d.src_peer));
+                    peer_names.len() - 1
+                });
+                (i, d)
+            })
             .collect();
         Ok(Self {
             policy_version: slot.version,
             audit_mode: slot.flags & SLOT_AUDIT_ALL != 0,
             peers,
             denies,
+            peer_names,
             dropped,
             deny_keys,
             stats: maps.stats()?,
@@ -377,6 +393,47 @@ pub fn attached(interface: &str) -> [HookState; 2] {
             clsact: false,
         }
     }))
+}
+
+/// A deny series' labels, borrowed: `src` from the scrape's peer names.
+struct DenyLabels<'a> {
+    src: &'a str,
+    dst: std::net::IpAddr,
+    port: u16,
+    proto: std::borrow::Cow<'static, str>,
+}
+
+/// An address as a label value, written without an intermediate string.
+struct AddrLabel(std::net::IpAddr);
+
+impl prometheus_client::encoding::EncodeLabelValue for AddrLabel {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> fmt::Result {
+        use std::fmt::Write;
+        write!(encoder, "{}", self.0)
+    }
+}
+
+impl EncodeLabelSet for DenyLabels<'_> {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder) -> fmt::Result {
+        use prometheus_client::encoding::EncodeLabel;
+        ("src", self.src).encode(encoder.encode_label())?;
+        ("dst", AddrLabel(self.dst)).encode(encoder.encode_label())?;
+        ("port", self.port).encode(encoder.encode_label())?;
+        ("proto", self.proto.as_ref()).encode(encoder.encode_label())
+    }
+}
+
+/// [`proto_name`] without allocating for the named protocols.
+fn proto_label(proto: u8) -> std::borrow::Cow<'static, str> {
+    use wgbpf_common::*;
+    match proto {
+        PROTO_TCP => "tcp".into(),
+        PROTO_UDP => "udp".into(),
+        PROTO_ICMP => "icmp".into(),
+        PROTO_ICMPV6 => "icmpv6".into(),
+        PROTO_SCTP => "sctp".into(),
+        other => proto_name(other).into(),
+    }
 }
 
 fn counter<L: EncodeLabelSet>(
@@ -556,18 +613,19 @@ fn encode_snapshot(enc: &mut DescriptorEncoder, s: &Snapshot, dropped_total: u64
         [(NONE, s.audit_mode as i64)],
     )?;
 
-    // The deny map: denied and audited label sets.
+    // The deny map: denied and audited label sets, borrowed rather than
+    // built as strings (100,000 of them per scrape).
     let deny_series = |audit: bool| {
         s.denies
             .iter()
             .filter(move |(_, d)| d.audit == audit)
             .map(move |(src, d)| {
-                let labels = [
-                    ("src", src.clone()),
-                    ("dst", d.dst.to_string()),
-                    ("port", d.port.to_string()),
-                    ("proto", proto_name(d.proto)),
-                ];
+                let labels = DenyLabels {
+                    src: &s.peer_names[*src],
+                    dst: d.dst,
+                    port: d.port,
+                    proto: proto_label(d.proto),
+                };
                 (labels, d.packets)
             })
     };
@@ -639,10 +697,7 @@ fn encode_snapshot(enc: &mut DescriptorEncoder, s: &Snapshot, dropped_total: u64
                 [("ingress", &t.ingress), ("egress", &t.egress)]
                     .into_iter()
                     .map(move |(dir, tot)| {
-                        (
-                            [("peer", peer.clone()), ("direction", dir.to_string())],
-                            field(tot),
-                        )
+                        ([("peer", peer.as_str()), ("direction", dir)], field(tot))
                     })
             }),
         )?;
@@ -768,7 +823,7 @@ mod tests {
             ],
             denies: vec![
                 (
-                    "bob".into(),
+                    0,
                     DenyEntry {
                         src_peer: 2,
                         dst: "10.77.0.2".parse().unwrap(),
@@ -780,7 +835,7 @@ mod tests {
                     },
                 ),
                 (
-                    "weird \"peer\"".into(),
+                    1,
                     DenyEntry {
                         src_peer: 3,
                         dst: "fd77::1".parse().unwrap(),
@@ -792,6 +847,7 @@ mod tests {
                     },
                 ),
             ],
+            peer_names: vec!["bob".into(), "weird \"peer\"".into()],
             dropped: 0,
             deny_keys: 2,
             stats: Stats::default(),
