@@ -11,7 +11,6 @@ use aya::programs::{
     tc::{self, SchedClassifier, TcAttachOptions},
     LinkOrder,
 };
-use aya::util::KernelVersion;
 use serde::Serialize;
 
 use super::{
@@ -21,25 +20,7 @@ use super::{
     replace, Dataplane, DataplaneError, LoadOptions, Maps,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// tcx links (kernel 6.6 and later), pinned.
-    Tcx,
-    /// clsact direct-action filters over netlink (any kernel).
-    Clsact,
-}
-
-impl AttachMode {
-    /// tcx where the kernel has it, clsact otherwise.
-    pub fn best() -> Self {
-        if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
-            AttachMode::Tcx
-        } else {
-            AttachMode::Clsact
-        }
-    }
-}
+pub use super::hooks::AttachMode;
 
 #[derive(Debug, Serialize)]
 pub struct Installed {

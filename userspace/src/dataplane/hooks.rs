@@ -6,16 +6,40 @@
 use std::{ffi::CString, io, path::Path};
 
 use anyhow::{Context, Result};
-use aya::programs::{tc::TcAttachType, ProgramInfo};
+use aya::{
+    programs::{tc::TcAttachType, ProgramInfo},
+    util::KernelVersion,
+};
 use netlink_packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::{
     tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
     RouteNetlinkMessage,
 };
+use serde::Serialize;
 use wgbpf_common::names;
 
 use super::pin_dir;
 use crate::netlink::NlSocket;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// tcx links (kernel 6.6 and later), pinned.
+    Tcx,
+    /// clsact direct-action filters over netlink (any kernel).
+    Clsact,
+}
+
+impl AttachMode {
+    /// tcx where the kernel has it, clsact otherwise.
+    pub fn best() -> Self {
+        if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+            AttachMode::Tcx
+        } else {
+            AttachMode::Clsact
+        }
+    }
+}
 
 /// One direction of the data plane.
 #[derive(Clone, Copy, Debug)]

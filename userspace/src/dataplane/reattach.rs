@@ -26,8 +26,7 @@ use aya::programs::{
 };
 
 use super::{
-    attach::AttachMode,
-    hooks::{attachment, Hook, HOOKS},
+    hooks::{attachment, AttachMode, Hook, HOOKS},
     pin_dir,
 };
 

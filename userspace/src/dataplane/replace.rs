@@ -24,8 +24,7 @@ use aya::programs::{
 };
 
 use super::{
-    attach::AttachMode,
-    hooks::{remove_clsact_filter_of, Hook},
+    hooks::{remove_clsact_filter_of, AttachMode, Hook},
     pin_dir, Dataplane, LoadOptions, OBJECT,
 };
 

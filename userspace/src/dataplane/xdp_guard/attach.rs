@@ -1,7 +1,7 @@
 //! Attaching the guard to an interface (native, else generic), pinning,
 //! adoption and re-attachment, removal, and what is pinned where.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use aya::programs::{
     links::{FdLink, PinnedLink},
@@ -223,30 +223,45 @@ pub fn is_attached(iface: &str, dir: &Path) -> Result<bool, GuardError> {
     Ok(attached_prog_id(iface)? == Some(pinned))
 }
 
-/// The id of `iface`'s XDP program and the mode it runs in, from
-/// `ip -d -j link show` (the kernel's IFLA_XDP attributes).
+/// The id of `iface`'s XDP program and the mode it runs in, from the
+/// kernel's `IFLA_XDP` attributes (`RTM_GETLINK`; no `ip` subprocess).
 pub fn attached_prog(iface: &str) -> Result<Option<(u32, GuardMode)>, GuardError> {
+    use netlink_packet_core::{NetlinkMessage, NLM_F_REQUEST};
+    use netlink_packet_route::{
+        link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
+        RouteNetlinkMessage,
+    };
     let err = |message: String| GuardError::Attach {
         iface: iface.to_string(),
         message,
     };
-    let out = Command::new("ip")
-        .args(["-d", "-j", "link", "show", "dev", iface])
-        .output()
-        .map_err(|e| err(format!("running ip: {e}")))?;
-    if !out.status.success() {
-        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| err(format!("ip's JSON: {e}")))?;
-    let xdp = &v[0]["xdp"];
-    // IFLA_XDP_ATTACHED: 1 driver, 2 generic (skb), 3 offload.
-    let mode = match xdp["mode"].as_u64() {
-        Some(1) => GuardMode::Native,
-        Some(2) => GuardMode::Generic,
-        _ => return Ok(None),
+    let mut s = crate::netlink::NlSocket::route().map_err(|e| err(format!("rtnetlink: {e}")))?;
+    let mut m = LinkMessage::default();
+    m.attributes.push(LinkAttribute::IfName(iface.to_string()));
+    let replies = s
+        .request(
+            NetlinkMessage::from(RouteNetlinkMessage::GetLink(m)),
+            NLM_F_REQUEST,
+            false,
+        )
+        .map_err(|e| err(format!("reading the link: {e}")))?;
+    let Some(RouteNetlinkMessage::NewLink(link)) = replies.messages.into_iter().next() else {
+        return Err(err("no answer to RTM_GETLINK".into()));
     };
-    Ok(xdp["prog"]["id"].as_u64().map(|id| (id as u32, mode)))
+    let (mut mode, mut id) = (None, None);
+    for a in &link.attributes {
+        if let LinkAttribute::Xdp(xdp) = a {
+            for x in xdp {
+                match x {
+                    LinkXdp::Attached(XdpAttached::Driver) => mode = Some(GuardMode::Native),
+                    LinkXdp::Attached(XdpAttached::SocketBuffer) => mode = Some(GuardMode::Generic),
+                    LinkXdp::ProgId(p) => id = Some(*p),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(mode.zip(id).map(|(m, i)| (i, m)))
 }
 
 fn attached_prog_id(iface: &str) -> Result<Option<u32>, GuardError> {
