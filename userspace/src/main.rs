@@ -32,6 +32,12 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Key management: rotate a peer's key with a transition window.
     Keys(cli::keys::KeysArgs),
+    /// Generate a private key (base64), like `wg genkey`.
+    Genkey(cli::genkey::GenkeyArgs),
+    /// Print the public key of the private key on stdin, like `wg pubkey`.
+    Pubkey(cli::genkey::PubkeyArgs),
+    /// Generate a preshared key (base64), like `wg genpsk`.
+    Genpsk(cli::genkey::GenpskArgs),
     Completions(cli::docs::CompletionsArgs),
     Manpage(cli::docs::ManpageArgs),
 }
@@ -47,6 +53,9 @@ fn main() {
         Command::Import(a) => cli::import::run(a),
         Command::Run(a) => cli::run::run(a),
         Command::Keys(a) => cli::keys::run(a),
+        Command::Genkey(a) => cli::genkey::genkey(a),
+        Command::Pubkey(a) => cli::genkey::pubkey(a),
+        Command::Genpsk(a) => cli::genkey::genpsk(a),
         Command::Completions(a) => cli::docs::completions(a, Cli::command()),
         Command::Manpage(a) => cli::docs::manpage(a, Cli::command()),
     };

@@ -2,6 +2,7 @@
 pub mod audit;
 pub mod counters;
 pub mod docs;
+pub mod genkey;
 pub mod import;
 pub mod keys;
 pub mod load;

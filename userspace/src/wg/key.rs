@@ -30,6 +30,27 @@ impl Key {
         &self.0
     }
 
+    /// 32 bytes from the kernel's random source (`getrandom`): a preshared
+    /// key, or, [`Key::clamped`], a private key.
+    pub fn random() -> std::io::Result<Key> {
+        let mut k = [0u8; 32];
+        let mut filled = 0;
+        while filled < k.len() {
+            // SAFETY: writes at most the rest of `k`.
+            let n =
+                unsafe { libc::getrandom(k[filled..].as_mut_ptr().cast(), k.len() - filled, 0) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            filled += n as usize;
+        }
+        Ok(Key(k))
+    }
+
     /// The all-zero key, which WireGuard uses for "none".
     pub fn is_zero(&self) -> bool {
         self.0.iter().all(|b| *b == 0)
