@@ -204,12 +204,17 @@ fn v4_options_ok(ctx: &TcContext, off: usize, len: usize) -> bool {
     }
     // 64 bytes so that every index below, masked, is in bounds.
     let mut buf = [0u8; 64];
+    // The helper's length must be provably non-zero to 6.1's verifier,
+    // which does not carry `len != 0` from the test above to the call (the
+    // compiler merges the two tests). Re-derived from a value the compiler
+    // cannot see through, it is 1..=64 to any verifier, and still `len`.
+    let n = ((unsafe { core::ptr::read_volatile(&len) }.wrapping_sub(1)) & 63) + 1;
     let copied = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb as *const _,
             off as u32,
             buf.as_mut_ptr() as *mut c_void,
-            len as u32,
+            n as u32,
         )
     };
     if copied != 0 {
