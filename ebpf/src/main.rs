@@ -320,19 +320,29 @@ fn decide(
         }
         let _ = FLOWS.remove(flow.key);
     }
-    let v = finish(
-        policy::evaluate(
-            slot,
-            cfg,
-            src,
-            dst,
-            pkt.proto,
-            policy_port(pkt),
-            pkt.fragment,
-            pkt.ported,
-        ),
+    let mut v = policy::evaluate(
+        slot,
         cfg,
+        src,
+        dst,
+        pkt.proto,
+        policy_port(pkt),
+        pkt.fragment,
+        pkt.ported,
     );
+    // Link-local control traffic no rule matches: allowed by default.
+    if v.severity == severity::NONE
+        && cfg.flags & SLOT_LINK_LOCAL_ALLOW != 0
+        && pkt.proto == PROTO_ICMPV6
+        && pkt.ported
+        && is_link_local_control(&pkt.src, &pkt.dst, pkt.icmp_type)
+    {
+        v = Verdict {
+            severity: severity::ALLOW,
+            rule: rule_id::LINK_LOCAL,
+        };
+    }
+    let v = finish(v, cfg);
     if flow.stale == Stale::Forward {
         if v.severity != severity::DENY {
             refresh(flow, cfg.version, &v, peers, pkt);

@@ -20,10 +20,11 @@ use wgbpf_common::{
     proto_bit, severity, Addr, Endpoint, PolicyKey, PolicyValue, EP_GATEWAY, ID_ANY, ID_FIRST,
     ID_WORLD, PORTED_PROTOS, PORT_CLASS_ANY, PORT_CLASS_ENTRIES, PORT_CLASS_FIRST, PORT_CLASS_FRAG,
     PROTO_ANY, SLOT_AUDIT_ALL, SLOT_HAS_ANY_ANY, SLOT_HAS_ANY_DST, SLOT_HAS_ANY_SRC,
+    SLOT_LINK_LOCAL_ALLOW,
 };
 
 use super::{
-    model::{proto_has_ports, proto_name, Action, Policy, Selector},
+    model::{proto_has_ports, proto_name, Action, LinkLocal, Policy, Selector},
     reference::{rule_severity, Verdict},
 };
 
@@ -272,6 +273,9 @@ pub fn compile(policy: &Policy, max_peers: u32) -> Result<Compiled, CompileError
 
     let mut entries = BTreeMap::new();
     let mut flags = if policy.audit { SLOT_AUDIT_ALL } else { 0 };
+    if policy.link_local == LinkLocal::Allow {
+        flags |= SLOT_LINK_LOCAL_ALLOW;
+    }
     let none = Verdict::NONE;
     for ((src, dst), pair) in &pairs {
         flags |= match (*src == ID_ANY, *dst == ID_ANY) {
