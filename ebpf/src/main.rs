@@ -147,7 +147,8 @@ pub struct Verdict {
 fn handle(ctx: &TcContext, dir: usize) -> i32 {
     let l2 = unsafe { core::ptr::read_volatile(&WGBPF_L2_HDR_LEN) } as usize;
     let mut slot_for_pkt = core::mem::MaybeUninit::<Packet>::uninit();
-    if !parse::parse(ctx, l2, &mut slot_for_pkt) {
+    // IPv4 source routes first (malformed, like headers that do not parse).
+    if !parse::v4_options_ok(ctx, l2) || !parse::parse(ctx, l2, &mut slot_for_pkt) {
         bump_stat(stat::MALFORMED);
         return TC_ACT_SHOT;
     }
