@@ -354,6 +354,7 @@ pub fn bench_policy(peers: usize, rules: usize, seed: u64) -> Policy {
         out.push(r);
     }
     Policy {
+        link_local: Default::default(),
         peers: peer_list,
         local: vec![host_v4(gateway_v4()), host_v6(gateway_v6())],
         rules: out,

@@ -179,6 +179,7 @@ impl Layout {
     /// The gateway and `peers`, with these rules; not in audit mode.
     pub fn policy(&self, peers: impl IntoIterator<Item = u8>, rules: Vec<Rule>) -> Policy {
         Policy {
+            link_local: Default::default(),
             peers: peers.into_iter().map(|n| self.peer(n)).collect(),
             local: self.gw_nets(),
             rules,

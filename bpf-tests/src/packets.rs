@@ -297,7 +297,8 @@ impl Packet {
         self.note(format!("pay={n}"))
     }
 
-    /// IPv4 options (NOPs + EOL): `n` is a multiple of 4 up to 40 (IHL 6..15).
+    /// IPv4 options (one option of `n` bytes): `n` is a multiple of 4 up to
+    /// 40 (IHL 6..15).
     pub fn with_ipv4_options(mut self, n: usize) -> Packet {
         assert!(self.is_v4(), "IPv4 options on an IPv6 packet");
         assert!(
@@ -531,9 +532,14 @@ impl Packet {
         h[9] = self.proto;
         h[12..16].copy_from_slice(&s.octets());
         h[16..20].copy_from_slice(&d.octets());
-        // Options: as given, else NOPs closed by an EOL.
+        // Options: as given, else one option of that size.
         if self.option_bytes.is_empty() {
-            h.extend((0..self.options).map(|i| u8::from(i + 1 != self.options)));
+            // One option filling them all (an experimental kind, RFC 4727).
+            h.extend((0..self.options).map(|i| match i {
+                0 => 0x9e,
+                1 => self.options as u8,
+                _ => 0,
+            }));
         } else {
             h.extend_from_slice(&self.option_bytes);
         }
@@ -701,10 +707,16 @@ impl Packet {
 
 /// IPv4 options as the program walks them: EOL ends them, NOP is one byte,
 /// any other option has a length byte of at least 2 that stays inside the
-/// header; loose and strict source routes (131, 137) are refused.
+/// header; loose and strict source routes (131, 137) are refused, and so is
+/// a header with more than [`V4_OPTION_ROUNDS`] options (NOPs included).
 pub fn v4_options_acceptable(opts: &[u8]) -> bool {
     let mut i = 0;
+    let mut rounds = 0;
     while i < opts.len() {
+        if rounds == V4_OPTION_ROUNDS {
+            return false;
+        }
+        rounds += 1;
         match opts[i] {
             0 => return true,
             1 => i += 1,
@@ -725,6 +737,33 @@ pub fn v4_options_acceptable(opts: &[u8]) -> bool {
     }
     true
 }
+
+/// A random IPv4 option list of at most 40 bytes: NOPs, options of 2..=6
+/// bytes, now and then a source route; often more options than the program
+/// checks (`V4_OPTION_ROUNDS`).
+fn random_v4_options(rng: &mut impl Rng) -> Vec<u8> {
+    let mut b = Vec::new();
+    for _ in 0..rng.gen_range(1..=14) {
+        let item: Vec<u8> = match rng.gen_range(0..10) {
+            0..=3 => vec![1],
+            4 => vec![if rng.gen_bool(0.5) { 0x83 } else { 0x89 }, 3, 4],
+            _ => {
+                let len = rng.gen_range(2..=6u8);
+                let mut o = vec![[0x44, 0x94, 0x9e][rng.gen_range(0..3)], len];
+                o.resize(len as usize, 0);
+                o
+            }
+        };
+        if b.len() + item.len() > 40 {
+            break;
+        }
+        b.extend(item);
+    }
+    b
+}
+
+/// IPv4 options the program checks per header at most (ebpf/src/parse.rs).
+pub const V4_OPTION_ROUNDS: usize = 8;
 
 /// L4 fields at IP offset `off` with `room` bytes left of the IP packet.
 /// ICMP of the other family (1 in IPv6, 58 in IPv4) is not ICMP: no fields.
@@ -857,7 +896,8 @@ fn edge_case(rng: &mut impl Rng, p: Packet) -> Packet {
 
 fn structural_twist(rng: &mut impl Rng, p: Packet) -> Packet {
     match rng.gen_range(0..10) {
-        0..=2 if p.is_v4() => p.with_ipv4_options(4 * rng.gen_range(1..=10)),
+        0..=2 if p.is_v4() && rng.gen_bool(0.5) => p.with_ipv4_options(4 * rng.gen_range(1..=10)),
+        0..=2 if p.is_v4() => p.with_ipv4_option_bytes(&random_v4_options(rng)),
         0..=2 => random_ext_chain(rng, p),
         3 | 4 => random_fragment(rng, p),
         5 => short_l4(rng, p),

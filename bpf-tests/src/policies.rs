@@ -47,6 +47,7 @@ pub fn random_policy(rng: &mut impl Rng, peers: usize, rules: usize) -> Policy {
         IpNet::V6(Ipv6Net::new(v6(1, 0), 128).unwrap()),
     ];
     let mut policy = Policy {
+        link_local: Default::default(),
         peers: ps,
         local,
         rules: Vec::new(),

@@ -38,6 +38,7 @@ fn policy() -> Policy {
         ..deny_ssh.clone()
     };
     Policy {
+        link_local: Default::default(),
         peers: vec![alice],
         local: vec!["10.77.0.1/32".parse().unwrap()],
         rules: vec![deny_ssh, audit_telnet],

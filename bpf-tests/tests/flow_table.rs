@@ -288,3 +288,24 @@ fn resets_open_nothing_and_mid_stream_packets_are_picked_up() {
         assert_eq!(run(&h, EG, back), DROP);
     }
 }
+
+/// The controller's sweep removes entries past their lifetime (those no
+/// packet meets again, which lazy expiry never reaches) and keeps the live.
+#[test]
+fn sweep_removes_dead_entries_and_keeps_live_ones() {
+    use wgbpf::dataplane::flows::monotonic_ns;
+    let mut h = harness(short_lifetimes());
+    let (p1, p2, gw) = (Fam::V4.peer(1), Fam::V4.peer(2), Fam::V4.gw());
+    for i in 0..100 {
+        assert_eq!(run(&h, IN, Packet::udp(p2, gw, 7000 + i, 53)), PASS);
+    }
+    open_victim(&h, p1, gw);
+    let s = h.dp.maps.sweep_flows(monotonic_ns()).expect("sweep");
+    assert_eq!((s.live, s.removed), (101, 0), "all alive at first");
+    wait_ms(400);
+    let s = h.dp.maps.sweep_flows(monotonic_ns()).expect("sweep");
+    assert_eq!((s.live, s.removed), (1, 100), "the unanswered openings go");
+    let key = FlowKey::of(&addr(p2), &addr(gw), 7000, 53, PROTO_UDP).0;
+    assert!(h.dp.maps.flows.get(&key, 0).is_err());
+    victim_survives(&h, p1, gw, "after the sweep");
+}

@@ -40,6 +40,7 @@ fn policy() -> Policy {
         ports: vec![PortRange::single(port)],
     };
     Policy {
+        link_local: Default::default(),
         rules: vec![rule(PROTO_TCP, 443), rule(PROTO_UDP, 53)],
         peers: vec![alice, bob, carol],
         local: vec![

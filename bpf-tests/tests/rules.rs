@@ -16,13 +16,13 @@ use std::{
 
 use wgbpf::policy::{
     compile::{compile, CompileError},
-    model::{Action, Policy, Selector},
+    model::{Action, LinkLocal, Policy, Selector},
     reference::{evaluate, Verdict},
 };
 use wgbpf_bpf_tests::{
     fixtures::{
-        accept, deny, dir_name, peer_totals, policy, sel, sel_gw, sel_peer, v4_mapped, Fam, EG,
-        ESP, FAMS, GRE, IN,
+        accept, denies, deny, dir_name, peer_totals, policy, sel, sel_gw, sel_peer, v4_mapped, Fam,
+        EG, ESP, FAMS, GRE, IN,
     },
     harness::{meta, Harness, DROP, PASS},
     packets::Packet,
@@ -791,5 +791,67 @@ fn ipv4_mapped_ipv6_addresses_drop() {
             Malformed,
             b.tcp(v4_mapped("0.0.0.0".parse().unwrap()), gw_6, 22),
         );
+    }
+}
+
+/// IPv6 link-local control traffic (router and neighbour discovery, MLD:
+/// what the kernel sends on a fresh interface) passes by the policy's
+/// default, counted as allowed and never as a deny; anything else between
+/// link-local addresses (echo, BGP) is ordinary traffic for the rules; an
+/// explicit deny still wins; `LinkLocal::Policy` turns the default off.
+#[test]
+fn link_local_control_traffic_passes_by_default() {
+    let ll = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let (a, b_) = (ll("fe80::1"), ll("fe80::2"));
+    let control = [
+        (a, ll("ff02::2"), 133u8),             // router solicitation
+        (b_, ll("ff02::1"), 134),              // router advertisement
+        (b_, ll("ff02::1:ff00:1"), 135),       // neighbour solicitation
+        (ll("::"), ll("ff02::1:ff00:2"), 135), // duplicate address detection
+        (b_, a, 136),                          // neighbour advertisement
+        (a, ll("ff02::16"), 143),              // MLDv2 report
+    ];
+    let b = Bench::new(policy(vec![]));
+    for (s, d, t) in control {
+        b.expect(Pass, b.icmp(s, d, t));
+    }
+    assert!(
+        denies(&b.h).is_empty(),
+        "no deny logged: {:?}",
+        denies(&b.h)
+    );
+    let zero = peer_totals(&b.h, 0);
+    assert_eq!(zero.egress.allowed_packets, control.len() as u64);
+    assert_eq!(zero.egress.denied_packets, 0);
+    // Not control traffic: other types, global sources or destinations,
+    // and routing protocols.
+    b.expect(Drop, b.icmp(b_, a, 128));
+    b.expect(Drop, b.icmp(ll("fd00::2"), ll("ff02::1"), 135));
+    b.expect(Drop, b.icmp(a, ll("fd00::9"), 133));
+    b.expect(Drop, b.icmp(a, ll("ff05::2"), 133));
+    b.expect(Drop, b.tcp(b_, a, 179));
+    // BGP between gateways is allowed by a rule, like anything else.
+    let b = Bench::new(policy(vec![accept(
+        sel(&["fe80::/10"]),
+        sel(&["fe80::/10"]),
+        Some(PROTO_TCP),
+        &[(179, 179)],
+    )]));
+    b.expect(Pass, b.tcp(b_, a, 179));
+    // An explicit deny wins over the default.
+    let b = Bench::new(policy(vec![deny(
+        Selector::Any,
+        Selector::Any,
+        Some(PROTO_ICMPV6),
+        &[(133, 133)],
+    )]));
+    b.expect(Drop, b.icmp(a, ll("ff02::2"), 133));
+    b.expect(Pass, b.icmp(b_, a, 136));
+    // The default turned off: judged like anything else.
+    let mut off = policy(vec![]);
+    off.link_local = LinkLocal::Policy;
+    let b = Bench::new(off);
+    for (s, d, t) in control {
+        b.expect(Drop, b.icmp(s, d, t));
     }
 }

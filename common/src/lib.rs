@@ -100,6 +100,9 @@ pub mod rule_id {
     /// Passed because it belongs to an established flow (reply or repeat)
     /// whose first packet the rule in the flow entry allowed.
     pub const FLOW: u32 = u32::MAX - 2;
+    /// IPv6 link-local control traffic allowed by the policy's default
+    /// (`SLOT_LINK_LOCAL_ALLOW`).
+    pub const LINK_LOCAL: u32 = u32::MAX - 3;
 }
 
 /// Identity 0 is the wildcard in policy keys; 1 is "world": an address that
@@ -255,6 +258,25 @@ pub const SLOT_HAS_ANY_DST: u32 = 4;
 pub const SLOT_HAS_ANY_ANY: u32 = 8;
 /// The slot holds a loaded policy (an all-zero slot denies everything).
 pub const SLOT_VALID: u32 = 16;
+/// IPv6 link-local control traffic no rule matches is allowed (see
+/// `is_link_local_control`) instead of falling to the default deny.
+pub const SLOT_LINK_LOCAL_ALLOW: u32 = 32;
+
+/// IPv6 link-local control traffic: ICMPv6 router and neighbour discovery
+/// and multicast listener messages (types 130–137, 143) from fe80::/10 or
+/// :: to fe80::/10 or ff02::/16. Shared by the programs and the reference.
+#[inline(always)]
+pub fn is_link_local_control(src: &Addr, dst: &Addr, icmpv6_type: u8) -> bool {
+    let link_local = |a: &Addr| a[0] == 0xfe && a[1] & 0xc0 == 0x80;
+    let unspecified = |a: &Addr| {
+        let (hi, lo) = addr_order(a);
+        hi == 0 && lo == 0
+    };
+    let ll_multicast = |a: &Addr| a[0] == 0xff && a[1] == 0x02;
+    matches!(icmpv6_type, 130..=137 | 143)
+        && (link_local(src) || unspecified(src))
+        && (link_local(dst) || ll_multicast(dst))
+}
 
 /// Flow-table key: a connection's 5-tuple, normalised so that both
 /// directions find the one entry: side `a` is the (address, port) that

@@ -147,7 +147,8 @@ pub struct Verdict {
 fn handle(ctx: &TcContext, dir: usize) -> i32 {
     let l2 = unsafe { core::ptr::read_volatile(&WGBPF_L2_HDR_LEN) } as usize;
     let mut slot_for_pkt = core::mem::MaybeUninit::<Packet>::uninit();
-    if !parse::parse(ctx, l2, &mut slot_for_pkt) {
+    // IPv4 source routes first (malformed, like headers that do not parse).
+    if !parse::v4_options_ok(ctx, l2) || !parse::parse(ctx, l2, &mut slot_for_pkt) {
         bump_stat(stat::MALFORMED);
         return TC_ACT_SHOT;
     }
@@ -320,19 +321,29 @@ fn decide(
         }
         let _ = FLOWS.remove(flow.key);
     }
-    let v = finish(
-        policy::evaluate(
-            slot,
-            cfg,
-            src,
-            dst,
-            pkt.proto,
-            policy_port(pkt),
-            pkt.fragment,
-            pkt.ported,
-        ),
+    let mut v = policy::evaluate(
+        slot,
         cfg,
+        src,
+        dst,
+        pkt.proto,
+        policy_port(pkt),
+        pkt.fragment,
+        pkt.ported,
     );
+    // Link-local control traffic no rule matches: allowed by default.
+    if v.severity == severity::NONE
+        && cfg.flags & SLOT_LINK_LOCAL_ALLOW != 0
+        && pkt.proto == PROTO_ICMPV6
+        && pkt.ported
+        && is_link_local_control(&pkt.src, &pkt.dst, pkt.icmp_type)
+    {
+        v = Verdict {
+            severity: severity::ALLOW,
+            rule: rule_id::LINK_LOCAL,
+        };
+    }
+    let v = finish(v, cfg);
     if flow.stale == Stale::Forward {
         if v.severity != severity::DENY {
             refresh(flow, cfg.version, &v, peers, pkt);

@@ -175,27 +175,41 @@ fn parse_v4(ctx: &TcContext, b: &Bytes, l2: usize, avail: usize) -> Result<Packe
         related_rule: 0,
         related_severity: 0,
     };
-    // Options are walked only to refuse source routes; otherwise they are
+    // Options were checked before parsing (`v4_options_ok`); here they are
     // skipped by the header length.
-    // Called for every IPv4 packet (it returns at once without options):
-    // a test on `ihl` here would split the verifier's view of the header
-    // length, and everything after it would be verified twice.
-    if !v4_options_ok(ctx, l2 + 20, ihl - 20) {
-        return Err(Malformed);
-    }
     if !p.fragment {
         parse_l4(b, l2 + ihl, total - ihl, PROTO_ICMP, &mut p)?;
     }
     Ok(p)
 }
 
-/// IPv4 options at `off` (`len` bytes, at most 40): false for a loose or
-/// strict source route (a packet judged as addressed to one host must not
-/// carry a route onward) or an option length the kernel's own parser
-/// refuses. A BPF function of its own, walking a copy on its own stack.
+/// The options of an IPv4 packet at `l2` (true for anything else, and for
+/// IPv4 without options): false for a loose or strict source route (a
+/// packet judged as addressed to one host must not carry a route onward)
+/// or an option length the kernel's own parser refuses. Called before
+/// parsing, as a BPF function of its own that reads the header afresh and
+/// walks a copy of the options on its own stack: whatever it learns stays
+/// out of the parser's state, so the rest is verified once.
 #[inline(never)]
-fn v4_options_ok(ctx: &TcContext, off: usize, len: usize) -> bool {
-    let len = len & 0x3f;
+pub fn v4_options_ok(ctx: &TcContext, l2: usize) -> bool {
+    let l2 = l2 & 0x3f;
+    // The same bounds check as the parser's (a form the verifier follows
+    // for l2 = 0 as for 14).
+    let Ok(first) = Bytes::of(ctx).view::<2>(l2) else {
+        return true; // the parser refuses it
+    };
+    let vihl = first.u8(0);
+    if vihl >> 4 != 4 {
+        return true;
+    }
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if ihl <= 20 {
+        return true;
+    }
+    let off = l2 + 20;
+    let len = ihl - 20;
+    // Re-read so the compiler keeps the bounds the verifier must see.
+    let len = unsafe { core::ptr::read_volatile(&len) } & 0x3f;
     if len == 0 {
         return true;
     }
@@ -220,16 +234,20 @@ fn v4_options_ok(ctx: &TcContext, off: usize, len: usize) -> bool {
     if copied != 0 {
         return false;
     }
+    // One option per round (the verifier walks each round on its own, so
+    // the rounds are kept short and few): a header with more than
+    // `V4_OPTION_ROUNDS` options (NOPs included) is refused as malformed;
+    // real ones carry one or two.
     let mut i = 0usize;
-    for _ in 0..40 {
+    for _ in 0..V4_OPTION_ROUNDS {
         if i >= len {
             return true;
         }
         let kind = buf[i & 63];
         let olen = buf[(i + 1) & 63] as usize;
         let step = match kind {
-            0 => return true,
-            1 => 1,
+            EOL => return true,
+            NOP => 1,
             LSRR | SSRR => return false,
             _ if olen < 2 || i + 1 >= len => return false,
             _ => olen,
@@ -239,9 +257,16 @@ fn v4_options_ok(ctx: &TcContext, off: usize, len: usize) -> bool {
             return false;
         }
     }
-    true
+    // Options left after the last round: too many to check.
+    i >= len
 }
 
+/// IPv4 options checked per header at most (see `v4_options_ok`).
+const V4_OPTION_ROUNDS: usize = 8;
+
+/// IPv4 option kinds: end of list, no operation.
+const EOL: u8 = 0;
+const NOP: u8 = 1;
 /// IPv4 loose and strict source route options.
 const LSRR: u8 = 0x83;
 const SSRR: u8 = 0x89;

@@ -12,6 +12,9 @@
 //! - `acl_established`: an allowed TCP packet of a flow already in the flow
 //!   table (the first run creates the entry).
 //!
+//! Memory: `acl_memory` is what the kernel charges (`memlock`) for one
+//! case's maps, default capacities, with the policy applied.
+//!
 //! Yardsticks, run under the same harness, frame and repeat count
 //! (ebpf/src/acl_probe.rs):
 //! - `acl_floor`: a program that returns at once.
@@ -423,6 +426,26 @@ impl Yardsticks {
     }
 }
 
+/// The bytes the kernel charges for every BPF map this process holds open
+/// (`memlock` in /proc/self/fdinfo): measured before and after a case is
+/// set up, the difference is that case's data plane (its maps at their
+/// capacities, with the policy in them).
+fn maps_memlock() -> Result<u64> {
+    let mut total = 0;
+    for fd in std::fs::read_dir("/proc/self/fdinfo")? {
+        let Ok(info) = std::fs::read_to_string(fd?.path()) else {
+            continue;
+        };
+        if !info.contains("map_type:") {
+            continue;
+        }
+        if let Some(line) = info.lines().find(|l| l.starts_with("memlock:")) {
+            total += line["memlock:".len()..].trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
 /// One timed test_run: (kernel mean ns per run, wall ns per run).
 fn sample(h: &Harness, frame: &[u8], repeat: u32, want: u32) -> Result<(u64, f64)> {
     let t = Instant::now();
@@ -460,8 +483,11 @@ fn run() -> Result<()> {
     let args = parse_args()?;
     jit_check();
     let mut cases = Vec::new();
+    let mut memory = Vec::new();
     for &n in &args.rules {
+        let before = maps_memlock()?;
         cases.push(setup(n, args.peers)?);
+        memory.push((n, maps_memlock()? - before));
     }
     let mut yard = setup_yardsticks()?;
     for case in &cases {
@@ -559,6 +585,13 @@ fn run() -> Result<()> {
     let hi = median_u64(&largest.verdict_ns);
     let ratio = if lo > 0.0 { hi / lo } else { f64::NAN };
     println!("acl_flatness largest_over_smallest={ratio:.2}");
+    for (n, bytes) in &memory {
+        println!(
+            "acl_memory rules={n} peers={} memlock_bytes={bytes} mib={:.1}",
+            args.peers,
+            *bytes as f64 / (1 << 20) as f64
+        );
+    }
     // Ratios to the reference ACL's allowed packet (the aims: an
     // established flow at most 1.2, a full verdict at most 3).
     if probe_allowed > 0.0 {

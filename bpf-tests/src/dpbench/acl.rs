@@ -119,6 +119,7 @@ pub fn policy(n: usize, receiver: Ipv4Addr, tcp: Option<&TcpPeer>) -> Policy {
         local: vec![host(receiver)],
         rules,
         audit: false,
+        link_local: Default::default(),
     }
 }
 

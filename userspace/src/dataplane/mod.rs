@@ -5,6 +5,7 @@
 pub mod attach;
 pub mod batch;
 pub mod counters;
+pub mod flows;
 pub mod hooks;
 pub mod lock;
 pub mod maps;

@@ -361,6 +361,7 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
     Ok(Mesh {
         interface: raw.interface.name.get_ref().clone(),
         policy: Policy {
+            link_local: Default::default(),
             peers,
             local,
             rules,

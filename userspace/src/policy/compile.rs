@@ -20,10 +20,11 @@ use wgbpf_common::{
     proto_bit, severity, Addr, Endpoint, PolicyKey, PolicyValue, EP_GATEWAY, ID_ANY, ID_FIRST,
     ID_WORLD, PORTED_PROTOS, PORT_CLASS_ANY, PORT_CLASS_ENTRIES, PORT_CLASS_FIRST, PORT_CLASS_FRAG,
     PROTO_ANY, SLOT_AUDIT_ALL, SLOT_HAS_ANY_ANY, SLOT_HAS_ANY_DST, SLOT_HAS_ANY_SRC,
+    SLOT_LINK_LOCAL_ALLOW,
 };
 
 use super::{
-    model::{proto_has_ports, proto_name, Action, Policy, Selector},
+    model::{proto_has_ports, proto_name, Action, LinkLocal, Policy, Selector},
     reference::{rule_severity, Verdict},
 };
 
@@ -144,7 +145,7 @@ pub fn compile(policy: &Policy, max_peers: u32) -> Result<Compiled, CompileError
         &ids.of_selector,
         &rule_classes,
     );
-    let (policy_entries, flags) = policy_entries(policy.audit, &pairs);
+    let (policy_entries, flags) = policy_entries(policy.audit, policy.link_local, &pairs);
     Ok(Compiled {
         ipcache: ipcache_entries(&atoms, &ids, &policy.local),
         policy: policy_entries,
@@ -370,10 +371,14 @@ fn fold_rules(
 /// other lookups can hit, then the folded verdicts.
 fn policy_entries(
     audit_all: bool,
+    link_local: LinkLocal,
     pairs: &BTreeMap<(u32, u32), PairTable>,
 ) -> (BTreeMap<PolicyKey, PolicyValue>, u32) {
     let mut entries = BTreeMap::new();
     let mut flags = if audit_all { SLOT_AUDIT_ALL } else { 0 };
+    if link_local == LinkLocal::Allow {
+        flags |= SLOT_LINK_LOCAL_ALLOW;
+    }
     let none = Verdict::NONE;
     for ((src, dst), pair) in pairs {
         flags |= match (*src == ID_ANY, *dst == ID_ANY) {

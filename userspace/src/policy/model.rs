@@ -94,6 +94,24 @@ pub struct Policy {
     /// Audit mode for the whole interface: nothing is denied, would-be
     /// denies are counted as audited.
     pub audit: bool,
+    /// What becomes of IPv6 link-local control traffic no rule matches.
+    pub link_local: LinkLocal,
+}
+
+/// IPv6 link-local control traffic: ICMPv6 router and neighbour discovery
+/// and multicast listener messages (types 130–137 and 143) from a
+/// link-local or unspecified source to a link-local or link-local
+/// multicast destination — what the kernel itself sends on a fresh
+/// interface. Routing protocols over link-local addresses (BGP, OSPFv3) are
+/// not in it: they are ordinary traffic that rules allow (fe80::/10).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LinkLocal {
+    /// Allowed when no rule matches (an explicit deny still denies),
+    /// counted as allowed, never as a deny.
+    #[default]
+    Allow,
+    /// Judged like anything else (default deny).
+    Policy,
 }
 
 /// Protocols whose rules may name ports (ICMP: types).

@@ -5,11 +5,12 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use wgbpf_common::{
-    rule_id, severity, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, TCP_RST,
+    is_link_local_control, rule_id, severity, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
+    ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    TCP_RST,
 };
 
-use super::model::{Action, Policy, Rule};
+use super::model::{Action, LinkLocal, Policy, Rule};
 
 /// What the data plane knows of a packet after parsing its headers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,9 +156,30 @@ pub fn finish(policy: &Policy, v: Verdict) -> Verdict {
     }
 }
 
-/// The verdict of a packet that belongs to no flow.
+/// The verdict of a packet that belongs to no flow. Link-local control
+/// traffic no rule matches is allowed when the policy says so.
 pub fn evaluate(policy: &Policy, pkt: &PacketMeta) -> Verdict {
-    finish(policy, evaluate_rules(policy, pkt))
+    let v = evaluate_rules(policy, pkt);
+    if v.severity == severity::NONE
+        && policy.link_local == LinkLocal::Allow
+        && pkt.proto == PROTO_ICMPV6
+        && pkt.is_icmp()
+        && !pkt.fragment
+        && is_link_local_control(&kernel_addr(pkt.src), &kernel_addr(pkt.dst), pkt.icmp_type)
+    {
+        return Verdict {
+            severity: severity::ALLOW,
+            rule: rule_id::LINK_LOCAL,
+        };
+    }
+    finish(policy, v)
+}
+
+fn kernel_addr(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(a) => wgbpf_common::map_v4(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    }
 }
 
 /// A flow as the model tracks it (see `ebpf/src/main.rs` for the kernel's).
