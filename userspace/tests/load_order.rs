@@ -56,3 +56,41 @@ fn a_wireguard_change_the_device_refuses_leaves_no_data_plane() {
     assert_eq!(code, 0, "{err}");
     assert!(wgbpf::dataplane::pin_dir(&gw.wg_if).exists());
 }
+
+#[test]
+fn run_refuses_a_busy_metrics_port_before_it_applies_anything() {
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice"])).expect("mesh");
+    let gw = &mesh.gateway;
+    let dir = std::env::temp_dir().join(format!("wgbpf-order3-{}", mesh.run_id()));
+    let _dir = TempDir::create(dir.clone());
+    let _unload = Unload(gw);
+    let cfg = dir.join("mesh.toml");
+    std::fs::write(&cfg, testbed::gateway_mesh_file(&mesh, POLICY)).unwrap();
+    // Another exporter on the port, in the gateway's namespace.
+    let (tx, rx) = mpsc::channel::<()>();
+    let (port_tx, port_rx) = mpsc::channel();
+    let netns = gw.netns.clone();
+    let holder = std::thread::spawn(move || {
+        in_netns(&netns, move || {
+            let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+            port_tx.send(l.local_addr()?.port()).unwrap();
+            let _ = rx.recv();
+            drop(l);
+            Ok(())
+        })
+    });
+    let busy = port_rx.recv().unwrap();
+    let addr = format!("127.0.0.1:{busy}");
+    let (code, _, err) = wgbpf(
+        gw,
+        &["run", "-c", cfg.to_str().unwrap(), "--metrics-addr", &addr],
+    );
+    tx.send(()).unwrap();
+    holder.join().unwrap().unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains(&format!("binding {addr}")), "{err}");
+    assert!(
+        !wgbpf::dataplane::pin_dir(&gw.wg_if).exists(),
+        "the daemon applied the file before finding its port taken"
+    );
+}

@@ -264,6 +264,17 @@ impl Daemon {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
 
+        // The metrics socket before anything is applied: a port another
+        // exporter holds is an error at start-up that changes nothing
+        // (rather than a daemon that enforces, then exits, in a loop).
+        let listener = match self.config.metrics_addr {
+            Some(addr) => Some(
+                metrics::http::bind(addr)
+                    .await
+                    .with_context(|| format!("metrics: binding {addr} (nothing was applied)"))?,
+            ),
+            None => None,
+        };
         let mut reader = None;
         let applied = self.apply(None).await?;
         self.log_enforced(
@@ -278,11 +289,8 @@ impl Daemon {
         let mut plan = self.adopt_reload(applied, &mut reader);
         self.reconcile(&mut plan, "start", &mut reader).await;
 
-        let server = match self.config.metrics_addr {
-            Some(addr) => {
-                let listener = metrics::http::bind(addr)
-                    .await
-                    .with_context(|| format!("metrics: binding {addr}"))?;
+        let server = match listener {
+            Some(listener) => {
                 let local = listener.local_addr()?;
                 let registry = Arc::new(metrics::registry(
                     Collector::new(&iface, self.counters.clone(), self.config.max_deny_series)
