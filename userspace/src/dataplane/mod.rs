@@ -64,6 +64,16 @@ pub fn open_loaded(iface: &str) -> Result<Maps, DataplaneError> {
     open(iface)?.ok_or_else(|| DataplaneError::NotLoaded(iface.to_string(), pin_dir(iface)))
 }
 
+/// The maps pinned for `iface`, whether or not its programs are (the
+/// metrics read the counters of whatever is pinned).
+pub fn open_maps(iface: &str) -> Result<Maps, DataplaneError> {
+    let dir = pin_dir(iface);
+    if !dir.join(names::ACTIVE).exists() {
+        return Err(DataplaneError::NotLoaded(iface.to_string(), dir));
+    }
+    Maps::open_pinned(&dir)
+}
+
 #[derive(Debug, Error)]
 pub enum DataplaneError {
     #[error("loading the eBPF object: {0}")]

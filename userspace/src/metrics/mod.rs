@@ -165,7 +165,7 @@ impl Collector {
 
     /// The pinned maps, `None` when they cannot be read (counted).
     fn read_dataplane(&self) -> Option<Snapshot> {
-        let snapshot = dataplane::open_loaded(&self.interface)
+        let snapshot = dataplane::open_maps(&self.interface)
             .map_err(anyhow::Error::from)
             .and_then(|maps| Snapshot::read(&maps, self.max_deny_series));
         match snapshot {
