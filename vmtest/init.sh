@@ -346,6 +346,22 @@ EOF
 	check link-wg1-del ip link del wg1
 }
 
+# --- the XDP guard on the underlay (docs/xdp-guard.md), with the kernel
+# module's tunnel through it: its messages (data of every padded length,
+# keepalives, handshakes) pass and are counted, nothing is dropped, unload
+# removes it. ---
+awk '/^\[\[peer\]\]/ && !g { print "[interface.guard]"; print "underlay = [\"gw-alice\", \"gw-bob\"]"; print ""; g = 1 } { print }' \
+	/tmp/mesh-wg.toml >/tmp/mesh-guard.toml
+check guard-load sh -c 'wgbpf load -c /tmp/mesh-guard.toml >/tmp/load-guard.out 2>/tmp/load-guard.err && grep -q "gw-alice: XDP guard attached" /tmp/load-guard.out && grep -q "gw-bob: XDP guard attached" /tmp/load-guard.out'
+check guard-tunnel-bob-ping-gw retry 5 ping4 bob 10.77.0.1
+check guard-tunnel-alice-tcp-gw-22 retry 3 tcp alice 10.77.0.1 22
+check guard-tunnel-alice-tcp-bob-8080 retry 3 tcp alice 10.77.0.3 8080
+wgbpf show -i wg0 -c /tmp/mesh-guard.toml --json >/tmp/show-guard.json 2>/tmp/show-guard.err
+check guard-passed-data grep -q '"pass_data":[1-9]' /tmp/show-guard.json
+check_not guard-dropped-nothing grep -Eq '"(malformed|bad_type|reserved|bad_size|rate_limited|not_allowed|ext_headers)":[1-9]' /tmp/show-guard.json
+check guard-unload sh -c 'wgbpf unload -i gw-alice && wgbpf unload -i gw-bob'
+check_not guard-pins-removed test -e /sys/fs/bpf/wgbpf-xdp/gw-alice
+
 check wgbpf-unload wgbpf unload -i wg0
 check_not unload-pins-removed test -e /sys/fs/bpf/wgbpf/wg0
 check_not unload-no-filter sh -c '/usr/sbin/tc filter show dev wg0 ingress | grep -q wgbpf'
