@@ -10,6 +10,7 @@
 
 mod parse;
 mod policy;
+mod view;
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,

@@ -9,9 +9,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use wgbpf_common::{
-    map_v4, Addr, FlowKey, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    Addr, FlowKey, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP,
 };
+
+use crate::view::View;
 
 /// What the policy and the flow table need to know about a packet.
 pub struct Packet {
@@ -81,34 +83,6 @@ impl Bytes {
             return Err(Malformed);
         }
         Ok(View(p))
-    }
-}
-
-#[derive(Clone, Copy)]
-struct View<const N: usize>(usize);
-
-impl<const N: usize> View<N> {
-    #[inline(always)]
-    fn u8(&self, at: usize) -> u8 {
-        unsafe { *((self.0 + at) as *const u8) }
-    }
-
-    #[inline(always)]
-    fn be16(&self, at: usize) -> u16 {
-        u16::from_be(unsafe { core::ptr::read_unaligned((self.0 + at) as *const u16) })
-    }
-
-    #[inline(always)]
-    fn v4_addr(&self, at: usize) -> Addr {
-        map_v4(unsafe { core::ptr::read_unaligned((self.0 + at) as *const [u8; 4]) })
-    }
-
-    /// Sixteen bytes as two 8-byte loads (no memcpy call).
-    #[inline(always)]
-    fn v6_addr(&self, at: usize) -> Addr {
-        let hi = unsafe { core::ptr::read_unaligned((self.0 + at) as *const u64) };
-        let lo = unsafe { core::ptr::read_unaligned((self.0 + at + 8) as *const u64) };
-        unsafe { core::mem::transmute::<[u64; 2], Addr>([hi, lo]) }
     }
 }
 

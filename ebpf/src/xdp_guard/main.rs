@@ -11,6 +11,8 @@
 #![no_main]
 
 mod packet;
+#[path = "../view.rs"]
+mod view;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},

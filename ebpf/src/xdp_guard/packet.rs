@@ -4,7 +4,9 @@
 //! the port (it passes; the kernel's own checks see to it).
 
 use aya_ebpf::programs::XdpContext;
-use wgbpf_common::{map_v4, xdp::XdpConfig, Addr};
+use wgbpf_common::{xdp::XdpConfig, Addr};
+
+use crate::view::View;
 
 const ETH_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -70,33 +72,6 @@ impl Bytes {
     #[inline(always)]
     fn len(&self) -> usize {
         self.end - self.start
-    }
-}
-
-#[derive(Clone, Copy)]
-struct View<const N: usize>(usize);
-
-impl<const N: usize> View<N> {
-    #[inline(always)]
-    fn u8(&self, at: usize) -> u8 {
-        unsafe { *((self.0 + at) as *const u8) }
-    }
-
-    #[inline(always)]
-    fn be16(&self, at: usize) -> u16 {
-        u16::from_be(unsafe { core::ptr::read_unaligned((self.0 + at) as *const u16) })
-    }
-
-    #[inline(always)]
-    fn v4_addr(&self, at: usize) -> Addr {
-        map_v4(unsafe { core::ptr::read_unaligned((self.0 + at) as *const [u8; 4]) })
-    }
-
-    #[inline(always)]
-    fn v6_addr(&self, at: usize) -> Addr {
-        let hi = unsafe { core::ptr::read_unaligned((self.0 + at) as *const u64) };
-        let lo = unsafe { core::ptr::read_unaligned((self.0 + at + 8) as *const u64) };
-        unsafe { core::mem::transmute::<[u64; 2], Addr>([hi, lo]) }
     }
 }
 
