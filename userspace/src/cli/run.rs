@@ -80,10 +80,11 @@ pub fn run(a: RunArgs) -> Result<()> {
             a.repair_interval.max(0.1),
         )))
     };
-    let json = a.log_format.json();
+    let logged = a.log_format.resolved() != LogFormat::Text;
     let result = daemon::run(config, reconciler);
-    if let (Err(e), true) = (&result, json) {
-        // main() prints the error as text too; log processors get JSON.
+    if let (Err(e), true) = (&result, logged) {
+        // main() prints the error as plain text too; log processors get it
+        // in their format (JSON, or with its priority for the journal).
         tracing::error!(error = %format!("{e:#}"), "wgbpf run failed");
     }
     result
