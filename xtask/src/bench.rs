@@ -47,49 +47,49 @@ pub fn run(which: Bench) -> Result<()> {
     match which {
         Bench::Dataplane(a) => dataplane::run(a),
         Bench::Xdp(args) => xdp::run(args),
-        Bench::Scrape { samples } => crate::cargo(&[
-            "run",
-            "--release",
-            "-q",
-            "-p",
-            "wgbpf",
-            "--example",
-            "bench_scrape",
-            "--",
-            "--peers",
-            "10000",
-            "--deny-series",
-            "100000",
-            "--samples",
-            &samples.to_string(),
-        ]),
-        Bench::Wg { peers, samples } => crate::cargo(&[
-            "run",
-            "--release",
-            "-q",
-            "-p",
-            "wgbpf",
-            "--example",
-            "bench_wg",
-            "--",
-            "--peers",
-            &peers.to_string(),
-            "--samples",
-            &samples.to_string(),
-        ]),
-        Bench::Acl { repeat, samples } => crate::cargo(&[
-            "run",
-            "--release",
-            "-q",
-            "-p",
-            "wgbpf-bpf-tests",
-            "--bin",
+        Bench::Scrape { samples } => release(
+            &["-p", "wgbpf", "--example", "bench_scrape"],
+            &[
+                "--peers",
+                "10000",
+                "--deny-series",
+                "100000",
+                "--samples",
+                &samples.to_string(),
+            ],
+        ),
+        Bench::Wg { peers, samples } => release(
+            &["-p", "wgbpf", "--example", "bench_wg"],
+            &[
+                "--peers",
+                &peers.to_string(),
+                "--samples",
+                &samples.to_string(),
+            ],
+        ),
+        Bench::Acl { repeat, samples } => bench_bin(
             "bench-acl",
-            "--",
-            "--repeat",
-            &repeat.to_string(),
-            "--samples",
-            &samples.to_string(),
-        ]),
+            &[
+                "--repeat",
+                &repeat.to_string(),
+                "--samples",
+                &samples.to_string(),
+            ],
+        ),
     }
+}
+
+/// `cargo run --release -q TARGET -- ARGS`: every benchmark is a release
+/// binary of the crate that owns the code under test.
+fn release(target: &[&str], args: &[&str]) -> Result<()> {
+    let mut a = vec!["run", "--release", "-q"];
+    a.extend_from_slice(target);
+    a.push("--");
+    a.extend_from_slice(args);
+    crate::cargo(&a)
+}
+
+/// A benchmark binary of the bpf-tests crate.
+pub(crate) fn bench_bin(bin: &str, args: &[&str]) -> Result<()> {
+    release(&["-p", "wgbpf-bpf-tests", "--bin", bin], args)
 }

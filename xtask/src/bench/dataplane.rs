@@ -29,26 +29,21 @@ pub struct Dataplane {
 }
 
 pub fn run(a: Dataplane) -> Result<()> {
-    crate::cargo(&[
-        "run",
-        "--release",
-        "-q",
-        "-p",
-        "wgbpf-bpf-tests",
-        "--bin",
+    super::bench_bin(
         "bench-dataplane",
-        "--",
-        "--reps",
-        &a.reps.to_string(),
-        "--seconds",
-        &a.seconds.to_string(),
-        "--warmup",
-        &a.warmup.to_string(),
-        "--rules",
-        &a.rules,
-        "--variants",
-        &a.variants,
-        "--nft-timeout",
-        &a.nft_timeout.to_string(),
-    ])
+        &[
+            "--reps",
+            &a.reps.to_string(),
+            "--seconds",
+            &a.seconds.to_string(),
+            "--warmup",
+            &a.warmup.to_string(),
+            "--rules",
+            &a.rules,
+            "--variants",
+            &a.variants,
+            "--nft-timeout",
+            &a.nft_timeout.to_string(),
+        ],
+    )
 }

@@ -19,20 +19,15 @@ pub struct XdpArgs {
 }
 
 pub fn run(a: XdpArgs) -> Result<()> {
-    crate::cargo(&[
-        "run",
-        "--release",
-        "-q",
-        "-p",
-        "wgbpf-bpf-tests",
-        "--bin",
+    super::bench_bin(
         "bench-xdp",
-        "--",
-        "--seconds",
-        &a.seconds.to_string(),
-        "--samples",
-        &a.samples.to_string(),
-        "--senders",
-        &a.senders.to_string(),
-    ])
+        &[
+            "--seconds",
+            &a.seconds.to_string(),
+            "--samples",
+            &a.samples.to_string(),
+            "--senders",
+            &a.senders.to_string(),
+        ],
+    )
 }
