@@ -127,8 +127,19 @@ impl Prepared {
             let build = replace::build_id();
             let pinned = replace::pinned_build(&self.iface);
             let upgraded_from = if pinned.as_deref() != Some(build.as_str()) {
-                replace::replace(&self.iface, &HOOKS, self.mode)
-                    .map_err(|e| attach_err("replacing the programs of another build", e))?;
+                replace::replace(&self.iface, &HOOKS, self.mode).map_err(|e| {
+                    attach_err(
+                        &format!(
+                            "replacing the programs of another build ({}) by this one's \
+                                 ({build}); the old ones still enforce. If this build's maps \
+                                 differ from the pinned ones, `wgbpf unload -i {}` then \
+                                 `wgbpf load` installs it afresh (a gap; counters restart)",
+                            pinned.as_deref().unwrap_or("not recorded"),
+                            self.iface
+                        ),
+                        e,
+                    )
+                })?;
                 Some(pinned)
             } else {
                 None
