@@ -121,8 +121,8 @@ impl EnforcementPlan {
                 lines.join("\n")
             );
         }
-        let wireguard = match mesh.wg.private_key_file {
-            Some(_) => Some(wireguard_plan(&mesh.wg).context("WireGuard")?),
+        let wireguard = match &mesh.wg.private_key_file {
+            Some(key_file) => Some(wireguard_plan(&mesh.wg, key_file).context("WireGuard")?),
             None => None,
         };
         let guard = mesh.guard.as_ref().map(guard_plan).transpose()?;
@@ -184,11 +184,7 @@ fn guard_plan(spec: &GuardSpec) -> Result<GuardPlan> {
 /// when others may read them), endpoints resolved now, the interface's
 /// routes as wg-quick chooses them. Errors name the file, or the peer and
 /// the field.
-fn wireguard_plan(spec: &WgSpec) -> Result<WireguardPlan, WgError> {
-    let key_file = spec
-        .private_key_file
-        .as_ref()
-        .expect("wireguard_plan needs private_key_file");
+fn wireguard_plan(spec: &WgSpec, key_file: &Path) -> Result<WireguardPlan, WgError> {
     // Clamped, as the device stores it, so that equal keys compare equal.
     let private_key = read_key_file(key_file)?.clamped();
     let own_public = private_key.public_key();
@@ -318,7 +314,7 @@ mod tests {
         spec.peers[0].preshared_key_file = Some(psk_file);
         spec.peers[0].persistent_keepalive = Some(25);
         spec.peers[1].endpoint = Some(Endpoint::parse("192.0.2.7:51820").unwrap());
-        let w = wireguard_plan(&spec).unwrap();
+        let w = wireguard_plan(&spec, &priv_file).unwrap();
         let d = &w.desired;
         assert!(d.config.private_key == Some(private.clamped()));
         assert_eq!(d.config.peers.len(), 2);
@@ -336,7 +332,11 @@ mod tests {
         assert_eq!(routes, ["10.0.1.0/24", "fd00::2/128"]);
         assert_eq!(w.default_routes_skipped.len(), 1);
 
-        let err = |spec: &WgSpec| wireguard_plan(spec).unwrap_err().to_string();
+        let err = |spec: &WgSpec| {
+            wireguard_plan(spec, spec.private_key_file.as_ref().unwrap())
+                .unwrap_err()
+                .to_string()
+        };
         let mut s = spec.clone();
         s.peers[1].endpoint = Some(Endpoint::parse("no-such-host.invalid:51820").unwrap());
         let e = err(&s);

@@ -37,7 +37,7 @@ use crate::{
         xdp_guard, Maps,
     },
     enforce::{enforce, Detached},
-    plan::EnforcementPlan,
+    plan::{EnforcementPlan, WireguardPlan},
     wg::{changes_between, link_is_up, open_backend, set_link_up, DeviceState, Key, PeerChange},
 };
 
@@ -60,11 +60,11 @@ impl DriftRepair {
 impl Reconciler for DriftRepair {
     fn reconcile(&self, plan: &EnforcementPlan) -> Result<Pass> {
         let mut pass = Pass::default();
-        if plan.wireguard.is_some() {
+        if let Some(w) = &plan.wireguard {
             if let Err(e) = repair_link(plan.interface(), &mut pass) {
                 pass.errors.push(format!("link: {e:#}"));
             }
-            if let Err(e) = repair_wireguard(plan, &mut pass) {
+            if let Err(e) = repair_wireguard(plan, w, &mut pass) {
                 pass.errors.push(format!("WireGuard: {e:#}"));
             }
         }
@@ -104,8 +104,7 @@ fn repair_link(iface: &str, pass: &mut Pass) -> Result<()> {
 /// device has it (reported as an error, so the rest is still repaired); a
 /// name whose addresses include the device's current endpoint keeps it
 /// (round-robin DNS does not make the endpoint flap).
-fn wanted(plan: &EnforcementPlan, current: &DeviceState, pass: &mut Pass) -> crate::wg::Desired {
-    let w = plan.wireguard.as_ref().expect("checked by the caller");
+fn wanted(w: &WireguardPlan, current: &DeviceState, pass: &mut Pass) -> crate::wg::Desired {
     let mut d = w.desired.clone();
     for want in &mut d.config.peers {
         let Some(endpoint) = w.dns_endpoints.get(&want.public_key) else {
@@ -133,11 +132,11 @@ fn wanted(plan: &EnforcementPlan, current: &DeviceState, pass: &mut Pass) -> cra
     d
 }
 
-fn repair_wireguard(plan: &EnforcementPlan, pass: &mut Pass) -> Result<()> {
+fn repair_wireguard(plan: &EnforcementPlan, w: &WireguardPlan, pass: &mut Pass) -> Result<()> {
     let backend = open_backend(plan.interface(), plan.settings.wg_backend)?;
     let current = backend.get()?;
     pass.device = Some(current.clone());
-    let d = wanted(plan, &current, pass);
+    let d = wanted(w, &current, pass);
     let changes = changes_between(&d.config, &current);
     if changes.is_empty() {
         return Ok(());
