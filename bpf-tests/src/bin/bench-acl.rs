@@ -42,6 +42,7 @@ use wgbpf_bpf_tests::{
     bench_policies::{
         bench_policy, probe_addrs, ALLOWED_PORT, BASE_RULES, DENIED_PORT, PROBE_PEER,
     },
+    dpbench::stats::median as median_f64,
     harness::{meta, Harness, DROP, PASS},
     packets::Packet,
 };
@@ -458,25 +459,7 @@ fn sample(h: &Harness, frame: &[u8], repeat: u32, want: u32) -> Result<(u64, f64
 }
 
 fn median_u64(xs: &[u64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_unstable();
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2] as f64
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0
-    }
-}
-
-fn median_f64(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    median_f64(&xs.iter().map(|&x| x as f64).collect::<Vec<_>>())
 }
 
 fn run() -> Result<()> {
