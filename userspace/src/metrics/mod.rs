@@ -13,7 +13,6 @@ pub mod tunnels;
 
 use std::{
     fmt,
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -34,12 +33,11 @@ use wgbpf_common::xdp::xdp_stat;
 
 use crate::{
     daemon::hook::RepairKind,
-    dataplane::hooks::HookState,
     dataplane::{
         self,
         counters::{DenyEntry, PeerTotals, Stats, Totals},
+        hooks::HookState,
         peers::peer_label,
-        pin_dir,
         xdp_guard::{self, GuardMode, GuardStats},
         Maps,
     },
@@ -79,7 +77,6 @@ pub struct DaemonCounters {
 #[derive(Debug)]
 pub struct Collector {
     pub interface: String,
-    pub pin_dir: PathBuf,
     pub daemon: Arc<DaemonCounters>,
     /// At most this many deny-map label sets per scrape (the largest by
     /// packets); 0 means no cap.
@@ -101,7 +98,6 @@ impl Collector {
     pub fn new(interface: &str, daemon: Arc<DaemonCounters>, max_deny_series: usize) -> Self {
         Self {
             interface: interface.to_string(),
-            pin_dir: pin_dir(interface),
             daemon,
             max_deny_series,
             failing: AtomicBool::new(false),
