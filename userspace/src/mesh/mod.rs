@@ -389,9 +389,10 @@ fn guard(ctx: &Ctx, raw: &raw::InterfaceSection) -> Result<Option<GuardSpec>, Me
                 "guard: needs the interface's listen_port (the port it watches)",
             )
         })?;
+    let span = g.span();
     let g = g.get_ref();
     if g.underlay.is_empty() {
-        return Err(ctx.err(0..0, "guard: underlay: name at least one interface"));
+        return Err(ctx.err(span, "guard: underlay: name at least one interface"));
     }
     let mut underlay = Vec::new();
     for u in &g.underlay {
@@ -701,6 +702,54 @@ mod tests {
             err("[interface]\nname = \"wg0\"\n[[peer]]\nname = \"a\"\npublic_key = \"short\"\n");
         assert!(e.message.contains("public_key"), "{e}");
         assert_eq!(e.line, 5);
+    }
+
+    #[test]
+    fn the_guard_section_is_checked_where_it_is_written() {
+        let ok = "[interface]\nname = \"wg0\"\nlisten_port = 51820\n\
+                  [interface.guard]\nunderlay = [\"eth0\", \"eth1\"]\nhandshake_rate = 5\n\
+                  allow_sources = [\"198.51.100.0/24\", \"2001:db8::1\"]\n";
+        let g = parse("t.toml", ok).unwrap().guard.unwrap();
+        assert_eq!(g.underlay, ["eth0", "eth1"]);
+        assert_eq!(
+            (g.listen_port, g.handshake_rate, g.handshake_burst),
+            (51820, Some(5), None)
+        );
+        assert_eq!(g.allow_sources.unwrap().len(), 2);
+        assert!(parse("t.toml", "[interface]\nname = \"wg0\"\n")
+            .unwrap()
+            .guard
+            .is_none());
+
+        // No listen port to watch.
+        let e = err(&ok.replace("listen_port = 51820\n", ""));
+        assert!(
+            e.message.contains("needs the interface's listen_port"),
+            "{e}"
+        );
+        // An underlay that is no interface name, or the tunnel itself.
+        let e = err(&ok.replace("\"eth1\"", "\"../x\""));
+        assert!(
+            e.message.contains("underlay") && e.message.contains("not an interface name"),
+            "{e}"
+        );
+        assert_eq!(e.line, 5, "{e}");
+        let e = err(&ok.replace("\"eth1\"", "\"wg0\""));
+        assert!(e.message.contains("the WireGuard interface itself"), "{e}");
+        // An allowlist entry that is no CIDR; an unknown field.
+        let e = err(&ok.replace("2001:db8::1", "not-a-net"));
+        assert!(
+            e.message.contains("allow_sources") && e.message.contains("not-a-net"),
+            "{e}"
+        );
+        assert_eq!(e.line, 7, "{e}");
+        let e = err(&ok.replace("[\"eth0\", \"eth1\"]", "[]"));
+        assert!(
+            e.message.contains("at least one interface") && e.line > 1,
+            "{e}"
+        );
+        let e = err(&format!("{ok}burst = 3\n"));
+        assert!(e.message.contains("burst"), "{e}");
     }
 
     #[test]
