@@ -42,7 +42,7 @@ use wgbpf_bpf_tests::{
     bench_policies::{
         bench_policy, probe_addrs, ALLOWED_PORT, BASE_RULES, DENIED_PORT, PROBE_PEER,
     },
-    dpbench::stats::median as median_f64,
+    dpbench::{args::flag_values, stats::median as median_f64},
     harness::{meta, Harness, DROP, PASS},
     packets::Packet,
 };
@@ -67,21 +67,7 @@ fn parse_args() -> Result<Args> {
         rules: vec![10, 1000, 100_000],
         peers: 10_000,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            eprintln!("{USAGE}");
-            std::process::exit(0);
-        }
-        let (flag, value) = match flag.split_once('=') {
-            Some((f, v)) => (f.to_string(), v.to_string()),
-            None => {
-                let v = it
-                    .next()
-                    .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
-                (flag, v)
-            }
-        };
+    for (flag, value) in flag_values(USAGE)? {
         let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("{flag} {value}: {e}\n{USAGE}");
         match flag.as_str() {
             "--repeat" => args.repeat = value.parse().map_err(|e| bad(&e))?,

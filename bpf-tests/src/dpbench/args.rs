@@ -27,6 +27,30 @@ pub struct Args {
     pub traffic: Vec<Traffic>,
 }
 
+/// The command line as `(--flag, value)` pairs (`--flag value` or
+/// `--flag=value`); `-h`/`--help` prints `usage` and exits. For the
+/// benchmark binaries, which take nothing but such flags.
+pub fn flag_values(usage: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            eprintln!("{usage}");
+            std::process::exit(0);
+        }
+        out.push(match flag.split_once('=') {
+            Some((f, v)) => (f.to_string(), v.to_string()),
+            None => {
+                let v = it
+                    .next()
+                    .with_context(|| format!("{flag} needs a value\n{usage}"))?;
+                (flag, v)
+            }
+        });
+    }
+    Ok(out)
+}
+
 pub fn parse() -> Result<Args> {
     let mut a = Args {
         reps: 7,
@@ -39,21 +63,7 @@ pub fn parse() -> Result<Args> {
         filters: vec![Filter::Wgbpf, Filter::NftRules, Filter::NftSet],
         traffic: vec![Traffic::Allowed, Traffic::Denied, Traffic::Tcp],
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            eprintln!("{USAGE}");
-            std::process::exit(0);
-        }
-        let (flag, value) = match flag.split_once('=') {
-            Some((f, v)) => (f.to_string(), v.to_string()),
-            None => {
-                let v = it
-                    .next()
-                    .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
-                (flag, v)
-            }
-        };
+    for (flag, value) in flag_values(USAGE)? {
         let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("{flag} {value}: {e}\n{USAGE}");
         let secs = |v: &str| -> Result<Duration> {
             let s: f64 = v.parse().map_err(|e| bad(&e))?;
