@@ -11,6 +11,9 @@ APT_PACKAGES=(
   wireguard-tools wireguard-go iproute2 nftables iputils-ping
   # Traffic generators and helpers for the end-to-end tests.
   socat procps
+  # The systemd unit test: systemd-analyze (verify, security, syscall
+  # groups) and strace for the system calls the daemon makes.
+  systemd strace
   # Metrics tests: a real Prometheus server scraping `wgbpf run`, and promtool.
   prometheus
   # VM tests (cargo xtask vm test): QEMU, the guest's busybox, module

@@ -30,6 +30,7 @@ enum Command {
     /// Bring in wg-quick files, Tailscale ACL files or Netbird policies.
     Import(cli::import::ImportArgs),
     Run(cli::run::RunArgs),
+    Reload(cli::reload::ReloadArgs),
     /// Key management: rotate a peer's key with a transition window.
     Keys(cli::keys::KeysArgs),
     /// Generate a private key (base64), like `wg genkey`.
@@ -52,6 +53,7 @@ fn main() {
         Command::Policy(a) => cli::policy::run(a),
         Command::Import(a) => cli::import::run(a),
         Command::Run(a) => cli::run::run(a),
+        Command::Reload(a) => cli::reload::run(a),
         Command::Keys(a) => cli::keys::run(a),
         Command::Genkey(a) => cli::genkey::genkey(a),
         Command::Pubkey(a) => cli::genkey::pubkey(a),
@@ -60,7 +62,12 @@ fn main() {
         Command::Manpage(a) => cli::docs::manpage(a, Cli::command()),
     };
     if let Err(e) = result {
-        eprintln!("wgbpf: error: {e:#}");
+        let message = format!("{e:#}");
+        // A script that asked for JSON gets its failure as JSON too.
+        if std::env::args_os().any(|a| a == "--json") {
+            println!("{}", serde_json::json!({"ok": false, "error": message}));
+        }
+        eprintln!("wgbpf: error: {message}");
         std::process::exit(1);
     }
 }

@@ -136,7 +136,7 @@ struct Test {
 impl Test {
     fn start_daemon(&self, log_name: &str) -> Child {
         let log = File::create(self.dir.join(log_name)).unwrap();
-        // Only the capabilities deploy/wgbpf.service grants.
+        // Only the capabilities deploy/wgbpf@.service grants.
         wgbpf_daemon_command(&self.gw)
             .arg("run")
             .arg("-c")

@@ -7,6 +7,7 @@ pub mod import;
 pub mod keys;
 pub mod load;
 pub mod policy;
+pub mod reload;
 pub mod run;
 pub mod show;
 pub mod unload;

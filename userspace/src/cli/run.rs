@@ -19,13 +19,20 @@ use wgbpf::{
 };
 
 /// Enforce the mesh file, then keep running: metrics over HTTP, deny logs,
-/// SIGHUP reloads the file (a bad file is refused, the running policy
-/// stays), SIGTERM/SIGINT exit and leave the data plane enforcing.
+/// drift repair. `wgbpf reload` (or SIGHUP) reloads the file: a bad file
+/// is refused and the running policy stays; `wgbpf reload` waits and says
+/// which. Under systemd (`Type=notify`) it reports readiness once the
+/// policy is enforced and pings the watchdog. SIGTERM/SIGINT exit and
+/// leave the data plane enforcing.
 #[derive(Args)]
 pub struct RunArgs {
     /// The mesh file (TOML).
     #[arg(short, long)]
     config: PathBuf,
+    /// Refuse to start unless the file names this interface (the template
+    /// unit `wgbpf@IFACE` passes its instance).
+    #[arg(short, long, value_name = "IFACE", value_parser = wgbpf::ifname::parse)]
+    interface: Option<String>,
     /// Serve Prometheus metrics here (loopback by default; port 0 picks one).
     #[arg(long, default_value = daemon::DEFAULT_METRICS_ADDR)]
     metrics_addr: SocketAddr,
@@ -59,6 +66,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     daemon::logging::init(a.log_format)?;
     let config = daemon::Config {
         mesh_file: a.config,
+        interface: a.interface,
         metrics_addr: (!a.no_metrics).then_some(a.metrics_addr),
         settings: Settings::new(
             a.attach.unwrap_or_else(attach::AttachMode::best),

@@ -1,6 +1,8 @@
 //! `wgbpf run`: enforce a mesh file, then stay: serve metrics, log denies,
-//! reload on SIGHUP, exit on SIGTERM/SIGINT leaving the data plane pinned
-//! and enforcing (the next start adopts it).
+//! reload on SIGHUP or a `reload` on the control socket ([`control`], which
+//! answers with the outcome), tell systemd ([`notify`]), exit on
+//! SIGTERM/SIGINT leaving the data plane pinned and enforcing (the next
+//! start adopts it).
 //!
 //! Every start and reload builds the file's [`EnforcementPlan`] (which
 //! validates, compiles and tests the whole file before anything is
@@ -12,26 +14,32 @@
 //! deny-log reader are tasks; enforcing and scraping (syscalls on the maps)
 //! run on the blocking pool.
 
+pub mod control;
 pub mod denylog;
 pub mod drift;
 pub mod hook;
 pub mod logging;
+pub mod notify;
 
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::{atomic::Ordering, Arc, Mutex, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context, Result};
 use tokio::{
     signal::unix::{signal, SignalKind},
+    sync::mpsc,
     task::JoinHandle,
 };
 
 use crate::{
-    dataplane::{attach::AttachMode, Maps},
+    dataplane::{attach::AttachMode, flows::monotonic_ns, Maps},
     enforce::{enforce, Detached, Enforced},
     metrics::{self, Collector, DaemonCounters, Tunnels},
     plan::{EnforcementPlan, Settings},
@@ -40,12 +48,16 @@ use crate::{
 pub use denylog::RateLimit;
 pub use hook::{Pass, Reconciler, Repair, RepairKind, Unmanaged};
 
-/// Default metrics address: loopback only (see docs/metrics.md).
-pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9586";
+/// Default metrics address: loopback only, and not 9586, the port of the
+/// common WireGuard exporters (see docs/metrics.md, "Why 10586").
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:10586";
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub mesh_file: PathBuf,
+    /// The interface the file must name (`wgbpf run -i`, the template
+    /// unit's instance); `None`: whatever the file names.
+    pub interface: Option<String>,
     /// `None`: no metrics server.
     pub metrics_addr: Option<SocketAddr>,
     /// How plans are applied (attach mode, WireGuard backend, events).
@@ -102,24 +114,42 @@ impl Daemon {
         })
     }
 
-    /// Loads and enforces the file on the blocking pool. `interface`:
-    /// the interface the daemon already guards (a reload must not move).
-    async fn apply(&self, interface: Option<String>) -> Result<Applied> {
+    /// Reads, checks and compiles the file on the blocking pool (nothing
+    /// is applied). `interface`: the interface the daemon guards (a reload
+    /// must not move; `-i` must match).
+    async fn plan(&self, interface: Option<String>, starting: bool) -> Result<EnforcementPlan> {
         let path = self.config.mesh_file.clone();
         let settings = self.config.settings;
-        tokio::task::spawn_blocking(move || -> Result<Applied> {
+        tokio::task::spawn_blocking(move || -> Result<EnforcementPlan> {
             let plan = EnforcementPlan::from_file(&path, settings)?;
             if let Some(iface) = interface {
                 if plan.interface() != iface {
+                    if starting {
+                        bail!(
+                            "{}: the file names interface {}, but this daemon is for {iface} (-i); nothing was applied",
+                            path.display(),
+                            plan.interface()
+                        );
+                    }
                     bail!(
                         "the file now names interface {} instead of {iface}; restart wgbpf run to move",
                         plan.interface()
                     );
                 }
             }
+            Ok(plan)
+        })
+        .await
+        .context("planning task")?
+    }
+
+    /// Enforces a checked plan on the blocking pool.
+    async fn enforce(&self, plan: EnforcementPlan) -> Result<Applied> {
+        let path = self.config.mesh_file.clone();
+        tokio::task::spawn_blocking(move || -> Result<Applied> {
             // The plan's errors name the file already; enforce's do not.
-            let (maps, enforced) = enforce(&plan, Detached::Leave)
-                .with_context(|| path.display().to_string())?;
+            let (maps, enforced) =
+                enforce(&plan, Detached::Leave).with_context(|| path.display().to_string())?;
             Ok(Applied {
                 plan: Arc::new(plan),
                 maps,
@@ -130,6 +160,84 @@ impl Daemon {
         .context("enforce task")?
     }
 
+    /// Plans and enforces the file again for the running daemon.
+    async fn apply(&self, interface: &str) -> Result<Applied> {
+        let plan = self.plan(Some(interface.to_string()), false).await?;
+        self.enforce(plan).await
+    }
+
+    /// One reload (SIGHUP or the control socket): the file is enforced, or
+    /// refused with the running policy kept. Returns the reply for a
+    /// control client.
+    async fn reload(
+        &self,
+        iface: &str,
+        why: &'static str,
+        plan: &mut Arc<EnforcementPlan>,
+        reader: &mut Option<JoinHandle<()>>,
+        notifier: &notify::Notifier,
+    ) -> control::Reply {
+        self.counters.reloads.fetch_add(1, Ordering::Relaxed);
+        notifier.reloading();
+        tracing::info!(file = %self.config.mesh_file.display(), why, "reloading");
+        let file = self.config.mesh_file.display().to_string();
+        match self.apply(iface).await {
+            Ok(applied) => {
+                self.log_enforced(&applied.enforced, "reloaded");
+                let version = applied.enforced.policy.version;
+                let enforced = serde_json::to_value(&applied.enforced).ok();
+                *plan = self.adopt_reload(applied, reader);
+                self.reconcile(plan, "reload", reader).await;
+                notifier.ready(&format!("enforcing policy version {version} on {iface}"));
+                control::Reply {
+                    ok: true,
+                    interface: iface.to_string(),
+                    file,
+                    policy_version: Some(version.into()),
+                    enforced,
+                    error: None,
+                }
+            }
+            Err(e) => {
+                self.counters
+                    .reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.last_reload_ok.store(0, Ordering::Relaxed);
+                let reason = format!("{e:#}");
+                tracing::error!(
+                    file = %file,
+                    why,
+                    reason = %reason,
+                    "reload refused; the running policy stays"
+                );
+                let version = self.counters.policy_version.load(Ordering::Relaxed);
+                notifier.ready(&format!(
+                    "reload refused, still enforcing policy version {version} on {iface}: {reason}"
+                ));
+                control::Reply {
+                    ok: false,
+                    interface: iface.to_string(),
+                    file,
+                    policy_version: Some(version),
+                    enforced: None,
+                    error: Some(reason),
+                }
+            }
+        }
+    }
+
+    fn status(&self, iface: &str) -> control::Reply {
+        control::Reply {
+            ok: self.counters.last_reload_ok.load(Ordering::Relaxed) == 1,
+            interface: iface.to_string(),
+            file: self.config.mesh_file.display().to_string(),
+            policy_version: Some(self.counters.policy_version.load(Ordering::Relaxed)),
+            enforced: None,
+            error: (self.counters.last_reload_ok.load(Ordering::Relaxed) != 1)
+                .then(|| "the last reload was refused (see the daemon's log)".to_string()),
+        }
+    }
+
     /// After a successful start or reload: counters, then [`Self::adopt`].
     fn adopt_reload(
         &self,
@@ -137,6 +245,9 @@ impl Daemon {
         reader: &mut Option<JoinHandle<()>>,
     ) -> Arc<EnforcementPlan> {
         self.counters.last_reload_ok.store(1, Ordering::Relaxed);
+        self.counters
+            .policy_version
+            .store(applied.enforced.policy.version.into(), Ordering::Relaxed);
         self.counters
             .last_reload_success_seconds
             .store(now_unix(), Ordering::Relaxed);
@@ -263,6 +374,7 @@ impl Daemon {
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let notifier = notify::Notifier::from_env();
 
         // The metrics socket before anything is applied: a port another
         // exporter holds is an error at start-up that changes nothing
@@ -275,8 +387,13 @@ impl Daemon {
             ),
             None => None,
         };
+        let first = self.plan(self.config.interface.clone(), true).await?;
+        let iface = first.interface().to_string();
+        // Also before anything is applied: a second daemon for the same
+        // interface stops here.
+        let mut control = control::ControlSocket::bind(&iface)?;
         let mut reader = None;
-        let applied = self.apply(None).await?;
+        let applied = self.enforce(first).await?;
         self.log_enforced(
             &applied.enforced,
             if applied.enforced.attach.adopted {
@@ -285,7 +402,6 @@ impl Daemon {
                 "attached; enforcing"
             },
         );
-        let iface = applied.plan.interface().to_string();
         let mut plan = self.adopt_reload(applied, &mut reader);
         self.reconcile(&mut plan, "start", &mut reader).await;
 
@@ -308,6 +424,17 @@ impl Daemon {
             }
             None => None,
         };
+        let (requests_tx, mut requests) = mpsc::channel::<control::Incoming>(4);
+        let control_task = control.serve(requests_tx);
+        tracing::info!(socket = %control.path().display(), "control: `wgbpf reload` answers here");
+        let busy = Arc::new(AtomicU64::new(0));
+        let watchdog = notifier
+            .watchdog_interval()
+            .map(|every| tokio::spawn(watchdog(every, busy.clone())));
+        notifier.ready(&format!(
+            "enforcing policy version {} on {iface}",
+            self.counters.policy_version.load(Ordering::Relaxed)
+        ));
 
         let resync = self.reconciler.interval();
         let mut tick = tokio::time::interval(resync.unwrap_or(Duration::from_secs(3600)));
@@ -316,43 +443,82 @@ impl Daemon {
         let signal_name = loop {
             tokio::select! {
                 _ = hup.recv() => {
-                    self.counters.reloads.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(file = %self.config.mesh_file.display(), "SIGHUP: reloading");
-                    match self.apply(Some(iface.clone())).await {
-                        Ok(applied) => {
-                            self.log_enforced(&applied.enforced, "reloaded");
-                            plan = self.adopt_reload(applied, &mut reader);
-                            self.reconcile(&mut plan, "reload", &mut reader).await;
+                    let _busy = Busy::mark(&busy);
+                    self.reload(&iface, "SIGHUP", &mut plan, &mut reader, &notifier).await;
+                }
+                Some((request, reply)) = requests.recv() => {
+                    let _busy = Busy::mark(&busy);
+                    let answer = match request {
+                        control::Request::Reload => {
+                            self.reload(&iface, "control socket", &mut plan, &mut reader, &notifier).await
                         }
-                        Err(e) => {
-                            self.counters.reload_failures.fetch_add(1, Ordering::Relaxed);
-                            self.counters.last_reload_ok.store(0, Ordering::Relaxed);
-                            tracing::error!(
-                                file = %self.config.mesh_file.display(),
-                                reason = %format!("{e:#}"),
-                                "reload refused; the running policy stays"
-                            );
-                        }
-                    }
+                        control::Request::Status => self.status(&iface),
+                    };
+                    // The client may have given up waiting: nothing to do.
+                    let _ = reply.send(answer);
                 }
                 _ = tick.tick(), if resync.is_some() => {
+                    let _busy = Busy::mark(&busy);
                     self.reconcile(&mut plan, "periodic", &mut reader).await;
                 }
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
             }
         };
-        if let Some(s) = server {
-            s.abort();
+        notifier.stopping();
+        for task in [server, reader, watchdog, Some(control_task)]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
-        if let Some(r) = reader {
-            r.abort();
-        }
+        drop(control);
         tracing::info!(
             signal = signal_name,
             interface = %iface,
             "exiting; the data plane stays pinned and enforcing (the next start adopts it)"
         );
         Ok(())
+    }
+}
+
+/// How long one reload or drift pass may run before the watchdog stops
+/// vouching for the daemon (a hung netlink call or a lock never released).
+const STALL: Duration = Duration::from_secs(300);
+
+/// Marks the main loop busy (since when, monotonic ns) while it lives.
+struct Busy<'a>(&'a AtomicU64);
+
+impl<'a> Busy<'a> {
+    fn mark(busy: &'a AtomicU64) -> Busy<'a> {
+        busy.store(monotonic_ns().max(1), Ordering::Relaxed);
+        Busy(busy)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Pings systemd's watchdog while the runtime runs and the main loop is
+/// idle or has been busy for less than [`STALL`]: a stuck daemon is
+/// killed and restarted by systemd (the data plane enforces meanwhile).
+async fn watchdog(every: Duration, busy: Arc<AtomicU64>) {
+    let notifier = notify::Notifier::from_env();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let since = busy.load(Ordering::Relaxed);
+        let stalled = since != 0 && monotonic_ns().saturating_sub(since) > STALL.as_nanos() as u64;
+        if stalled {
+            tracing::error!(
+                busy_seconds = monotonic_ns().saturating_sub(since) / 1_000_000_000,
+                "the main loop has been busy too long; no longer pinging the watchdog"
+            );
+        } else {
+            notifier.send("WATCHDOG=1");
+        }
     }
 }

@@ -58,6 +58,9 @@ pub struct DaemonCounters {
     pub last_reload_ok: AtomicU64,
     /// Unix seconds of the last successful enforce (start or reload).
     pub last_reload_success_seconds: AtomicU64,
+    /// The policy version the daemon last enforced (for control-socket
+    /// replies; the metric reads the pinned maps).
+    pub policy_version: AtomicU64,
     /// Deny events read from the ring buffer.
     pub events_read: AtomicU64,
     pub deny_lines_logged: AtomicU64,

@@ -17,7 +17,8 @@ use std::{
 use serde_json::Value;
 use testbed::{Host, Testbed};
 
-/// The capability bounding set of deploy/wgbpf.service.
+/// The capability bounding set of deploy/wgbpf@.service (checked by
+/// tests/systemd_unit.rs).
 pub const DAEMON_CAPS: &str = "-all,+net_admin,+bpf,+perfmon";
 
 // ---------------------------------------------------------------- running wgbpf
@@ -54,7 +55,7 @@ pub fn wgbpf_command(host: &Host) -> Command {
     c
 }
 
-/// The same, with only the capabilities deploy/wgbpf.service grants.
+/// The same, with only the capabilities deploy/wgbpf@.service grants.
 pub fn wgbpf_daemon_command(host: &Host) -> Command {
     let mut c = Command::new("nsenter");
     c.arg(format!("--net=/var/run/netns/{}", host.netns))
