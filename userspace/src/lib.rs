@@ -13,4 +13,5 @@ pub mod netlink;
 pub mod plan;
 pub mod policy;
 pub mod source;
+pub mod utc;
 pub mod wg;

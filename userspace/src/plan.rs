@@ -27,8 +27,9 @@ use crate::{
     source,
     wg::{
         kernel::link::{default_routes, routes_for},
-        read_key_file, BackendChoice, DeviceConfig, Endpoint, InterfaceSpec, Key, PeerConfig,
-        WgError,
+        read_key_file,
+        rotate::RotationWindow,
+        BackendChoice, DeviceConfig, Endpoint, InterfaceSpec, Key, PeerConfig, WgError,
     },
 };
 
@@ -196,6 +197,7 @@ fn wireguard_plan(spec: &WgSpec, key_file: &Path) -> Result<WireguardPlan, WgErr
     };
     let mut names: BTreeMap<Key, String> = BTreeMap::new();
     let mut dns_endpoints = BTreeMap::new();
+    let mut rotations = Vec::new();
     for p in &spec.peers {
         let perr = |field: &'static str, message: String| WgError::Peer {
             peer: p.name.clone(),
@@ -236,6 +238,21 @@ fn wireguard_plan(spec: &WgSpec, key_file: &Path) -> Result<WireguardPlan, WgErr
             None => None,
         };
         names.insert(public_key.clone(), p.name.clone());
+        if let Some(r) = &p.rotation {
+            let old = &r.previous_public_key;
+            if *old == own_public {
+                return Err(perr(
+                    "previous_public_key",
+                    "is the interface's own public key".into(),
+                ));
+            }
+            rotations.push(RotationWindow {
+                peer: p.name.clone(),
+                old: old.clone(),
+                new: public_key.clone(),
+                ends: r.ends,
+            });
+        }
         config.peers.push(PeerConfig {
             public_key,
             preshared_key,
@@ -244,13 +261,30 @@ fn wireguard_plan(spec: &WgSpec, key_file: &Path) -> Result<WireguardPlan, WgErr
             allowed_ips: p.allowed_ips.clone(),
         });
     }
+    // An old key may be no peer's current key, nor another rotation's.
+    for w in &rotations {
+        if let Some(other) = names.get(&w.old) {
+            return Err(WgError::Peer {
+                peer: w.peer.clone(),
+                field: "previous_public_key",
+                message: format!("the same key as peer `{other}`"),
+            });
+        }
+    }
+    for w in &rotations {
+        names.insert(w.old.clone(), format!("{} (previous key)", w.peer));
+    }
     let allowed: Vec<IpNet> = spec
         .peers
         .iter()
         .flat_map(|p| p.allowed_ips.iter().copied())
         .collect();
     Ok(WireguardPlan {
-        desired: crate::wg::Desired { config, names },
+        desired: crate::wg::Desired {
+            config,
+            names,
+            rotations,
+        },
         interface: InterfaceSpec {
             addresses: spec.addresses.clone(),
             mtu: spec.mtu,
@@ -290,6 +324,7 @@ mod tests {
             endpoint: None,
             persistent_keepalive: None,
             preshared_key_file: None,
+            rotation: None,
         }
     }
 

@@ -391,3 +391,153 @@ fn rotate_alice_while_bob_keeps_talking() {
     drop(dir);
     mesh.down().unwrap();
 }
+
+/// The daemon runs (drift repair every second): `wgbpf keys rotate` writes
+/// the rotation into the mesh file and the daemon carries it out, instead
+/// of putting the old key back within seconds as it did.
+#[test]
+fn the_running_daemon_carries_out_a_rotation_instead_of_undoing_it() {
+    const WINDOW: u64 = 20;
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice", "bob"])).expect("mesh");
+    let (gw, alice, bob) = (&mesh.gateway, mesh.host("alice"), mesh.host("bob"));
+    let dir = TempDir::new(&mesh);
+    let cfg = dir.0.join("mesh.toml");
+    let text = format!(
+        "# the operator's own note, kept by keys rotate\n{}",
+        common::managed_mesh_file(&mesh, POLICY, &mesh.private_key_file(gw))
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    let cfg_s = cfg.to_str().unwrap().to_string();
+    let unload = common::Unload(gw);
+    let log = std::fs::File::create(dir.0.join("wgbpf.log")).unwrap();
+    let mut daemon = Child(Some(
+        common::wgbpf_daemon_command(gw)
+            .args([
+                "run",
+                "-c",
+                &cfg_s,
+                "--no-metrics",
+                "--repair-interval",
+                "1",
+            ])
+            .args(["--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("wgbpf run"),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !wgbpf(gw, &["reload", "-i", &gw.wg_if, "--status"]).0 {
+        assert!(Instant::now() < deadline, "the daemon did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let b = UapiBackend::open(&gw.wg_if).expect("the gateway's UAPI socket");
+    let old = Key::from_base64(&alice.public_key).unwrap();
+    let new_private = Key::from_bytes(rand::random()).clamped();
+    let new = new_private.public_key();
+    let gw4 = IpAddr::V4(gw.tunnel_v4);
+    assert!(ping_until(alice, gw4, PING));
+
+    // A rotation the daemon refuses (bob to alice's current key) leaves the
+    // file as it was.
+    let (ok, _, err) = wgbpf(
+        gw,
+        &[
+            "keys",
+            "rotate",
+            "-c",
+            &cfg_s,
+            "bob",
+            "--new-public-key",
+            &alice.public_key,
+        ],
+    );
+    assert!(!ok && err.contains("refused"), "{err}");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), text);
+
+    let t0 = Instant::now();
+    let (ok, out, err) = wgbpf(
+        gw,
+        &[
+            "keys",
+            "rotate",
+            "-c",
+            &cfg_s,
+            "alice",
+            "--new-public-key",
+            &new.to_base64(),
+            "--window",
+            &WINDOW.to_string(),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("carried out by the running daemon"), "{out}");
+    let file = std::fs::read_to_string(&cfg).unwrap();
+    assert!(file.starts_with("# the operator's own note"), "{file}");
+    assert!(
+        file.contains(&format!("public_key = \"{}\"", new.to_base64()))
+            && file.contains(&format!("previous_public_key = \"{}\"", alice.public_key))
+            && file.contains("rotation_ends = "),
+        "{file}"
+    );
+    assert!(!file.contains(&new_private.to_base64()));
+
+    // Three drift passes later the new key is still there, without the
+    // addresses; the old key keeps them and alice's traffic on it flows.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = b.get().unwrap();
+    let n = s.peer(&new).expect("the daemon removed the new key");
+    assert!(n.config.allowed_ips.is_empty(), "{:?}", n.config);
+    assert_eq!(s.peer(&old).unwrap().config.allowed_ips.len(), 2);
+    assert!(ping_until(alice, gw4, PING), "the old key must still work");
+
+    // Alice switches to her new key: within a drift pass her addresses
+    // follow it.
+    let key_file = dir.0.join("alice-new.key");
+    write_file(&key_file, &format!("{}\n", new_private.to_base64()));
+    alice
+        .run(&[
+            "wg",
+            "set",
+            &alice.wg_if,
+            "private-key",
+            key_file.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(
+        ping_until(alice, gw4, Duration::from_secs(10)),
+        "alice's traffic does not flow on her new key"
+    );
+    let s = b.get().unwrap();
+    assert_eq!(s.peer(&new).unwrap().config.allowed_ips.len(), 2);
+    assert!(s
+        .peer(&old)
+        .expect("the old key stays")
+        .config
+        .allowed_ips
+        .is_empty());
+    assert!(
+        t0.elapsed() < Duration::from_secs(WINDOW),
+        "too slow to check mid-window"
+    );
+
+    // The window ends: the daemon removes the old key; the file and the
+    // device agree; alice and bob still talk to the gateway.
+    let deadline = t0 + Duration::from_secs(WINDOW + 15);
+    while b.get().unwrap().peer(&old).is_some() {
+        assert!(Instant::now() < deadline, "the old key was never removed");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(t0.elapsed() >= Duration::from_secs(WINDOW - 1));
+    let (ok, out, err) = wgbpf(gw, &["audit", "-c", &cfg_s]);
+    assert!(ok, "audit after the window: {out}{err}");
+    assert!(ping_until(alice, gw4, PING));
+    assert!(ping_until(bob, gw4, PING));
+    if let Some(mut c) = daemon.0.take() {
+        common::stop(&mut c, Duration::from_secs(20));
+    }
+    drop(unload);
+    drop(dir);
+    mesh.down().unwrap();
+}

@@ -9,13 +9,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The bottom: one netlink helper, interface names.
     ("netlink", &[]),
     ("ifname", &[]),
+    ("utc", &[]),
     // The WireGuard control library knows nothing of the application.
     ("wg", &["ifname", "netlink"]),
     // The core: the policy and the data plane, proven against each other.
     ("policy", &[]),
     ("dataplane", &["policy", "netlink"]),
     // The mesh file and the importers, below the plan.
-    ("mesh", &["policy", "wg", "ifname"]),
+    ("mesh", &["policy", "wg", "ifname", "utc"]),
     ("import", &["mesh", "policy", "wg", "ifname"]),
     ("source", &["mesh", "import"]),
     // The application: a plan, applied; the daemon around it.
@@ -27,7 +28,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "daemon",
-        &["plan", "enforce", "dataplane", "metrics", "mesh", "wg"],
+        &[
+            "plan",
+            "enforce",
+            "dataplane",
+            "metrics",
+            "mesh",
+            "wg",
+            "utc",
+        ],
     ),
 ];
 

@@ -131,30 +131,6 @@ impl Bucket {
     }
 }
 
-/// RFC 3339 in UTC with milliseconds, from nanoseconds since the epoch.
-pub fn rfc3339(unix_ns: i128) -> String {
-    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
-    let millis = (unix_ns.rem_euclid(1_000_000_000) / 1_000_000) as u32;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
-}
-
 fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -168,7 +144,7 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 /// The event's time (bpf_ktime_get_ns: CLOCK_MONOTONIC) as wall-clock time.
 fn event_time(ev: &DenyEvent) -> String {
     let age = clock_ns(libc::CLOCK_MONOTONIC) - ev.timestamp_ns as i128;
-    rfc3339(clock_ns(libc::CLOCK_REALTIME) - age)
+    crate::utc::format_millis(clock_ns(libc::CLOCK_REALTIME) - age)
 }
 
 /// Emits one deny log line.
@@ -279,16 +255,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_formats_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            rfc3339(1_709_251_199_123_000_000),
-            "2024-02-29T23:59:59.123Z"
-        );
-        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
-    }
 
     #[test]
     fn bucket_limits_and_refills() {

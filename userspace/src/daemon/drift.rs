@@ -137,7 +137,10 @@ fn repair_wireguard(plan: &EnforcementPlan, w: &WireguardPlan, pass: &mut Pass) 
     let current = backend.get()?;
     pass.device = Some(current.clone());
     let d = wanted(w, &current, pass);
-    let changes = changes_between(&d.config, &current);
+    let changes = changes_between(
+        &d.config_for(&current, std::time::SystemTime::now()),
+        &current,
+    );
     if changes.is_empty() {
         return Ok(());
     }

@@ -121,6 +121,85 @@ pub struct WgPeerSpec {
     pub endpoint: Option<Endpoint>,
     pub persistent_keepalive: Option<u16>,
     pub preshared_key_file: Option<std::path::PathBuf>,
+    /// A key rotation declared in the file: the old key is accepted too
+    /// until the window ends.
+    pub rotation: Option<KeyRotation>,
+}
+
+/// `previous_public_key` and `rotation_ends` of a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRotation {
+    pub previous_public_key: Key,
+    pub ends: std::time::SystemTime,
+}
+
+/// A peer's declared key rotation: both fields or neither, the old key
+/// not the new one, the end a full date and time with its offset.
+fn key_rotation(
+    ctx: &Ctx,
+    p: &raw::PeerSection,
+    public_key: Option<&Key>,
+) -> Result<Option<KeyRotation>, MeshError> {
+    let (prev, ends) = match (&p.previous_public_key, &p.rotation_ends) {
+        (None, None) => return Ok(None),
+        (Some(k), None) => {
+            return Err(ctx.err(
+                k.span(),
+                "previous_public_key needs rotation_ends (when to stop accepting it)",
+            ))
+        }
+        (None, Some(e)) => {
+            return Err(ctx.err(
+                e.span(),
+                "rotation_ends needs previous_public_key (the key being replaced)",
+            ))
+        }
+        (Some(k), Some(e)) => (k, e),
+    };
+    let previous = Key::from_base64(prev.get_ref())
+        .map_err(|w| ctx.err(prev.span(), format!("previous_public_key: {w}")))?;
+    let Some(current) = public_key else {
+        return Err(ctx.err(
+            prev.span(),
+            "previous_public_key needs public_key (the new key)",
+        ));
+    };
+    if *current == previous {
+        return Err(ctx.err(
+            prev.span(),
+            "previous_public_key is the same as public_key: nothing to rotate",
+        ));
+    }
+    let ends = datetime_to_system_time(ends.get_ref())
+        .map_err(|m| ctx.err(ends.span(), format!("rotation_ends: {m}")))?;
+    Ok(Some(KeyRotation {
+        previous_public_key: previous,
+        ends,
+    }))
+}
+
+/// A TOML offset date-time (`2026-12-04T18:00:00Z`) as a `SystemTime`.
+fn datetime_to_system_time(d: &toml::value::Datetime) -> Result<std::time::SystemTime, String> {
+    let (Some(date), Some(time), Some(offset)) = (d.date, d.time, d.offset) else {
+        return Err(format!(
+            "`{d}` needs a date, a time and an offset, e.g. 2026-12-04T18:00:00Z"
+        ));
+    };
+    let offset_minutes = match offset {
+        toml::value::Offset::Z => 0,
+        toml::value::Offset::Custom { minutes } => minutes.into(),
+    };
+    crate::utc::to_system_time(
+        (date.year.into(), date.month.into(), date.day.into()),
+        (
+            time.hour.into(),
+            time.minute.into(),
+            time.second.into(),
+            time.nanosecond,
+        ),
+        offset_minutes,
+    )
+    .ok_or_else(|| format!("`{d}` is before 1970"))
 }
 
 struct Ctx<'a> {
@@ -288,6 +367,7 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
             .as_ref()
             .map(|e| Endpoint::parse(e.get_ref()).map_err(|m| ctx.err(e.span(), m)))
             .transpose()?;
+        let rotation = key_rotation(ctx, p, public_key.as_ref())?;
         wg.peers.push(WgPeerSpec {
             name: name.clone(),
             public_key,
@@ -295,6 +375,7 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
             endpoint,
             persistent_keepalive: p.persistent_keepalive.as_ref().map(|k| *k.get_ref()),
             preshared_key_file: p.preshared_key_file.as_ref().map(|f| f.get_ref().into()),
+            rotation,
         });
         peers.push(Peer {
             name,
@@ -610,6 +691,65 @@ mod tests {
 
     fn err(text: &str) -> MeshError {
         parse("mesh.toml", text).expect_err("must fail")
+    }
+
+    #[test]
+    fn key_rotations_are_checked_with_their_positions() {
+        let (a, b) = (
+            Key::from_bytes([1; 32]).to_base64(),
+            Key::from_bytes([2; 32]).to_base64(),
+        );
+        let file = |extra: &str| {
+            format!(
+                "[interface]\nname = \"wg0\"\naddresses = [\"10.0.0.1/24\"]\n\n[[peer]]\n\
+                 name = \"alice\"\npublic_key = \"{b}\"\nallowed_ips = [\"10.0.0.2/32\"]\n{extra}"
+            )
+        };
+        let m = parse(
+            "mesh.toml",
+            &file(&format!(
+                "previous_public_key = \"{a}\"\nrotation_ends = 2026-12-04T20:00:00+02:00\n"
+            )),
+        )
+        .unwrap();
+        let r = m.wg.peers[0].rotation.as_ref().unwrap();
+        assert_eq!(r.previous_public_key.to_base64(), a);
+        assert_eq!(
+            r.ends,
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_407_200)
+        );
+        for (extra, line, want) in [
+            (
+                format!("previous_public_key = \"{a}\"\n"),
+                9,
+                "needs rotation_ends",
+            ),
+            (
+                "rotation_ends = 2026-12-04T18:00:00Z\n".to_string(),
+                9,
+                "needs previous_public_key",
+            ),
+            (
+                format!("previous_public_key = \"{b}\"\nrotation_ends = 2026-12-04T18:00:00Z\n"),
+                9,
+                "nothing to rotate",
+            ),
+            (
+                format!("previous_public_key = \"{a}\"\nrotation_ends = 2026-12-04T18:00:00\n"),
+                10,
+                "needs a date, a time and an offset",
+            ),
+            (
+                "previous_public_key = \"short\"\nrotation_ends = 2026-12-04T18:00:00Z\n"
+                    .to_string(),
+                9,
+                "previous_public_key:",
+            ),
+        ] {
+            let e = err(&file(&extra));
+            assert!(e.message.contains(want), "{extra}: {e}");
+            assert_eq!(e.line, line, "{extra}: {e}");
+        }
     }
 
     #[test]

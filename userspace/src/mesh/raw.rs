@@ -59,6 +59,12 @@ pub struct PeerSection {
     pub persistent_keepalive: Option<Spanned<u16>>,
     #[serde(default)]
     pub preshared_key_file: Option<Spanned<String>>,
+    /// A key rotation in progress: the peer's old public key, accepted
+    /// with `public_key` until `rotation_ends` (docs/wireguard.md).
+    #[serde(default)]
+    pub previous_public_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub rotation_ends: Option<Spanned<toml::value::Datetime>>,
     /// Identity for the policy: who uses this peer, its groups and tags.
     #[serde(default)]
     pub user: Option<Spanned<String>>,

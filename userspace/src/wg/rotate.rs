@@ -40,7 +40,7 @@ use serde::Serialize;
 
 use super::{
     key::Key,
-    model::{normalize, ChangeSet, DeviceState, PeerChange, PeerConfig, PeerUpdate},
+    model::{normalize, ChangeSet, DeviceConfig, DeviceState, PeerChange, PeerConfig, PeerUpdate},
     Backend, WgError,
 };
 
@@ -234,6 +234,69 @@ pub fn finish_changes(r: &Rotation, holder: Holder) -> ChangeSet {
     }
 }
 
+/// A rotation declared in the mesh file (`previous_public_key`,
+/// `rotation_ends`): the same procedure as [`rotate`], carried out by
+/// whoever brings the device to the file (`wgbpf load`, and `wgbpf run`'s
+/// drift repair every few seconds), so a running daemon performs the
+/// rotation instead of undoing it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationWindow {
+    pub peer: String,
+    pub old: Key,
+    /// The key in the file's `public_key`.
+    pub new: Key,
+    pub ends: SystemTime,
+}
+
+/// `config` as wanted at `now` from a device in state `current`: for each
+/// window still open, the peer's old key is wanted too, and the AllowedIPs
+/// (with the keepalive) go to the key with the latest handshake
+/// ([`holder_wanted`]; the key that holds them on the device keeps them
+/// on a tie, the old key when neither holds them). The holder is listed
+/// first, so the change set sets its AllowedIPs (moving each prefix)
+/// before it clears the other's. Once a window has ended, the file's
+/// configuration stands alone and the old key is removed as any peer not
+/// in the file.
+pub fn with_windows(
+    config: &DeviceConfig,
+    windows: &[RotationWindow],
+    current: &DeviceState,
+    now: SystemTime,
+) -> DeviceConfig {
+    let mut out = config.clone();
+    for w in windows.iter().filter(|w| now < w.ends) {
+        let Some(i) = out.peers.iter().position(|p| p.public_key == w.new) else {
+            continue;
+        };
+        let declared = out.peers.remove(i);
+        let (old_s, new_s) = (current.peer(&w.old), current.peer(&w.new));
+        let holds = |s: Option<&super::model::PeerState>| {
+            s.is_some_and(|s| !s.config.allowed_ips.is_empty())
+        };
+        let on_device = if holds(new_s) && !holds(old_s) {
+            Holder::New
+        } else {
+            Holder::Old
+        };
+        let holder = holder_wanted(
+            old_s.and_then(|s| s.last_handshake),
+            new_s.and_then(|s| s.last_handshake),
+            on_device,
+        );
+        let mut other = PeerConfig::new(w.old.clone());
+        other.preshared_key = declared.preshared_key.clone();
+        other.endpoint = declared.endpoint;
+        let mut holding = declared;
+        if holder == Holder::Old {
+            holding.public_key = w.old.clone();
+            other.public_key = w.new.clone();
+        }
+        out.peers.insert(i, other);
+        out.peers.insert(i, holding);
+    }
+    out
+}
+
 /// Runs the whole rotation on `backend`: start, `window` of following the
 /// handshakes, finish. `on_event` is called for each step as it happens.
 pub fn rotate(
@@ -378,6 +441,96 @@ mod tests {
             rx_bytes: 0,
             tx_bytes: 0,
         }
+    }
+
+    #[test]
+    fn declared_windows_follow_the_handshakes_and_end() {
+        use crate::wg::changes_between;
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        // alice's file entry: key 9 (new), keepalive 25; old key 2.
+        let mut alice = PeerConfig::new(k(9));
+        alice.allowed_ips = vec!["10.0.0.2/32".parse().unwrap()];
+        alice.persistent_keepalive = Some(25);
+        let bob = peer(3, &["10.0.0.3/32"], Some(100));
+        let config = DeviceConfig {
+            peers: vec![alice.clone(), bob.config.clone()],
+            ..Default::default()
+        };
+        let windows = [RotationWindow {
+            peer: "alice".into(),
+            old: k(2),
+            new: k(9),
+            ends: t(1000),
+        }];
+        let state = |peers: Vec<PeerState>| DeviceState {
+            interface: "wg0".into(),
+            peers,
+            ..Default::default()
+        };
+        let keys = |c: &DeviceConfig| -> Vec<(Key, usize, Option<u16>)> {
+            c.peers
+                .iter()
+                .map(|p| {
+                    (
+                        p.public_key.clone(),
+                        p.allowed_ips.len(),
+                        p.persistent_keepalive,
+                    )
+                })
+                .collect()
+        };
+
+        // Only the old key on the device, with the addresses: it keeps
+        // them, the new key is wanted without; bob untouched.
+        let before = state(vec![peer(2, &["10.0.0.2/32"], Some(100)), bob.clone()]);
+        let want = with_windows(&config, &windows, &before, t(500));
+        assert_eq!(
+            keys(&want),
+            vec![(k(2), 1, Some(25)), (k(9), 0, None), (k(3), 1, Some(25))]
+        );
+        let cs = changes_between(&want, &before);
+        assert_eq!(cs.peers.len(), 1, "{cs:?}");
+        assert!(matches!(&cs.peers[0], PeerChange::Add(p) if p.public_key == k(9)));
+
+        // The peer handshakes on its new key: the addresses move, set on
+        // the new key before they are cleared from the old.
+        let switched = state(vec![
+            peer(2, &["10.0.0.2/32"], Some(100)),
+            peer(9, &[], Some(200)),
+            bob.clone(),
+        ]);
+        let want = with_windows(&config, &windows, &switched, t(500));
+        assert_eq!(
+            keys(&want),
+            vec![(k(9), 1, Some(25)), (k(2), 0, None), (k(3), 1, Some(25))]
+        );
+        let cs = changes_between(&want, &switched);
+        let order: Vec<(Key, bool)> = cs
+            .peers
+            .iter()
+            .map(|c| match c {
+                PeerChange::Update(u) => (
+                    u.public_key.clone(),
+                    u.allowed_ips.as_ref().is_some_and(|a| !a.is_empty()),
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(order, vec![(k(9), true), (k(2), false)]);
+
+        // Neither key on the device (a fresh load inside the window): both
+        // added, the old key holding until the peer shows up on the new.
+        let want = with_windows(&config, &windows, &state(vec![]), t(500));
+        assert_eq!(keys(&want)[..2], [(k(2), 1, Some(25)), (k(9), 0, None)]);
+
+        // The window is over: the file alone, so the old key goes.
+        let want = with_windows(&config, &windows, &switched, t(1000));
+        assert_eq!(want, config);
+        let cs = changes_between(&want, &switched);
+        assert!(cs
+            .peers
+            .iter()
+            .any(|c| matches!(c, PeerChange::Remove(key) if *key == k(2))));
     }
 
     #[test]

@@ -3,14 +3,15 @@
 //! sent), then, once the caller has checked everything else too, send it
 //! ([`DeviceUpdate::apply`]).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::SystemTime};
 
 use serde::Serialize;
 
 use super::{
     diff::changes_between,
     key::Key,
-    model::{ChangeSet, DeviceConfig, PeerChange},
+    model::{ChangeSet, DeviceConfig, DeviceState, PeerChange},
+    rotate::{with_windows, RotationWindow},
     Backend, WgError,
 };
 
@@ -19,6 +20,17 @@ use super::{
 pub struct Desired {
     pub config: DeviceConfig,
     pub names: BTreeMap<Key, String>,
+    /// Key rotations declared in the file: each peer's old key is wanted
+    /// too until its window ends ([`super::rotate::with_windows`]).
+    pub rotations: Vec<RotationWindow>,
+}
+
+impl Desired {
+    /// The configuration to want from a device in state `current` at
+    /// `now`: [`Self::config`] with the rotations in progress applied.
+    pub fn config_for(&self, current: &DeviceState, now: SystemTime) -> DeviceConfig {
+        with_windows(&self.config, &self.rotations, current, now)
+    }
 }
 
 /// Everything checked and the device read; nothing sent yet.
@@ -89,7 +101,7 @@ impl DeviceUpdate {
     /// the change set. Sends nothing.
     pub fn new(backend: Box<dyn Backend>, desired: Desired) -> Result<DeviceUpdate, WgError> {
         let current = backend.get()?;
-        let changes = changes_between(&desired.config, &current);
+        let changes = changes_between(&desired.config_for(&current, SystemTime::now()), &current);
         Ok(DeviceUpdate {
             backend,
             desired,
