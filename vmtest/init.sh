@@ -143,6 +143,19 @@ retry() {
 	return 1
 }
 
+# eventually N CMD...: CMD succeeds within N seconds (polled every second).
+eventually() {
+	n=$1
+	shift
+	i=0
+	while [ $i -lt "$n" ]; do
+		"$@" && return 0
+		sleep 1
+		i=$((i + 1))
+	done
+	return 1
+}
+
 # --- the tunnel carries traffic before wgbpf ---
 t0=$(now)
 check tunnel-alice-ping-gw retry 5 ping4 alice 10.77.0.1
@@ -342,6 +355,20 @@ EOF
 	check_not link-wg1-no-route-inside-subnet sh -c '/usr/sbin/ip -4 route show dev wg1 | grep -q "^10.88.0.5"'
 	check link-wg1-peer-configured sh -c "wg show wg1 allowed-ips | grep '$W1_PEER' | grep -q 10.99.0.0/24"
 	check link-wg1-reload wgbpf load -c /tmp/mesh-wg1.toml
+	# Drift repair of the interface itself: `wgbpf run` puts back an
+	# address, a route and the MTU changed by hand.
+	wgbpf run -c /tmp/mesh-wg1.toml --no-metrics --repair-interval 1 --log-format json 2>/tmp/run-wg1.log &
+	RUN_WG1=$!
+	check link-wg1-daemon-ready eventually 30 wgbpf reload -i wg1 --status
+	/usr/sbin/ip addr del 10.88.0.1/24 dev wg1
+	/usr/sbin/ip route del 10.99.0.0/24 dev wg1
+	/usr/sbin/ip link set wg1 mtu 1420
+	check link-wg1-repaired-address eventually 10 sh -c '/usr/sbin/ip -4 addr show dev wg1 | grep -q "inet 10.88.0.1/24"'
+	check link-wg1-repaired-route eventually 10 sh -c '/usr/sbin/ip -4 route show dev wg1 | grep -q "^10.99.0.0/24 "'
+	check link-wg1-repaired-mtu eventually 10 sh -c '/usr/sbin/ip link show wg1 | grep -q "mtu 1380"'
+	check link-wg1-repairs-logged sh -c 'grep "drift repaired" /tmp/run-wg1.log | grep "\"kind\":\"link\"" | grep -q "10.99.0.0/24"'
+	kill "$RUN_WG1"
+	wait "$RUN_WG1"
 	check link-wg1-unload wgbpf unload -i wg1
 	check link-wg1-del ip link del wg1
 }

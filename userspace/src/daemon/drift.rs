@@ -4,8 +4,11 @@
 //! A pass checks, in this order:
 //!
 //! 1. **Link** (only when the file manages WireGuard, i.e. has
-//!    `private_key_file`): the interface is up; if not, it is set up
-//!    (`SIOCSIFFLAGS`, as `ip link set IF up`).
+//!    `private_key_file`): with the kernel backend, the interface as the
+//!    file describes it (`Backend::ensure_interface`: the link, its
+//!    addresses, MTU and the routes for the peers' AllowedIPs, each added
+//!    back when missing, nothing removed); with any backend, the interface
+//!    is up; if not, it is set up (`SIOCSIFFLAGS`, as `ip link set IF up`).
 //! 2. **WireGuard** (same condition): the device against the file, endpoint
 //!    DNS names resolved again; the least change set is sent (peers
 //!    added, removed or updated; private key, port, fwmark).
@@ -61,6 +64,9 @@ impl Reconciler for DriftRepair {
     fn reconcile(&self, plan: &EnforcementPlan) -> Result<Pass> {
         let mut pass = Pass::default();
         if let Some(w) = &plan.wireguard {
+            if let Err(e) = repair_interface(plan, w, &mut pass) {
+                pass.errors.push(format!("link: {e:#}"));
+            }
             if let Err(e) = repair_link(plan.interface(), &mut pass) {
                 pass.errors.push(format!("link: {e:#}"));
             }
@@ -94,6 +100,50 @@ fn repair_link(iface: &str, pass: &mut Pass) -> Result<()> {
         drift: format!("interface {iface} is down"),
         action: "set it up".into(),
     });
+    Ok(())
+}
+
+/// The kernel backend's interface: link, addresses, MTU, routes. The
+/// UAPI backend's process owns its TUN device: nothing to do.
+fn repair_interface(plan: &EnforcementPlan, w: &WireguardPlan, pass: &mut Pass) -> Result<()> {
+    let iface = plan.interface();
+    let backend = open_backend(iface, plan.settings.wg_backend)?;
+    let Some(report) = backend.ensure_interface(&w.interface)? else {
+        return Ok(());
+    };
+    let mut repair = |drift: String, action: String| {
+        pass.repairs.push(Repair {
+            kind: RepairKind::Link,
+            drift,
+            action,
+        })
+    };
+    if report.created {
+        repair(
+            format!("interface {iface} did not exist"),
+            "created it (type wireguard)".into(),
+        );
+    } else if report.brought_up {
+        repair(format!("interface {iface} is down"), "set it up".into());
+    }
+    for a in &report.addresses_added {
+        repair(
+            format!("address {a} is missing from {iface}"),
+            "added it".into(),
+        );
+    }
+    if let Some(m) = report.mtu {
+        repair(
+            format!("{iface}'s MTU differs from the file's {m}"),
+            format!("set mtu {m}"),
+        );
+    }
+    for r in &report.routes_added {
+        repair(
+            format!("the route to {r} via {iface} is missing"),
+            "added it".into(),
+        );
+    }
     Ok(())
 }
 
