@@ -5,6 +5,8 @@
 //! first, which may be a live but idle connection. A periodic sweep keeps
 //! the dead ones from filling the table.
 
+use std::os::fd::{AsFd, AsRawFd};
+
 use aya::maps::IterableMap;
 use wgbpf_common::{names, FlowKey, FlowValue};
 
@@ -28,12 +30,30 @@ pub struct Sweep {
     pub removed: usize,
 }
 
+/// Points inside a sweep where [`Maps::sweep_flows_hooked`] calls its hook:
+/// where packets may meet the table while the sweep works.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepPoint<'a> {
+    /// The table was read; nothing is deleted yet.
+    Read,
+    /// Right before this entry, found dead, is deleted.
+    Delete(&'a FlowKey),
+}
+
 impl Maps {
     /// Removes the flow entries whose expiry lies before `now_ns`
-    /// ([`monotonic_ns`]). One batch read of the table, one delete per dead
-    /// entry; an entry a packet renews meanwhile may be removed with it (its
-    /// next packet then opens it again, as after an eviction).
-    pub fn sweep_flows(&mut self, now_ns: u64) -> Result<Sweep, DataplaneError> {
+    /// ([`monotonic_ns`]).
+    pub fn sweep_flows(&self, now_ns: u64) -> Result<Sweep, DataplaneError> {
+        self.sweep_flows_hooked(now_ns, &mut |_| {})
+    }
+
+    /// [`Maps::sweep_flows`], calling `hook` at each [`SweepPoint`] (tests
+    /// run packets there to show the races).
+    pub fn sweep_flows_hooked(
+        &self,
+        now_ns: u64,
+        hook: &mut dyn FnMut(SweepPoint),
+    ) -> Result<Sweep, DataplaneError> {
         let io = |e: std::io::Error| DataplaneError::Layout(format!("{}: {e}", names::FLOWS));
         let mut dead = Vec::new();
         let mut live = 0;
@@ -53,13 +73,61 @@ impl Maps {
             },
         )
         .map_err(io)?;
+        hook(SweepPoint::Read);
+        let fd = self.flows.map().fd().as_fd().as_raw_fd();
         let mut removed = 0;
         for key in &dead {
+            hook(SweepPoint::Delete(key));
             // Gone already (a packet met it, or the LRU took it): fine.
-            if self.flows.remove(key).is_ok() {
+            if elem(fd, BPF_MAP_DELETE_ELEM, key, std::ptr::null_mut(), 0).is_ok() {
                 removed += 1;
             }
         }
         Ok(Sweep { live, removed })
+    }
+}
+
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+
+/// The element member of `union bpf_attr`.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// One element command of bpf(2) on the flow table. aya's `HashMap` wants
+/// `&mut self` to delete, and has no lookup-and-delete.
+fn elem(
+    fd: i32,
+    cmd: libc::c_long,
+    key: &FlowKey,
+    value: *mut FlowValue,
+    flags: u64,
+) -> std::io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: fd as u32,
+        _pad: 0,
+        key: key as *const FlowKey as u64,
+        value: value as u64,
+        flags,
+    };
+    // SAFETY: attr points at a whole key and, where the command writes or
+    // reads one, a whole value.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            &mut attr as *mut ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
