@@ -16,6 +16,7 @@ pub mod denylog;
 pub mod drift;
 pub mod hook;
 pub mod logging;
+pub mod sweep;
 
 use std::{
     net::SocketAddr,
@@ -81,6 +82,8 @@ struct Daemon {
     tunnels: Arc<Tunnels>,
     /// The errors of the last reconcile pass (logged when they change).
     last_errors: Mutex<Vec<String>>,
+    /// The flow sweep's interval, from the file last enforced.
+    sweep_interval: tokio::sync::watch::Sender<Option<Duration>>,
 }
 
 /// The result of one enforce, as the main loop uses it.
@@ -99,6 +102,7 @@ impl Daemon {
             log_ctx: Arc::new(RwLock::new(denylog::LogContext::default())),
             tunnels: Arc::new(Tunnels::default()),
             last_errors: Mutex::new(Vec::new()),
+            sweep_interval: tokio::sync::watch::Sender::new(None),
         })
     }
 
@@ -156,6 +160,8 @@ impl Daemon {
             *ctx = denylog::LogContext::new(&applied.plan.mesh, slots);
         }
         self.tunnels.set_names(&applied.plan.mesh);
+        self.sweep_interval
+            .send_replace(applied.plan.mesh.flows.sweep_interval);
         if let Some(events) = applied.maps.events.take() {
             if let Some(old) = reader.take() {
                 old.abort();
@@ -183,6 +189,7 @@ impl Daemon {
                 AttachMode::Clsact => "clsact",
             },
             adopted = e.attach.adopted,
+            flow_settings_changed = e.attach.flow_settings_changed,
             policy_version = e.policy.version,
             changed = e.policy.changed,
             rules = e.rules,
@@ -288,6 +295,11 @@ impl Daemon {
         let iface = applied.plan.interface().to_string();
         let mut plan = self.adopt_reload(applied, &mut reader);
         self.reconcile(&mut plan, "start", &mut reader).await;
+        let sweeper = tokio::spawn(sweep::run(
+            iface.clone(),
+            self.sweep_interval.subscribe(),
+            self.counters.clone(),
+        ));
 
         let server = match listener {
             Some(listener) => {
@@ -348,6 +360,7 @@ impl Daemon {
         if let Some(r) = reader {
             r.abort();
         }
+        sweeper.abort();
         tracing::info!(
             signal = signal_name,
             interface = %iface,
