@@ -103,7 +103,10 @@ mod tests {
         let name = encode(&c);
         assert!(MARK.len() + name.len() < 255, "fits a file name");
         assert_eq!(decode(&name), Some(c));
-        assert_eq!(decode(&encode(&FlowConfig::DEFAULT)), Some(FlowConfig::DEFAULT));
+        assert_eq!(
+            decode(&encode(&FlowConfig::DEFAULT)),
+            Some(FlowConfig::DEFAULT)
+        );
         assert_eq!(decode(&name[2..]), None, "a truncated name is no setting");
         assert_eq!(decode(&name.replace('0', "g")), None);
     }

@@ -47,10 +47,7 @@ impl Default for FlowSpec {
     }
 }
 
-pub(super) fn flows(
-    ctx: &Ctx,
-    raw: Option<&Spanned<FlowsSection>>,
-) -> Result<FlowSpec, MeshError> {
+pub(super) fn flows(ctx: &Ctx, raw: Option<&Spanned<FlowsSection>>) -> Result<FlowSpec, MeshError> {
     let mut spec = FlowSpec::default();
     let Some(raw) = raw else {
         return Ok(spec);
@@ -83,16 +80,29 @@ pub(super) fn flows(
     let c = &mut spec.config;
     for (v, name, field) in [
         (&f.tcp_opening, "tcp_opening", &mut c.tcp_opening_ns),
-        (&f.tcp_established, "tcp_established", &mut c.tcp_established_ns),
+        (
+            &f.tcp_established,
+            "tcp_established",
+            &mut c.tcp_established_ns,
+        ),
         (&f.tcp_closing, "tcp_closing", &mut c.tcp_closing_ns),
         (&f.other_opening, "other_opening", &mut c.other_opening_ns),
-        (&f.other_established, "other_established", &mut c.other_established_ns),
+        (
+            &f.other_established,
+            "other_established",
+            &mut c.other_established_ns,
+        ),
     ] {
         if let Some(s) = get(v, name, LIFETIME, " seconds")? {
             *field = s * 1_000_000_000;
         }
     }
-    if let Some(s) = get(&f.sweep_interval, "sweep_interval", SWEEP_INTERVAL, " seconds (0: off)")? {
+    if let Some(s) = get(
+        &f.sweep_interval,
+        "sweep_interval",
+        SWEEP_INTERVAL,
+        " seconds (0: off)",
+    )? {
         spec.sweep_interval = (s > 0).then(|| Duration::from_secs(s));
     }
     Ok(spec)
@@ -142,9 +152,16 @@ mod tests {
             }
         );
         // Unset values keep their defaults.
-        let m = parse("t.toml", &format!("{HEAD}[interface.flows]\nnew_burst = 7\n")).unwrap();
+        let m = parse(
+            "t.toml",
+            &format!("{HEAD}[interface.flows]\nnew_burst = 7\n"),
+        )
+        .unwrap();
         assert_eq!(m.flows.config.new_burst, 7);
-        assert_eq!(m.flows.config.new_per_second, FlowConfig::DEFAULT.new_per_second);
+        assert_eq!(
+            m.flows.config.new_per_second,
+            FlowConfig::DEFAULT.new_per_second
+        );
         assert_eq!(m.flows.table_size, capacity::FLOWS);
     }
 
@@ -173,8 +190,11 @@ mod tests {
         // Unknown keys and non-numbers are refused with their position too.
         let e = parse("t.toml", &format!("{HEAD}[interface.flows]\nsize = 5\n")).unwrap_err();
         assert!(e.message.contains("size") && e.line == 4, "{e}");
-        let e = parse("t.toml", &format!("{HEAD}[interface.flows]\ntable_size = \"big\"\n"))
-            .unwrap_err();
+        let e = parse(
+            "t.toml",
+            &format!("{HEAD}[interface.flows]\ntable_size = \"big\"\n"),
+        )
+        .unwrap_err();
         assert_eq!(e.line, 4, "{e}");
     }
 }
