@@ -106,6 +106,8 @@ pub fn prepare(
         ..opts.clone()
     };
     let dp = Dataplane::load(&opts)?;
+    // Maps left pinned without programs are reused whatever their size.
+    flow_settings::check_table_size(iface, &dp.maps, opts.capacities.flows)?;
     Ok(Prepared {
         maps: dp.maps,
         ebpf: Some(dp.ebpf),
