@@ -165,6 +165,19 @@ mod tests {
         assert_eq!(m.flows.table_size, capacity::FLOWS);
     }
 
+    /// The example in docs/mesh-file.md spells out the defaults.
+    #[test]
+    fn the_documented_example_is_the_defaults() {
+        let doc = include_str!("../../../docs/mesh-file.md");
+        let start = doc
+            .find("```toml\n[interface.flows]\n")
+            .expect("the example")
+            + 8;
+        let example = &doc[start..start + doc[start..].find("```").unwrap()];
+        let m = parse("t.toml", &format!("{HEAD}{example}")).unwrap();
+        assert_eq!(m.flows, FlowSpec::default());
+    }
+
     #[test]
     fn values_out_of_bounds_are_refused_where_they_are_written() {
         for (line, bound) in [
