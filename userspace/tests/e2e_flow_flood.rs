@@ -20,6 +20,7 @@
 //!    connection keeps its entry: one entry per connection, kept fresh by
 //!    either direction.
 //! 3. A reload asking for another table size is refused, naming the fix.
+//! 4. With the data plane gone, sweeps fail: counted, logged once.
 
 mod common;
 
@@ -498,5 +499,17 @@ fn a_flood_of_new_flows_leaves_other_peers_connections_working() {
     assert_eq!(maps.flows.map().info().unwrap().max_entries(), TABLE);
     drop(maps);
     idle.server_says(b"still enforcing, still working");
+
+    // The data plane removed under the daemon (drift repair is off): the
+    // sweeps fail, are counted, and the failure is logged once.
+    unload(gw);
+    eventually("a failed sweep is counted", || {
+        metric(gw, port, "wgbpf_flow_sweeps_total{outcome=\"error\"}") >= 2.0
+    });
+    let failed = json_lines(&log)
+        .iter()
+        .filter(|l| l["message"] == "flow sweep failed")
+        .count();
+    assert_eq!(failed, 1, "logged once while it lasts");
     drop(cleanup);
 }

@@ -49,8 +49,12 @@ pub async fn run(
             maps.sweep_flows(monotonic_ns())
         })
         .await;
+        let swept = match swept {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("sweep task: {e}")),
+        };
         match swept {
-            Ok(Ok(s)) => {
+            Ok(s) => {
                 counters.flow_sweeps.fetch_add(1, Ordering::Relaxed);
                 counters
                     .flow_sweep_removed
@@ -71,14 +75,9 @@ pub async fn run(
                     "flow table swept"
                 );
             }
-            failed => {
+            Err(error) => {
                 counters.flow_sweep_errors.fetch_add(1, Ordering::Relaxed);
                 if !failing {
-                    let error = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        Err(e) => format!("sweep task: {e}"),
-                        Ok(Ok(_)) => unreachable!(),
-                    };
                     tracing::error!(interface = %iface, error = %error, "flow sweep failed");
                     failing = true;
                 }
