@@ -294,7 +294,7 @@ fn resets_open_nothing_and_mid_stream_packets_are_picked_up() {
 #[test]
 fn sweep_removes_dead_entries_and_keeps_live_ones() {
     use wgbpf::dataplane::flows::monotonic_ns;
-    let mut h = harness(short_lifetimes());
+    let h = harness(short_lifetimes());
     let (p1, p2, gw) = (Fam::V4.peer(1), Fam::V4.peer(2), Fam::V4.gw());
     for i in 0..100 {
         assert_eq!(run(&h, IN, Packet::udp(p2, gw, 7000 + i, 53)), PASS);
@@ -308,4 +308,89 @@ fn sweep_removes_dead_entries_and_keeps_live_ones() {
     let key = FlowKey::of(&addr(p2), &addr(gw), 7000, 53, PROTO_UDP).0;
     assert!(h.dp.maps.flows.get(&key, 0).is_err());
     victim_survives(&h, p1, gw, "after the sweep");
+}
+
+/// Makes the entry of `key` dead (its expiry in the past), as if its
+/// lifetime had run out.
+fn kill(h: &mut Harness, key: &FlowKey) {
+    let mut v = h.dp.maps.flows.get(key, 0).expect("entry");
+    v.expires_ns = 1;
+    h.dp.maps.flows.insert(key, v, 0).expect("kill");
+}
+
+/// The sweep races the programs: between the sweep's read of the table and
+/// its delete, a packet may meet a dead entry, remove it and open a fresh
+/// one with the same key. Deleting that fresh entry would cut a live flow,
+/// and for a flow whose reply direction has no rule of its own (a UDP
+/// reply) the next reply would be denied. Each point of the sweep where a
+/// packet can come is tried: the renewed flow keeps working, the dead ones
+/// go.
+#[test]
+fn sweep_never_removes_an_entry_renewed_while_it_works() {
+    use wgbpf::dataplane::flows::{monotonic_ns, SweepPoint};
+    for f in FAMS {
+        for renew_at in ["read", "delete"] {
+            let what = format!("{f:?}, renewed at {renew_at}");
+            let mut h = harness(LoadOptions::default());
+            let (p2, gw) = (f.peer(2), f.gw());
+            // Three flows of p2's, all answered once, then all dead.
+            let ports = [7100u16, 7101, 7102];
+            for &sp in &ports {
+                assert_eq!(run(&h, IN, Packet::udp(p2, gw, sp, 53)), PASS);
+                assert_eq!(run(&h, EG, Packet::udp(gw, p2, 53, sp)), PASS);
+                kill(
+                    &mut h,
+                    &FlowKey::of(&addr(p2), &addr(gw), sp, 53, PROTO_UDP).0,
+                );
+            }
+            let renewed = FlowKey::of(&addr(p2), &addr(gw), 7101, 53, PROTO_UDP).0;
+            let expired = h.dp.maps.stats().expect("stats").flow_expired;
+            let mut met = 0;
+            let s =
+                h.dp.maps
+                    .sweep_flows_hooked(monotonic_ns(), &mut |point| {
+                        let now = match point {
+                            SweepPoint::Read => renew_at == "read",
+                            SweepPoint::Delete(k) => renew_at == "delete" && *k == renewed,
+                        };
+                        if now {
+                            // p2 asks again: the packet meets the dead entry,
+                            // removes it and opens a fresh one.
+                            assert_eq!(run(&h, IN, Packet::udp(p2, gw, 7101, 53)), PASS);
+                            met += 1;
+                        }
+                    })
+                    .expect("sweep");
+            assert_eq!(met, 1, "{what}: the hook ran");
+            let after = h.dp.maps.stats().expect("stats");
+            assert_eq!(
+                after.flow_expired - expired,
+                1,
+                "{what}: the packet met the dead entry"
+            );
+            // The renewed flow is whole: its reply passes.
+            assert!(
+                h.dp.maps.flows.get(&renewed, 0).is_ok(),
+                "{what}: entry kept"
+            );
+            assert_eq!(
+                run(&h, EG, Packet::udp(gw, p2, 53, 7101)),
+                PASS,
+                "{what}: the reply of the renewed flow"
+            );
+            assert_eq!(s.removed, 2, "{what}: the two dead flows go, {s:?}");
+            // Seen as renewed at the second read, or put back after the
+            // delete took it.
+            let expect = if renew_at == "read" { (1, 0) } else { (0, 1) };
+            assert_eq!((s.renewed, s.restored), expect, "{what}: {s:?}");
+            // The dead ones are gone: their replies meet the policy.
+            for sp in [7100, 7102] {
+                assert_eq!(
+                    run(&h, EG, Packet::udp(gw, p2, 53, sp)),
+                    DROP,
+                    "{what}: {sp}"
+                );
+            }
+        }
+    }
 }

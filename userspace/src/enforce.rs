@@ -23,7 +23,7 @@ use crate::{
         lock::InterfaceLock,
         slot::ApplyReport,
         xdp_guard::{self, GuardInstalled},
-        LoadOptions, Maps,
+        Capacities, LoadOptions, Maps,
     },
     plan::EnforcementPlan,
     wg::{open_backend, DeviceUpdate, WgReport},
@@ -66,6 +66,11 @@ pub fn enforce(plan: &EnforcementPlan, detached: Detached) -> Result<(Maps, Enfo
     // policy with the peers' counter indexes; refused here if it cannot fit.
     let opts = LoadOptions {
         events: Some(plan.settings.events),
+        capacities: Capacities {
+            flows: plan.mesh.flows.table_size,
+            ..Default::default()
+        },
+        flows: plan.mesh.flows.config,
         ..Default::default()
     };
     let prepared = attach::prepare(iface, &opts, plan.settings.attach)

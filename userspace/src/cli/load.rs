@@ -89,6 +89,12 @@ fn load(config: &std::path::Path, settings: Settings, json: bool) -> Result<()> 
             e.attach.build
         );
     }
+    if e.attach.flow_settings_changed {
+        println!(
+            "{}: the pinned programs ran with other flow lifetimes or budget: replaced by programs with the file's without a gap, flow table kept",
+            e.interface
+        );
+    }
     if !e.attach.reordered.is_empty() {
         println!(
             "{}: another tcx program ran before {}: attached first again (same maps, policy and counters)",

@@ -20,6 +20,7 @@ pub mod drift;
 pub mod hook;
 pub mod logging;
 pub mod notify;
+pub mod sweep;
 
 use std::{
     net::SocketAddr,
@@ -93,6 +94,8 @@ struct Daemon {
     tunnels: Arc<Tunnels>,
     /// The errors of the last reconcile pass (logged when they change).
     last_errors: Mutex<Vec<String>>,
+    /// The flow sweep's interval, from the file last enforced.
+    sweep_interval: tokio::sync::watch::Sender<Option<Duration>>,
 }
 
 /// The result of one enforce, as the main loop uses it.
@@ -111,6 +114,7 @@ impl Daemon {
             log_ctx: Arc::new(RwLock::new(denylog::LogContext::default())),
             tunnels: Arc::new(Tunnels::default()),
             last_errors: Mutex::new(Vec::new()),
+            sweep_interval: tokio::sync::watch::Sender::new(None),
         })
     }
 
@@ -267,6 +271,8 @@ impl Daemon {
             *ctx = denylog::LogContext::new(&applied.plan.mesh, slots);
         }
         self.tunnels.set_names(&applied.plan.mesh);
+        self.sweep_interval
+            .send_replace(applied.plan.mesh.flows.sweep_interval);
         if let Some(events) = applied.maps.events.take() {
             if let Some(old) = reader.take() {
                 old.abort();
@@ -294,6 +300,7 @@ impl Daemon {
                 AttachMode::Clsact => "clsact",
             },
             adopted = e.attach.adopted,
+            flow_settings_changed = e.attach.flow_settings_changed,
             policy_version = e.policy.version,
             changed = e.policy.changed,
             rules = e.rules,
@@ -404,6 +411,11 @@ impl Daemon {
         );
         let mut plan = self.adopt_reload(applied, &mut reader);
         self.reconcile(&mut plan, "start", &mut reader).await;
+        let sweeper = tokio::spawn(sweep::run(
+            iface.clone(),
+            self.sweep_interval.subscribe(),
+            self.counters.clone(),
+        ));
 
         let server = match listener {
             Some(listener) => {
@@ -473,6 +485,7 @@ impl Daemon {
             task.abort();
         }
         drop(control);
+        sweeper.abort();
         tracing::info!(
             signal = signal_name,
             interface = %iface,

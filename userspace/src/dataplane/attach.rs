@@ -13,7 +13,10 @@ use aya::programs::{
 };
 use serde::Serialize;
 
+use wgbpf_common::FlowConfig;
+
 use super::{
+    flow_settings,
     hooks::{remove_clsact_filters, Hook, HOOKS},
     pin_dir,
     reattach::Reattached,
@@ -34,6 +37,10 @@ pub struct Installed {
     /// Pinned programs another tcx program had got ahead of, attached
     /// first again (likewise).
     pub reordered: Vec<&'static str>,
+    /// Set when the adopted programs ran with other flow lifetimes or
+    /// budget than the file's and were replaced, gap-free, by programs
+    /// with the file's ([`super::flow_settings`]).
+    pub flow_settings_changed: bool,
     /// The build of the programs now enforcing ([`super::replace::build_id`]).
     pub build: String,
     /// Set when the adopted programs came from another build and were
@@ -68,6 +75,8 @@ pub struct Prepared {
     ebpf: Option<aya::Ebpf>,
     iface: String,
     mode: AttachMode,
+    /// The flow lifetimes and budget wanted.
+    flows: FlowConfig,
 }
 
 /// Loads the data plane for `iface` without attaching it, or adopts the one
@@ -81,11 +90,14 @@ pub fn prepare(
 ) -> Result<Prepared, DataplaneError> {
     let dir = pin_dir(iface);
     if let Some(mode) = pinned_mode(iface) {
+        let maps = Maps::open_pinned(&dir)?;
+        flow_settings::check_table_size(iface, &maps, opts.capacities.flows)?;
         return Ok(Prepared {
-            maps: Maps::open_pinned(&dir)?,
+            maps,
             ebpf: None,
             iface: iface.to_string(),
             mode,
+            flows: opts.flows,
         });
     }
     let opts = LoadOptions {
@@ -94,11 +106,14 @@ pub fn prepare(
         ..opts.clone()
     };
     let dp = Dataplane::load(&opts)?;
+    // Maps left pinned without programs are reused whatever their size.
+    flow_settings::check_table_size(iface, &dp.maps, opts.capacities.flows)?;
     Ok(Prepared {
         maps: dp.maps,
         ebpf: Some(dp.ebpf),
         iface: iface.to_string(),
         mode,
+        flows: opts.flows,
     })
 }
 
@@ -123,24 +138,34 @@ impl Prepared {
                 iface: self.iface.clone(),
                 message: format!("{what}: {e:#}"),
             };
-            // Programs from another build are replaced first, whatever else.
+            // Programs from another build, or with other flow settings,
+            // are replaced first, whatever else.
             let build = replace::build_id();
             let pinned = replace::pinned_build(&self.iface);
-            let upgraded_from = if pinned.as_deref() != Some(build.as_str()) {
-                replace::replace(&self.iface, &HOOKS, self.mode).map_err(|e| {
+            let other_build = pinned.as_deref() != Some(build.as_str());
+            let pinned_flows = flow_settings::pinned(&self.iface);
+            let flow_settings_changed = pinned_flows != self.flows;
+            let upgraded_from = if other_build || flow_settings_changed {
+                let why = if other_build {
+                    format!(
+                        "replacing the programs of another build ({}) by this one's ({build})",
+                        pinned.as_deref().unwrap_or("not recorded")
+                    )
+                } else {
+                    "replacing the programs to apply the file's flow lifetimes and budget".into()
+                };
+                replace::replace(&self.iface, &HOOKS, self.mode, &self.flows).map_err(|e| {
                     attach_err(
                         &format!(
-                            "replacing the programs of another build ({}) by this one's \
-                                 ({build}); the old ones still enforce. If this build's maps \
-                                 differ from the pinned ones, `wgbpf unload -i {}` then \
-                                 `wgbpf load` installs it afresh (a gap; counters restart)",
-                            pinned.as_deref().unwrap_or("not recorded"),
+                            "{why}; the old ones still enforce. If this build's maps \
+                             differ from the pinned ones, `wgbpf unload -i {}` then \
+                             `wgbpf load` installs it afresh (a gap; counters restart)",
                             self.iface
                         ),
                         e,
                     )
                 })?;
-                Some(pinned)
+                other_build.then_some(pinned)
             } else {
                 None
             };
@@ -162,6 +187,7 @@ impl Prepared {
                     adopted: true,
                     reattached: which(Reattached::Detached),
                     reordered: which(Reattached::NotFirst),
+                    flow_settings_changed,
                     build,
                     upgraded_from,
                 },
@@ -170,10 +196,12 @@ impl Prepared {
         let dir = pin_dir(&self.iface);
         let build = replace::build_id();
         let attached = attach_all(&mut ebpf, &self.iface, &dir, self.mode).and_then(|()| {
-            replace::mark_build(&dir, &build).map_err(|e| DataplaneError::Attach {
-                iface: self.iface.clone(),
-                message: format!("{e:#}"),
-            })
+            replace::mark_build(&dir, &build)
+                .and_then(|()| flow_settings::mark(&dir, &self.flows))
+                .map_err(|e| DataplaneError::Attach {
+                    iface: self.iface.clone(),
+                    message: format!("{e:#}"),
+                })
         });
         if let Err(e) = attached {
             // Leave nothing half-attached behind.
@@ -187,6 +215,7 @@ impl Prepared {
                 adopted: false,
                 reattached: Vec::new(),
                 reordered: Vec::new(),
+                flow_settings_changed: false,
                 build,
                 upgraded_from: None,
             },

@@ -5,6 +5,7 @@
 pub mod attach;
 pub mod batch;
 pub mod counters;
+pub mod flow_settings;
 pub mod flows;
 pub mod hooks;
 pub mod lock;
@@ -116,6 +117,17 @@ pub enum DataplaneError {
          the new policy was not made active"
     )]
     Raced,
+    #[error(
+        "the data plane pinned on {iface} has a flow table of {pinned} entries and the mesh file \
+         asks for {wanted} ([interface.flows] table_size): a table cannot be resized in place. \
+         Set table_size = {pinned} to keep it, or `wgbpf unload -i {iface}` then load again \
+         (a gap: flows and counters start afresh)"
+    )]
+    FlowTableSize {
+        iface: String,
+        pinned: u32,
+        wanted: u32,
+    },
     #[error("no wgbpf data plane is loaded on {0} (nothing pinned at {1})")]
     NotLoaded(String, PathBuf),
 }

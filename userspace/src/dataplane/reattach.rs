@@ -76,7 +76,9 @@ pub fn reattach_missing_with(
             // tcx refuses the same program twice on a hook: a new instance
             // goes first, then the old one is released.
             Reattached::NotFirst => {
-                super::replace::replace(iface, std::slice::from_ref(hook), mode)?
+                // With the settings the pinned programs run with.
+                let flows = super::flow_settings::pinned(iface);
+                super::replace::replace(iface, std::slice::from_ref(hook), mode, &flows)?
             }
         }
         each(hook.prog, mode, why);

@@ -23,6 +23,8 @@ use aya::programs::{
     LinkOrder, ProgramInfo,
 };
 
+use wgbpf_common::FlowConfig;
+
 use super::{
     hooks::{remove_clsact_filter_of, AttachMode, Hook},
     pin_dir, Dataplane, LoadOptions, OBJECT,
@@ -63,12 +65,13 @@ pub(crate) fn mark_build(dir: &Path, build: &str) -> Result<()> {
 }
 
 /// Replaces the pinned programs of `hooks` on `iface` by new instances from
-/// this binary, sharing the pinned maps (see the module's comment), and
-/// records this build.
-pub fn replace(iface: &str, hooks: &[Hook], mode: AttachMode) -> Result<()> {
+/// this binary with the flow settings `flows`, sharing the pinned maps (see
+/// the module's comment), and records this build and those settings.
+pub fn replace(iface: &str, hooks: &[Hook], mode: AttachMode, flows: &FlowConfig) -> Result<()> {
     let dir = pin_dir(iface);
     let opts = LoadOptions {
         pin_dir: Some(dir.clone()),
+        flows: *flows,
         ..Default::default()
     };
     // Reuses the pinned maps; refuses if this build's maps do not fit them.
@@ -77,7 +80,8 @@ pub fn replace(iface: &str, hooks: &[Hook], mode: AttachMode) -> Result<()> {
     for hook in hooks {
         replace_hook(&mut dp.ebpf, iface, &dir, hook, mode)?;
     }
-    mark_build(&dir, &build_id())
+    mark_build(&dir, &build_id())?;
+    super::flow_settings::mark(&dir, flows)
 }
 
 fn replace_hook(

@@ -23,8 +23,11 @@
 //! ports = ["22", "8000-8080"]
 //! ```
 
+mod flows;
 mod names;
 mod raw;
+
+pub use flows::{FlowSpec, DEFAULT_SWEEP_INTERVAL};
 
 pub use names::{Directory, Resolved};
 
@@ -65,6 +68,9 @@ pub struct Mesh {
     pub wg: WgSpec,
     /// `[interface.guard]`: the XDP guard on the underlay interfaces.
     pub guard: Option<GuardSpec>,
+    /// `[interface.flows]`: the flow table's size, lifetimes, budget and
+    /// sweep (defaults when absent).
+    pub flows: FlowSpec,
     /// `[policy] tailscale = "FILE"` / `netbird = "FILE"`, not yet applied:
     /// [`crate::source`] applies them (with [`crate::import`]).
     pub includes: Vec<Include>,
@@ -288,6 +294,7 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
     crate::ifname::check(raw.interface.name.get_ref())
         .map_err(|e| ctx.err(raw.interface.name.span(), format!("name: {e}")))?;
     let guard = guard(ctx, &raw.interface)?;
+    let flows = flows::flows(ctx, raw.interface.flows.as_ref())?;
     let local = raw
         .interface
         .addresses
@@ -452,6 +459,7 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
         directory,
         wg,
         guard,
+        flows,
         includes: Vec::new(),
     })
 }

@@ -30,6 +30,34 @@ pub struct InterfaceSection {
     /// The XDP guard on the underlay (docs/xdp-guard.md).
     #[serde(default)]
     pub guard: Option<Spanned<GuardSection>>,
+    /// The flow table (docs/dataplane.md, *Flows*).
+    #[serde(default)]
+    pub flows: Option<Spanned<FlowsSection>>,
+}
+
+/// `[interface.flows]`: numbers as written (seconds, entries), checked by
+/// [`super::flows`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsSection {
+    #[serde(default)]
+    pub table_size: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub new_per_second: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub new_burst: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub tcp_opening: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub tcp_established: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub tcp_closing: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub other_opening: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub other_established: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub sweep_interval: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -74,6 +74,13 @@ pub struct DaemonCounters {
     /// failed.
     pub drift_passes: AtomicU64,
     pub drift_pass_errors: AtomicU64,
+    /// Flow-table sweeps done and failed; entries they removed, and dead
+    /// entries they spared because a packet renewed them meanwhile
+    /// ([`crate::daemon::sweep`]).
+    pub flow_sweeps: AtomicU64,
+    pub flow_sweep_errors: AtomicU64,
+    pub flow_sweep_removed: AtomicU64,
+    pub flow_sweep_spared: AtomicU64,
 }
 
 /// Reads one interface's pinned data plane at every scrape.
@@ -544,6 +551,27 @@ fn encode_scrape(mut enc: DescriptorEncoder, d: &DaemonCounters, s: &Scrape) -> 
         "wgbpf_drift_pass_errors",
         "Drift-repair passes in which a check or a repair failed (the reason is logged)",
         [(NONE, load(&d.drift_pass_errors))],
+    )?;
+    counter(
+        &mut enc,
+        "wgbpf_flow_sweeps",
+        "Sweeps of the flow table (every [interface.flows] sweep_interval): done, or failed (the reason is logged)",
+        [
+            ([("outcome", "ok")], load(&d.flow_sweeps)),
+            ([("outcome", "error")], load(&d.flow_sweep_errors)),
+        ],
+    )?;
+    counter(
+        &mut enc,
+        "wgbpf_flow_sweep_removed",
+        "Flow-table entries past their lifetime removed by the sweep",
+        [(NONE, load(&d.flow_sweep_removed))],
+    )?;
+    counter(
+        &mut enc,
+        "wgbpf_flow_sweep_spared",
+        "Flow-table entries found dead by a sweep but renewed by a packet before their delete, and left in place",
+        [(NONE, load(&d.flow_sweep_spared))],
     )?;
     gauge(
         &mut enc,
