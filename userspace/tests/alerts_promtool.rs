@@ -63,6 +63,10 @@ fn alert_rules_check_and_pass_their_tests() {
         "WgbpfProgramDetached",
         "WgbpfUnderlayFlood",
         "WgbpfXdpGuardDetached",
+        "WgbpfTargetDown",
+        "WgbpfDataplaneDown",
+        "WgbpfWireGuardDown",
+        "WgbpfDenyEventsLost",
     ] {
         assert!(rules.contains(&format!("alert: {alert}")), "{alert}");
         assert!(tests.contains(&format!("alertname: {alert}")), "{alert}");
@@ -132,7 +136,7 @@ fn grafana_dashboard_is_well_formed() {
     }
     for m in [
         "wireguard_tunnel_bytes_out_total",
-        "wireguard_tunnel_last_handshake_seconds",
+        "wireguard_tunnel_last_handshake_timestamp_seconds",
         "wgbpf_drift_repairs_total",
         "wireguard_acl_denied_total",
     ] {

@@ -383,7 +383,7 @@ fn drift_is_repaired_clsact() {
     assert!(rx > 0.0 && tx > 0.0, "{text}");
     let shake = sample_in(
         &text,
-        "wireguard_tunnel_last_handshake_seconds{peer=\"alice\"}",
+        "wireguard_tunnel_last_handshake_timestamp_seconds{peer=\"alice\"}",
     )
     .unwrap();
     assert!(shake > 1.6e9, "{text}");

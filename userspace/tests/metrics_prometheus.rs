@@ -348,7 +348,7 @@ fn run_daemon_scraped_by_prometheus() {
     udp_send(bob, alice4, 5001, n_denied, PAYLOAD).unwrap();
     udp_send(alice, bob4, 5001, n_allowed, PAYLOAD).unwrap();
     let denied_5001 = format!(
-        "wireguard_acl_denied_total{{src=\"bob\",dst=\"{}\",port=\"5001\",proto=\"udp\"}}",
+        "wireguard_acl_denied_total{{peer=\"bob\",dst=\"{}\",port=\"5001\",proto=\"udp\"}}",
         alice.tunnel_v4
     );
     assert_eq!(
@@ -569,7 +569,7 @@ fn run_daemon_scraped_by_prometheus() {
         "not reset"
     );
     let denied_5002 = format!(
-        "wireguard_acl_denied_total{{src=\"bob\",dst=\"{}\",port=\"5002\",proto=\"udp\"}}",
+        "wireguard_acl_denied_total{{peer=\"bob\",dst=\"{}\",port=\"5002\",proto=\"udp\"}}",
         alice.tunnel_v4
     );
     // Dropped and counted while no daemon ran; seen by Prometheus now.

@@ -65,7 +65,7 @@ pub struct DaemonCounters {
     pub events_read: AtomicU64,
     pub deny_lines_logged: AtomicU64,
     pub deny_lines_suppressed: AtomicU64,
-    /// Deny-map label sets left out of scrapes by the series cap.
+    /// Deny-map label sets left out of the last scrape by the series cap.
     pub dropped_series: AtomicU64,
     pub scrape_errors: AtomicU64,
     /// Drift repairs, indexed by [`RepairKind::index`].
@@ -181,7 +181,7 @@ impl Collector {
                 }
                 self.daemon
                     .dropped_series
-                    .fetch_add(s.dropped as u64, Ordering::Relaxed);
+                    .store(s.dropped as u64, Ordering::Relaxed);
                 Some(s)
             }
             Err(e) => {
@@ -294,8 +294,17 @@ fn encode_tunnel_samples(enc: &mut DescriptorEncoder, samples: &[TunnelSample]) 
     )?;
     gauge(
         enc,
-        "wireguard_tunnel_last_handshake_seconds",
+        "wireguard_tunnel_last_handshake_timestamp_seconds",
         "Unix time of the peer's latest handshake; 0 when it has had none",
+        samples
+            .iter()
+            .map(|t| (label(t), t.last_handshake_seconds as i64)),
+    )?;
+    // The seed's name for the same value, kept for existing dashboards.
+    gauge(
+        enc,
+        "wireguard_tunnel_last_handshake_seconds",
+        "Deprecated: the same as wireguard_tunnel_last_handshake_timestamp_seconds",
         samples
             .iter()
             .map(|t| (label(t), t.last_handshake_seconds as i64)),
@@ -422,7 +431,8 @@ impl prometheus_client::encoding::EncodeLabelValue for AddrLabel {
 impl EncodeLabelSet for DenyLabels<'_> {
     fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder) -> fmt::Result {
         use prometheus_client::encoding::EncodeLabel;
-        ("src", self.src).encode(encoder.encode_label())?;
+        // `peer`, as in every other per-peer family (the source peer).
+        ("peer", self.src).encode(encoder.encode_label())?;
         ("dst", AddrLabel(self.dst)).encode(encoder.encode_label())?;
         ("port", self.port).encode(encoder.encode_label())?;
         ("proto", self.proto.as_ref()).encode(encoder.encode_label())
@@ -626,7 +636,7 @@ fn encode_scrape(mut enc: DescriptorEncoder, d: &DaemonCounters, s: &Scrape) -> 
     encode_snapshot(&mut enc, snap, load(&d.dropped_series))
 }
 
-fn encode_snapshot(enc: &mut DescriptorEncoder, s: &Snapshot, dropped_total: u64) -> fmt::Result {
+fn encode_snapshot(enc: &mut DescriptorEncoder, s: &Snapshot, dropped: u64) -> fmt::Result {
     gauge(
         enc,
         "wgbpf_policy_version",
@@ -674,11 +684,11 @@ fn encode_snapshot(enc: &mut DescriptorEncoder, s: &Snapshot, dropped_total: u64
         "Keys in the kernel's deny map (LRU, 65536 by default) at this scrape",
         [(NONE, s.deny_keys as i64)],
     )?;
-    counter(
+    gauge(
         enc,
         "wgbpf_exporter_dropped_series",
-        "Deny-map label sets left out of scrapes by --max-deny-series, summed over scrapes",
-        [(NONE, dropped_total)],
+        "Deny-map label sets left out of this scrape by --max-deny-series",
+        [(NONE, dropped as i64)],
     )?;
 
     // Per peer and direction.
@@ -781,9 +791,15 @@ fn encode_snapshot(enc: &mut DescriptorEncoder, s: &Snapshot, dropped_total: u64
     Ok(())
 }
 
-/// A registry holding just the collector.
+/// A registry holding just the collector. Every series carries the
+/// interface's name as its `interface` label, so that one Prometheus can
+/// tell the gateways' interfaces apart without relabelling.
 pub fn registry(collector: Collector) -> Registry {
-    let mut r = Registry::default();
+    let label = (
+        std::borrow::Cow::Borrowed("interface"),
+        std::borrow::Cow::Owned(collector.interface.clone()),
+    );
+    let mut r = Registry::with_labels(std::iter::once(label));
     r.register_collector(Box::new(collector));
     r
 }
@@ -900,23 +916,45 @@ mod tests {
         let text = rendered(Format::Text);
         assert!(
             text.contains(
-                "wireguard_acl_denied_total{src=\"bob\",dst=\"10.77.0.2\",port=\"5001\",proto=\"udp\"} 37\n"
+                "wireguard_acl_denied_total{peer=\"bob\",dst=\"10.77.0.2\",port=\"5001\",proto=\"udp\"} 37\n"
             ),
             "{text}"
         );
         assert!(text.contains("# TYPE wireguard_acl_denied_total counter\n"));
         assert!(text.contains(
-            "wireguard_acl_audited_total{src=\"weird \\\"peer\\\"\",dst=\"fd77::1\",port=\"128\",proto=\"icmpv6\"} 1\n"
+            "wireguard_acl_audited_total{peer=\"weird \\\"peer\\\"\",dst=\"fd77::1\",port=\"128\",proto=\"icmpv6\"} 1\n"
         ));
         assert!(text.contains(
             "wireguard_acl_allowed_packets_total{peer=\"alice\",direction=\"ingress\"} 5\n"
         ));
-        assert!(text.contains("wgbpf_exporter_dropped_series_total 4\n"));
+        assert!(text.contains("# TYPE wgbpf_exporter_dropped_series gauge\n"));
+        assert!(text.contains("wgbpf_exporter_dropped_series 4\n"));
         assert!(text.contains("wgbpf_policy_version 3\n"));
         assert!(!text.contains("# EOF"));
         let om = rendered(Format::OpenMetrics);
         assert!(om.ends_with("# EOF\n"));
         assert!(om.contains("# TYPE wireguard_acl_denied counter\n"));
+    }
+
+    #[test]
+    fn every_series_names_its_interface() {
+        // No data plane pinned for this name: the daemon's own families
+        // and the "down" gauges are what a scrape has.
+        let r = registry(Collector::new(
+            "wgbpf-nosuch",
+            Arc::new(DaemonCounters::default()),
+            10,
+        ));
+        let text = render(&r, Format::Text).unwrap();
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(samples.len() > 10, "{text}");
+        for l in samples {
+            assert!(l.contains("interface=\"wgbpf-nosuch\""), "{l}");
+        }
+        assert!(
+            text.contains("wgbpf_dataplane_up{interface=\"wgbpf-nosuch\"} 0\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -286,13 +286,45 @@ pub fn scrape(netns: &str, port: u16) -> std::io::Result<String> {
     Ok(body)
 }
 
-/// The value of one series in a scrape (exact name and labels as exposed),
-/// if present.
+/// A series as `name{a="x",b="y"}`: its name and labels (values with
+/// `\"` unescaped; enough for the names the tests use).
+fn parse_series(series: &str) -> (String, std::collections::BTreeSet<(String, String)>) {
+    let Some((name, rest)) = series.split_once('{') else {
+        return (series.to_string(), Default::default());
+    };
+    let body = rest.strip_suffix('}').unwrap_or(rest);
+    let mut labels = std::collections::BTreeSet::new();
+    let mut chars = body.chars().peekable();
+    while chars.peek().is_some() {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        chars.next(); // the opening quote
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => value.extend(chars.next()),
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.insert((key.trim_start_matches(',').to_string(), value));
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    (name.to_string(), labels)
+}
+
+/// The value of one series in a scrape, if present: the name as exposed,
+/// the labels given all present (the scrape may have more, such as the
+/// `interface` label every series carries).
 pub fn sample_in(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
+    let (want_name, want) = parse_series(series);
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (s, v) = l.rsplit_once(' ')?;
+        let (name, labels) = parse_series(s);
+        (name == want_name && want.is_subset(&labels))
+            .then(|| v.trim().parse().ok())
+            .flatten()
     })
 }
 
