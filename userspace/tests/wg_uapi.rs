@@ -571,7 +571,11 @@ fn load_configures_wireguard_from_the_mesh_file() {
         !out.contains(private.trim()),
         "show printed the private key"
     );
-    assert!(out.contains("peer: alice"), "{out}");
+    assert!(out.contains("name: alice"), "{out}");
+    assert!(
+        out.contains(&format!("peer: {}", alice.public_key)),
+        "{out}"
+    );
     assert!(out.contains("latest handshake:"), "{out}");
     assert!(out.contains("acl:"), "{out}");
 

@@ -90,6 +90,33 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
     }
 }
 
+/// The WireGuard interfaces of this network namespace, as `wg show all`
+/// finds them: kernel links of kind `wireguard`, and userspace devices
+/// whose UAPI socket is in [`uapi::SOCKET_DIR`] and whose interface exists
+/// here (the socket directory is shared by every namespace). Sorted, each
+/// once.
+pub fn list_interfaces() -> Vec<String> {
+    let mut names = kernel::link::wireguard_links().unwrap_or_default();
+    if let Ok(dir) = std::fs::read_dir(uapi::SOCKET_DIR) {
+        for e in dir.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let Some(name) = file.strip_suffix(".sock") else {
+                continue;
+            };
+            let Ok(c) = std::ffi::CString::new(name) else {
+                continue;
+            };
+            // SAFETY: a NUL-terminated name.
+            if unsafe { libc::if_nametoindex(c.as_ptr()) } != 0 {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// The interface around the device, as wg-quick sets it up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InterfaceSpec {

@@ -288,6 +288,42 @@ pub fn ensure_link(iface: &str, spec: &InterfaceSpec) -> Result<LinkReport, WgEr
     Ok(report)
 }
 
+/// The names of this network namespace's links of kind `wireguard`
+/// (`RTM_GETLINK` dump), sorted.
+pub fn wireguard_links() -> io::Result<Vec<String>> {
+    let mut s = NlSocket::route()?;
+    let m = LinkMessage::default();
+    let replies = s.request::<RouteNetlinkMessage>(
+        NetlinkMessage::from(RouteNetlinkMessage::GetLink(m)),
+        NLM_F_REQUEST | netlink_packet_core::NLM_F_DUMP,
+        true,
+    )?;
+    let mut names = Vec::new();
+    for msg in replies.messages {
+        let RouteNetlinkMessage::NewLink(l) = msg else {
+            continue;
+        };
+        let mut name = None;
+        let mut wireguard = false;
+        for a in &l.attributes {
+            match a {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    wireguard |= infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Wireguard)));
+                }
+                _ => {}
+            }
+        }
+        if let (Some(n), true) = (name, wireguard) {
+            names.push(n);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 /// Up or not (`IFF_UP`): any link, not only WireGuard ones.
 pub fn link_is_up(iface: &str) -> io::Result<bool> {
     let mut s = NlSocket::route()?;
