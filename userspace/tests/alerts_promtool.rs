@@ -67,6 +67,7 @@ fn alert_rules_check_and_pass_their_tests() {
         "WgbpfDataplaneDown",
         "WgbpfWireGuardDown",
         "WgbpfDenyEventsLost",
+        "WgbpfPeerKeyInTwoPlaces",
     ] {
         assert!(rules.contains(&format!("alert: {alert}")), "{alert}");
         assert!(tests.contains(&format!("alertname: {alert}")), "{alert}");

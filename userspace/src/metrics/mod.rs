@@ -311,6 +311,20 @@ fn encode_tunnel_samples(enc: &mut DescriptorEncoder, samples: &[TunnelSample]) 
     )?;
     counter(
         enc,
+        "wgbpf_peer_endpoint_changes",
+        "Changes of the peer's endpoint observed (at scrapes and drift passes): alternating fast between few endpoints, one key is in use in two places",
+        samples.iter().map(|t| (label(t), t.endpoint_changes)),
+    )?;
+    gauge(
+        enc,
+        "wgbpf_peer_endpoints_recent",
+        "Distinct endpoints of the peer observed in the last 10 minutes",
+        samples
+            .iter()
+            .map(|t| (label(t), t.endpoints_recent as i64)),
+    )?;
+    counter(
+        enc,
         "wireguard_tunnel_handshakes",
         "Handshakes observed: changes of the latest-handshake time seen at scrapes and drift-repair passes since wgbpf started (a lower bound)",
         samples.iter().map(|t| (label(t), t.handshakes)),

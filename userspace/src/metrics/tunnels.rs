@@ -9,12 +9,22 @@
 //! lower bound whenever handshakes come more often than observations (an
 //! active peer re-handshakes about every two minutes; scrapes every 15 s
 //! and passes every 5 s see each one). See docs/metrics.md.
+//!
+//! The same observations follow each peer's endpoint, the stolen-key
+//! signal: one key used from two places makes the endpoint alternate
+//! between them (WireGuard moves it to the source of every authenticated
+//! packet), which roaming rarely does. [`Tunnels`] counts the endpoint's
+//! changes and the distinct endpoints of the last [`ENDPOINT_WINDOW`].
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     sync::Mutex,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
+
+/// How long an endpoint counts as recent for `wgbpf_peer_endpoints_recent`.
+pub const ENDPOINT_WINDOW: Duration = Duration::from_secs(600);
 
 use crate::{
     mesh::Mesh,
@@ -33,12 +43,20 @@ pub struct TunnelSample {
     /// Changes of the latest-handshake time observed (a lower bound of the
     /// handshakes made), since this process started.
     pub handshakes: u64,
+    /// Changes of the peer's endpoint observed since this process started.
+    pub endpoint_changes: u64,
+    /// Distinct endpoints observed in the last [`ENDPOINT_WINDOW`].
+    pub endpoints_recent: u64,
 }
 
 #[derive(Debug, Default)]
 struct Seen {
     last: Option<SystemTime>,
     count: u64,
+    endpoint: Option<SocketAddr>,
+    endpoint_changes: u64,
+    /// Each endpoint observed, with when it was last observed.
+    recent: BTreeMap<SocketAddr, Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +95,12 @@ impl Tunnels {
     /// of its latest-handshake time counts 1 more. Peers no longer on the
     /// device are forgotten (their series end; re-added, they start at 0).
     pub fn observe(&self, state: &DeviceState) -> Vec<TunnelSample> {
+        self.observe_at(state, Instant::now())
+    }
+
+    /// [`Self::observe`] at `now`. An endpoint that differs from the one
+    /// observed before counts as a change (a first endpoint does not).
+    pub fn observe_at(&self, state: &DeviceState, now: Instant) -> Vec<TunnelSample> {
         let Ok(mut guard) = self.inner.lock() else {
             return Vec::new();
         };
@@ -94,6 +118,15 @@ impl Tunnels {
             if p.last_handshake.is_some() {
                 seen.last = p.last_handshake;
             }
+            if let Some(e) = p.config.endpoint {
+                if seen.endpoint.is_some_and(|before| before != e) {
+                    seen.endpoint_changes += 1;
+                }
+                seen.endpoint = Some(e);
+                seen.recent.insert(e, now);
+            }
+            seen.recent
+                .retain(|_, at| now.saturating_duration_since(*at) <= ENDPOINT_WINDOW);
             out.push(TunnelSample {
                 peer: inner
                     .names
@@ -107,6 +140,8 @@ impl Tunnels {
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_secs()),
                 handshakes: seen.count,
+                endpoint_changes: seen.endpoint_changes,
+                endpoints_recent: seen.recent.len() as u64,
             });
         }
         out.sort_by(|a, b| a.peer.cmp(&b.peer));
@@ -173,5 +208,43 @@ mod tests {
         t.observe(&state(&[(1, Some(200))]));
         let s = t.observe(&state(&[(1, Some(200)), (2, None)]));
         assert_eq!(counts(s), (Some(1), Some(0)));
+    }
+
+    #[test]
+    fn endpoints_alternating_are_counted_and_old_ones_age_out() {
+        let t = Tunnels::default();
+        let at = |e: &str| {
+            let mut s = state(&[(1, Some(100))]);
+            s.peers[0].config.endpoint = Some(e.parse().unwrap());
+            s
+        };
+        let t0 = Instant::now();
+        let seen = |s: Vec<TunnelSample>| (s[0].endpoint_changes, s[0].endpoints_recent);
+        assert_eq!(seen(t.observe_at(&at("192.0.2.1:51820"), t0)), (0, 1));
+        // The same endpoint: no change. Roaming once: one change.
+        assert_eq!(seen(t.observe_at(&at("192.0.2.1:51820"), t0)), (0, 1));
+        let later = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(
+            seen(t.observe_at(&at("198.51.100.7:4000"), later(5))),
+            (1, 2)
+        );
+        // Two places with one key: every observation alternates.
+        for i in 0..6u64 {
+            let e = if i % 2 == 0 {
+                "192.0.2.1:51820"
+            } else {
+                "198.51.100.7:4000"
+            };
+            t.observe_at(&at(e), later(10 + i * 5));
+        }
+        assert_eq!(
+            seen(t.observe_at(&at("198.51.100.7:4000"), later(45))),
+            (7, 2)
+        );
+        // Ten minutes on the second address only: the first ages out.
+        assert_eq!(
+            seen(t.observe_at(&at("198.51.100.7:4000"), later(700))),
+            (7, 1)
+        );
     }
 }
