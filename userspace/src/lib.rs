@@ -2,6 +2,7 @@
 pub mod daemon;
 pub mod dataplane;
 pub mod enforce;
+pub mod export;
 /// The fuzz targets' bodies (fuzz/), only with the `fuzzing` feature.
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -29,6 +29,8 @@ enum Command {
     Policy(cli::policy::PolicyArgs),
     /// Bring in wg-quick files, Tailscale ACL files or Netbird policies.
     Import(cli::import::ImportArgs),
+    /// Write a peer's own WireGuard configuration from the mesh file.
+    Export(cli::export::ExportArgs),
     Run(cli::run::RunArgs),
     Reload(cli::reload::ReloadArgs),
     /// Key management: rotate a peer's key with a transition window.
@@ -52,6 +54,7 @@ fn main() {
         Command::Audit(a) => cli::audit::run(a),
         Command::Policy(a) => cli::policy::run(a),
         Command::Import(a) => cli::import::run(a),
+        Command::Export(a) => cli::export::run(a),
         Command::Run(a) => cli::run::run(a),
         Command::Reload(a) => cli::reload::run(a),
         Command::Keys(a) => cli::keys::run(a),

@@ -325,6 +325,8 @@ mod tests {
             persistent_keepalive: None,
             preshared_key_file: None,
             rotation: None,
+            address: Vec::new(),
+            export_allowed_ips: None,
         }
     }
 

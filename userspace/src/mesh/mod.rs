@@ -115,6 +115,10 @@ pub struct WgSpec {
     /// The interface's addresses with their prefix length, as written.
     pub addresses: Vec<IpNet>,
     pub peers: Vec<WgPeerSpec>,
+    /// `public_endpoint`: where peers reach the gateway.
+    pub public_endpoint: Option<Endpoint>,
+    /// `dns`: for exported peer configs.
+    pub dns: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +134,11 @@ pub struct WgPeerSpec {
     /// A key rotation declared in the file: the old key is accepted too
     /// until the window ends.
     pub rotation: Option<KeyRotation>,
+    /// `address`: the peer's own addresses in its exported config.
+    pub address: Vec<IpNet>,
+    /// `export_allowed_ips`: the gateway's AllowedIPs in the peer's
+    /// exported config, when the policy should not decide them.
+    pub export_allowed_ips: Option<Vec<IpNet>>,
 }
 
 /// `previous_public_key` and `rotation_ends` of a peer.
@@ -317,6 +326,31 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
             .map(|a| parse_net(ctx, a, false))
             .collect::<Result<Vec<_>, _>>()?,
         peers: Vec::new(),
+        public_endpoint: raw
+            .interface
+            .public_endpoint
+            .as_ref()
+            .map(|e| {
+                Endpoint::parse(e.get_ref())
+                    .map_err(|m| ctx.err(e.span(), format!("public_endpoint: {m}")))
+            })
+            .transpose()?,
+        dns: raw
+            .interface
+            .dns
+            .iter()
+            .map(|d| {
+                let v = d.get_ref();
+                if v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == ',') {
+                    Err(ctx.err(
+                        d.span(),
+                        format!("dns: `{v}` is not an address or a search domain"),
+                    ))
+                } else {
+                    Ok(v.clone())
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?,
     };
     if let Some(m) = &raw.interface.mtu {
         if !(1280..=65535).contains(m.get_ref()) {
@@ -375,6 +409,16 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
             .map(|e| Endpoint::parse(e.get_ref()).map_err(|m| ctx.err(e.span(), m)))
             .transpose()?;
         let rotation = key_rotation(ctx, p, public_key.as_ref())?;
+        let address = p
+            .address
+            .iter()
+            .map(|a| parse_net(ctx, a, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        let export_allowed_ips = p
+            .export_allowed_ips
+            .as_ref()
+            .map(|v| v.iter().map(|a| parse_net(ctx, a, false)).collect())
+            .transpose()?;
         wg.peers.push(WgPeerSpec {
             name: name.clone(),
             public_key,
@@ -383,6 +427,8 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
             persistent_keepalive: p.persistent_keepalive.as_ref().map(|k| *k.get_ref()),
             preshared_key_file: p.preshared_key_file.as_ref().map(|f| f.get_ref().into()),
             rotation,
+            address,
+            export_allowed_ips,
         });
         peers.push(Peer {
             name,

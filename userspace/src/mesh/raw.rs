@@ -33,6 +33,13 @@ pub struct InterfaceSection {
     /// The flow table (docs/dataplane.md, *Flows*).
     #[serde(default)]
     pub flows: Option<Spanned<FlowsSection>>,
+    /// Where peers reach the gateway (`host:port`), for exported peer
+    /// configs (`wgbpf export wg-quick`).
+    #[serde(default)]
+    pub public_endpoint: Option<Spanned<String>>,
+    /// DNS servers (or search domains) for exported peer configs.
+    #[serde(default)]
+    pub dns: Vec<Spanned<String>>,
 }
 
 /// `[interface.flows]`: numbers as written (seconds, entries), checked by
@@ -93,6 +100,14 @@ pub struct PeerSection {
     pub previous_public_key: Option<Spanned<String>>,
     #[serde(default)]
     pub rotation_ends: Option<Spanned<toml::value::Datetime>>,
+    /// The peer's own interface addresses in its exported config (default:
+    /// its host AllowedIPs).
+    #[serde(default)]
+    pub address: Vec<Spanned<String>>,
+    /// AllowedIPs of the gateway in the peer's exported config (default:
+    /// what the policy lets the peer reach, and the gateway).
+    #[serde(default)]
+    pub export_allowed_ips: Option<Vec<Spanned<String>>>,
     /// Identity for the policy: who uses this peer, its groups and tags.
     #[serde(default)]
     pub user: Option<Spanned<String>>,
