@@ -24,6 +24,7 @@ enum Command {
     Unload(cli::unload::UnloadArgs),
     Counters(cli::counters::CountersArgs),
     Show(cli::show::ShowArgs),
+    Monitor(cli::monitor::MonitorArgs),
     Audit(cli::audit::AuditArgs),
     /// Check a policy and its tests, or explain a verdict (no kernel needed).
     Policy(cli::policy::PolicyArgs),
@@ -51,6 +52,7 @@ fn main() {
         Command::Unload(a) => cli::unload::run(a),
         Command::Counters(a) => cli::counters::run(a),
         Command::Show(a) => cli::show::run(a),
+        Command::Monitor(a) => cli::monitor::run(a),
         Command::Audit(a) => cli::audit::run(a),
         Command::Policy(a) => cli::policy::run(a),
         Command::Import(a) => cli::import::run(a),

@@ -7,6 +7,7 @@ pub mod genkey;
 pub mod import;
 pub mod keys;
 pub mod load;
+pub mod monitor;
 pub mod policy;
 pub mod reload;
 pub mod run;

@@ -50,7 +50,7 @@ pub fn run(a: ReloadArgs) -> Result<()> {
             }
             Ok(())
         }
-        (true, Request::Status) => {
+        (true, Request::Status | Request::Monitor) => {
             if !a.json {
                 println!(
                     "{}: enforcing {} (policy version {version})",
@@ -70,7 +70,7 @@ pub fn run(a: ReloadArgs) -> Result<()> {
                     "{}: reload refused; still enforcing policy version {version}: {why}",
                     reply.interface
                 ),
-                Request::Status => bail!(
+                Request::Status | Request::Monitor => bail!(
                     "{}: enforcing policy version {version}, but {why}",
                     reply.interface
                 ),

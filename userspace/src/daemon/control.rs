@@ -4,7 +4,8 @@
 //! unit's `ExecReload`) asks over this socket instead and waits for the
 //! outcome: the new policy version, or the refusal with its reason.
 //!
-//! One request line (`reload` or `status`), one JSON reply line. The
+//! One request line (`reload` or `status`), one JSON reply line; or
+//! `monitor`, answered with a stream of decisions (`wgbpf monitor`). The
 //! socket is 0600 in a 0700 directory: only root asks. A request is read
 //! with a deadline and a size limit, so a client that connects and says
 //! nothing cannot hold the daemon; requests reach the main loop one at a
@@ -14,6 +15,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     os::unix::{fs::PermissionsExt, net::UnixStream},
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -22,9 +24,10 @@ use thiserror::Error;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt},
     net::UnixListener,
-    sync::{mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot},
 };
 
+use super::denylog::Decision;
 use crate::dataplane::lock::LOCK_DIR;
 
 /// The longest request line read.
@@ -63,6 +66,9 @@ pub enum Request {
     Reload,
     /// The running daemon's state, changing nothing.
     Status,
+    /// Stream the data plane's decisions, one JSON line each, until the
+    /// client hangs up (`wgbpf monitor`).
+    Monitor,
 }
 
 impl Request {
@@ -70,6 +76,7 @@ impl Request {
         match self {
             Request::Reload => "reload",
             Request::Status => "status",
+            Request::Monitor => "monitor",
         }
     }
 
@@ -77,6 +84,7 @@ impl Request {
         match line.trim() {
             "reload" => Some(Request::Reload),
             "status" => Some(Request::Status),
+            "monitor" => Some(Request::Monitor),
             _ => None,
         }
     }
@@ -158,17 +166,22 @@ impl ControlSocket {
     }
 
     /// Accepts clients until the receiver is dropped; each request is
-    /// passed to `requests` and its reply written back.
-    pub fn serve(&mut self, requests: mpsc::Sender<Incoming>) -> tokio::task::JoinHandle<()> {
+    /// passed to `requests` and its reply written back; a `monitor`
+    /// client gets the decisions sent to `monitors`.
+    pub fn serve(
+        &mut self,
+        requests: mpsc::Sender<Incoming>,
+        monitors: broadcast::Sender<Arc<Decision>>,
+    ) -> tokio::task::JoinHandle<()> {
         let listener = self.listener.take().expect("served once");
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let requests = requests.clone();
+                let (requests, monitors) = (requests.clone(), monitors.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, requests).await {
+                    if let Err(e) = answer(stream, requests, monitors).await {
                         tracing::debug!(error = %e, "control socket client");
                     }
                 });
@@ -186,6 +199,7 @@ impl Drop for ControlSocket {
 async fn answer(
     stream: tokio::net::UnixStream,
     requests: mpsc::Sender<Incoming>,
+    monitors: broadcast::Sender<Arc<Decision>>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -201,6 +215,9 @@ async fn answer(
         write.write_all(format!("{reply}\n").as_bytes()).await?;
         return Ok(());
     };
+    if request == Request::Monitor {
+        return stream_decisions(monitors.subscribe(), write).await;
+    }
     let (tx, rx) = oneshot::channel();
     if requests.send((request, tx)).await.is_err() {
         return Ok(());
@@ -210,6 +227,51 @@ async fn answer(
         write.write_all(format!("{text}\n").as_bytes()).await?;
     }
     Ok(())
+}
+
+/// What a `monitor` client reads: one JSON line per decision, or
+/// `{"lost": N}` when it fell behind by N.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MonitorLine {
+    Lost { lost: u64 },
+    Decision(Decision),
+}
+
+async fn stream_decisions(
+    mut rx: broadcast::Receiver<Arc<Decision>>,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+) -> std::io::Result<()> {
+    loop {
+        let line = match rx.recv().await {
+            Ok(d) => serde_json::to_string(&*d),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                serde_json::to_string(&MonitorLine::Lost { lost: n })
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+        .map_err(std::io::Error::other)?;
+        // A client that hung up ends the stream here.
+        write.write_all(format!("{line}\n").as_bytes()).await?;
+    }
+}
+
+/// Opens a decision stream from `iface`'s daemon, if one serves it.
+pub fn monitor(iface: &str) -> Result<BufReader<UnixStream>, ControlError> {
+    let path = socket_path(iface);
+    let mut stream = UnixStream::connect(&path).map_err(|source| ControlError::NoDaemon {
+        iface: iface.to_string(),
+        path: path.clone(),
+        source,
+    })?;
+    stream
+        .write_all(b"monitor\n")
+        .map_err(|source| ControlError::Io {
+            path,
+            what: "sending the request",
+            source,
+        })?;
+    Ok(BufReader::new(stream))
 }
 
 /// The interface whose daemon to ask: `iface` if given, else the only
@@ -279,7 +341,7 @@ mod tests {
 
     #[test]
     fn requests_round_trip_and_unknown_ones_are_refused() {
-        for r in [Request::Reload, Request::Status] {
+        for r in [Request::Reload, Request::Status, Request::Monitor] {
             assert_eq!(Request::parse(&format!("{}\n", r.as_str())), Some(r));
         }
         assert_eq!(Request::parse("reboot"), None);

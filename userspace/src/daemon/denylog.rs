@@ -147,45 +147,84 @@ fn event_time(ev: &DenyEvent) -> String {
     crate::utc::format_millis(clock_ns(libc::CLOCK_REALTIME) - age)
 }
 
+/// One decision of the data plane, named: what a deny log line and a
+/// `wgbpf monitor` line say.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Decision {
+    pub time: String,
+    pub interface: String,
+    /// `deny`, or `audit` (a deny in audit mode: the packet passed).
+    pub action: String,
+    pub direction: String,
+    pub src: IpAddr,
+    pub src_peer: String,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dst_peer: String,
+    pub proto: String,
+    pub port: u16,
+    pub rule: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rule_index: Option<u32>,
+}
+
+impl Decision {
+    pub fn new(ctx: &LogContext, ev: &DenyEvent) -> Decision {
+        let src = unmap(&ev.src);
+        let dst = unmap(&ev.dst);
+        Decision {
+            time: event_time(ev),
+            interface: ctx.interface.clone(),
+            action: if ev.severity == severity::AUDIT {
+                "audit"
+            } else {
+                "deny"
+            }
+            .into(),
+            direction: if ev.direction as usize == DIR_EGRESS {
+                "egress"
+            } else {
+                "ingress"
+            }
+            .into(),
+            src,
+            src_peer: match ev.src_peer {
+                0 => ctx.name_of(src),
+                i => peer_label(&ctx.slots, i),
+            },
+            sport: ev.sport,
+            dst,
+            dst_peer: ctx.name_of(dst),
+            proto: proto_name(ev.proto).to_string(),
+            port: ev.dport,
+            rule: ctx.rule_name(ev.rule),
+            rule_index: (ev.rule < rule_id::FLOW).then_some(ev.rule),
+        }
+    }
+}
+
 /// Emits one deny log line.
-pub fn log_event(ctx: &LogContext, ev: &DenyEvent) {
-    let src = unmap(&ev.src);
-    let dst = unmap(&ev.dst);
-    let src_peer = match ev.src_peer {
-        0 => ctx.name_of(src),
-        i => peer_label(&ctx.slots, i),
-    };
-    let action = if ev.severity == severity::AUDIT {
-        "audit"
-    } else {
-        "deny"
-    };
-    let direction = if ev.direction as usize == DIR_EGRESS {
-        "egress"
-    } else {
-        "ingress"
-    };
-    let rule_index = (ev.rule < rule_id::FLOW).then_some(ev.rule);
-    let message = if action == "audit" {
+pub fn log_event(d: &Decision) {
+    let message = if d.action == "audit" {
         "packet audited (a deny in audit mode: passed)"
     } else {
         "packet denied"
     };
     tracing::info!(
         target: "wgbpf::deny",
-        time = %event_time(ev),
-        interface = %ctx.interface,
-        action,
-        direction,
-        src = %src,
-        src_peer = %src_peer,
-        sport = ev.sport,
-        dst = %dst,
-        dst_peer = %ctx.name_of(dst),
-        proto = %proto_name(ev.proto),
-        port = ev.dport,
-        rule = %ctx.rule_name(ev.rule),
-        rule_index,
+        time = %d.time,
+        interface = %d.interface,
+        action = %d.action,
+        direction = %d.direction,
+        src = %d.src,
+        src_peer = %d.src_peer,
+        sport = d.sport,
+        dst = %d.dst,
+        dst_peer = %d.dst_peer,
+        proto = %d.proto,
+        port = d.port,
+        rule = %d.rule,
+        rule_index = d.rule_index,
         "{message}"
     );
 }
@@ -201,12 +240,15 @@ pub fn parse(record: &[u8]) -> Option<DenyEvent> {
 /// How often a summary of suppressed lines is written (if there were any).
 const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 
-/// Reads the ring buffer until the task is dropped.
+/// Reads the ring buffer until the task is dropped. Every decision goes
+/// to `monitors` (`wgbpf monitor` clients of the control socket), before
+/// the log's rate limit.
 pub async fn run(
     events: Map,
     ctx: Arc<RwLock<LogContext>>,
     counters: Arc<DaemonCounters>,
     limit: RateLimit,
+    monitors: tokio::sync::broadcast::Sender<Arc<Decision>>,
 ) -> anyhow::Result<()> {
     let ring: RingBuf<MapData> = RingBuf::try_from(events)?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
@@ -226,9 +268,16 @@ pub async fn run(
                     let Some(ev) = parse(&item) else { continue };
                     drop(item);
                     counters.events_read.fetch_add(1, Ordering::Relaxed);
-                    if bucket.allow(Instant::now()) {
+                    let logged = bucket.allow(Instant::now());
+                    let watched = monitors.receiver_count() > 0;
+                    // Names are resolved only for a line someone reads.
+                    let decision = (logged || watched).then(|| Decision::new(&ctx, &ev));
+                    if let (Some(d), true) = (&decision, watched) {
+                        let _ = monitors.send(Arc::new(d.clone()));
+                    }
+                    if let (Some(d), true) = (&decision, logged) {
                         counters.deny_lines_logged.fetch_add(1, Ordering::Relaxed);
-                        log_event(&ctx, &ev);
+                        log_event(d);
                     } else {
                         counters.deny_lines_suppressed.fetch_add(1, Ordering::Relaxed);
                         suppressed += 1;

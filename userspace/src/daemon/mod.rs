@@ -96,6 +96,8 @@ struct Daemon {
     last_errors: Mutex<Vec<String>>,
     /// The flow sweep's interval, from the file last enforced.
     sweep_interval: tokio::sync::watch::Sender<Option<Duration>>,
+    /// Decisions for `wgbpf monitor` clients of the control socket.
+    monitors: tokio::sync::broadcast::Sender<Arc<denylog::Decision>>,
 }
 
 /// The result of one enforce, as the main loop uses it.
@@ -115,6 +117,7 @@ impl Daemon {
             tunnels: Arc::new(Tunnels::default()),
             last_errors: Mutex::new(Vec::new()),
             sweep_interval: tokio::sync::watch::Sender::new(None),
+            monitors: tokio::sync::broadcast::Sender::new(MONITOR_BACKLOG),
         })
     }
 
@@ -277,13 +280,14 @@ impl Daemon {
             if let Some(old) = reader.take() {
                 old.abort();
             }
-            let (ctx, counters, limit) = (
+            let (ctx, counters, limit, monitors) = (
                 self.log_ctx.clone(),
                 self.counters.clone(),
                 self.config.deny_log,
+                self.monitors.clone(),
             );
             *reader = Some(tokio::spawn(async move {
-                if let Err(e) = denylog::run(events, ctx, counters, limit).await {
+                if let Err(e) = denylog::run(events, ctx, counters, limit, monitors).await {
                     tracing::error!(error = %format!("{e:#}"), "deny log reader stopped");
                 }
             }));
@@ -437,7 +441,7 @@ impl Daemon {
             None => None,
         };
         let (requests_tx, mut requests) = mpsc::channel::<control::Incoming>(4);
-        let control_task = control.serve(requests_tx);
+        let control_task = control.serve(requests_tx, self.monitors.clone());
         tracing::info!(socket = %control.path().display(), "control: `wgbpf reload` answers here");
         let busy = Arc::new(AtomicU64::new(0));
         let watchdog = notifier
@@ -465,6 +469,8 @@ impl Daemon {
                             self.reload(&iface, "control socket", &mut plan, &mut reader, &notifier).await
                         }
                         control::Request::Status => self.status(&iface),
+                        // Answered by the connection itself.
+                        control::Request::Monitor => self.status(&iface),
                     };
                     // The client may have given up waiting: nothing to do.
                     let _ = reply.send(answer);
@@ -494,6 +500,10 @@ impl Daemon {
         Ok(())
     }
 }
+
+/// Decisions a slow `wgbpf monitor` client may fall behind by before it
+/// is told how many it lost.
+const MONITOR_BACKLOG: usize = 4096;
 
 /// How long one reload or drift pass may run before the watchdog stops
 /// vouching for the daemon (a hung netlink call or a lock never released).

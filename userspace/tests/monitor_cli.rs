@@ -1,0 +1,159 @@
+//! `wgbpf monitor` over real WireGuard (wireguard-go in network
+//! namespaces; root): bob's datagrams to alice are denied; the monitor
+//! shows them with names, filtered by port and peer, as JSON — straight
+//! from the ring buffer with no daemon, and from the daemon's control
+//! socket when one runs, while the daemon's own deny log still gets every
+//! event (the two do not compete).
+
+mod common;
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{json_lines, stop, wgbpf, wgbpf_command, wgbpf_daemon_command, TempDir, Unload};
+use serde_json::Value;
+use testbed::{gateway_mesh_file, udp_send, Host, Testbed, TestbedSpec};
+
+const POLICY: &str = r#"
+[policy]
+
+[[policy.rule]]
+name = "alice-to-bob"
+action = "accept"
+from = ["alice"]
+to = ["bob"]
+proto = "udp"
+ports = ["5000-5010"]
+"#;
+
+/// Starts `wgbpf monitor ARGS` in the gateway's namespace.
+fn monitor(gw: &Host, args: &[&str]) -> Child {
+    wgbpf_command(gw)
+        .arg("monitor")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wgbpf monitor")
+}
+
+/// Bob sends denied datagrams to alice (to 5001 and 5002) until the
+/// monitor exits; its JSON lines.
+fn denied_until_done(bob: &Host, alice: &Host, mut child: Child) -> Vec<Value> {
+    std::thread::sleep(Duration::from_millis(800));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the monitor saw too little");
+        for port in [5001, 5002] {
+            let _ = udp_send(bob, IpAddr::V4(alice.tunnel_v4), port, 1, 32);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn check(lines: &[Value]) {
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for l in lines {
+        assert_eq!(l["action"], "deny", "{l}");
+        assert_eq!(l["src_peer"], "bob", "{l}");
+        assert_eq!(l["dst_peer"], "alice", "{l}");
+        assert_eq!(l["proto"], "udp", "{l}");
+        assert_eq!(l["port"], 5001, "{l}");
+        assert_eq!(l["rule"], "default deny", "{l}");
+    }
+}
+
+#[test]
+fn monitor_shows_denies_with_and_without_the_daemon() {
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice", "bob"])).expect("mesh");
+    let (gw, alice, bob) = (&mesh.gateway, mesh.host("alice"), mesh.host("bob"));
+    let dir =
+        TempDir::create(std::env::temp_dir().join(format!("wgbpf-monitor-{}", mesh.run_id())));
+    let cfg = dir.0.join("mesh.toml");
+    std::fs::write(&cfg, gateway_mesh_file(&mesh, POLICY)).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let _unload = Unload(gw);
+    let (ok, _, err) = wgbpf(gw, &["load", "-c", cfg]);
+    assert!(ok, "{err}");
+    let iface = gw.wg_if.as_str();
+
+    // No daemon: from the ring buffer, names from the file.
+    let child = monitor(
+        gw,
+        &[
+            "-i", iface, "-c", cfg, "--json", "--port", "5001", "--count", "3",
+        ],
+    );
+    check(&denied_until_done(bob, alice, child));
+    // A filter nothing matches: nothing, and it ends on time.
+    let child = monitor(gw, &["-i", iface, "--peer", "carol", "--duration", "2"]);
+    let lines = denied_until_done(bob, alice, child);
+    assert!(lines.is_empty(), "{lines:?}");
+
+    // The daemon runs: the monitor reads its stream; its log still has
+    // every event.
+    let log = dir.0.join("wgbpf.log");
+    let mut daemon = wgbpf_daemon_command(gw)
+        .args(["run", "-c", cfg, "--no-metrics", "--repair-interval", "0"])
+        .args([
+            "--log-format",
+            "json",
+            "--deny-log-rate",
+            "1000",
+            "--deny-log-burst",
+            "1000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .expect("wgbpf run");
+    struct Stop<'a>(&'a mut Child);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            stop(self.0, Duration::from_secs(20));
+        }
+    }
+    let _stop = Stop(&mut daemon);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !wgbpf(gw, &["reload", "-i", iface, "--status"]).0 {
+        assert!(Instant::now() < deadline, "the daemon did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let child = monitor(
+        gw,
+        &["-i", iface, "--json", "--port", "5001", "--count", "3"],
+    );
+    let lines = denied_until_done(bob, alice, child);
+    check(&lines);
+    let logged: Vec<Value> = json_lines(&log)
+        .into_iter()
+        .filter(|l| l["message"] == "packet denied" && l["port"] == 5001)
+        .collect();
+    assert!(
+        logged.len() >= 3,
+        "the daemon's log lost events to the monitor: {logged:?}"
+    );
+    let times: Vec<&Value> = lines.iter().map(|l| &l["time"]).collect();
+    for t in &times {
+        assert!(
+            logged.iter().any(|l| &l["time"] == *t),
+            "the monitor's decision at {t} is not in the daemon's log"
+        );
+    }
+}
