@@ -235,7 +235,7 @@ async fn answer(
 #[serde(untagged)]
 pub enum MonitorLine {
     Lost { lost: u64 },
-    Decision(Decision),
+    Decision(Box<Decision>),
 }
 
 async fn stream_decisions(
