@@ -1,6 +1,7 @@
 //! wgbpf: an eBPF ACL data plane for WireGuard gateways, and its controller.
 pub mod daemon;
 pub mod dataplane;
+pub mod doctor;
 pub mod enforce;
 pub mod export;
 /// The fuzz targets' bodies (fuzz/), only with the `fuzzing` feature.

@@ -26,6 +26,7 @@ enum Command {
     Show(cli::show::ShowArgs),
     Monitor(cli::monitor::MonitorArgs),
     Audit(cli::audit::AuditArgs),
+    Doctor(cli::doctor::DoctorArgs),
     /// Check a policy and its tests, or explain a verdict (no kernel needed).
     Policy(cli::policy::PolicyArgs),
     /// Bring in wg-quick files, Tailscale ACL files or Netbird policies.
@@ -54,6 +55,7 @@ fn main() {
         Command::Show(a) => cli::show::run(a),
         Command::Monitor(a) => cli::monitor::run(a),
         Command::Audit(a) => cli::audit::run(a),
+        Command::Doctor(a) => cli::doctor::run(a),
         Command::Policy(a) => cli::policy::run(a),
         Command::Import(a) => cli::import::run(a),
         Command::Export(a) => cli::export::run(a),

@@ -22,6 +22,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The application: a plan, applied; the daemon around it.
     ("plan", &["source", "mesh", "policy", "dataplane", "wg"]),
     ("enforce", &["plan", "dataplane", "wg"]),
+    // The host's tuning against the mesh file.
+    ("doctor", &["mesh", "policy", "dataplane", "source"]),
     // Peer-side configs written from the mesh file.
     ("export", &["mesh", "policy", "wg", "source"]),
     (

@@ -2,6 +2,7 @@
 pub mod audit;
 pub mod counters;
 pub mod docs;
+pub mod doctor;
 pub mod export;
 pub mod genkey;
 pub mod import;

@@ -177,3 +177,18 @@ fn elem(
         Ok(())
     }
 }
+
+impl Maps {
+    /// Entries in the flow table now, live or not yet swept.
+    pub fn flow_entries(&self) -> Result<usize, DataplaneError> {
+        let mut n = 0;
+        super::batch::for_each(
+            self.flows.map(),
+            std::mem::size_of::<FlowKey>(),
+            std::mem::size_of::<FlowValue>(),
+            |_, _| n += 1,
+        )
+        .map_err(|e| DataplaneError::Layout(format!("{}: {e}", names::FLOWS)))?;
+        Ok(n)
+    }
+}
