@@ -68,6 +68,8 @@ pub struct Facts {
     pub hooks: Option<Result<[hooks::HookState; 2], String>>,
     /// Flow-table entries in use, and its size.
     pub flows: Option<(u64, u64)>,
+    /// Deny-map keys in use, and its size.
+    pub denies: Option<(u64, u64)>,
 }
 
 fn finding(
@@ -261,17 +263,39 @@ pub fn judge(mesh: &Mesh, facts: &Facts) -> Vec<Finding> {
             }
         }
     }
-    if let Some((used, size)) = facts.flows {
+    let fills = [
+        (
+            "flow_table",
+            "the flow table",
+            facts.flows,
+            "idle connections are being evicted",
+            "raise [interface.flows] table_size, or a per-peer budget (new_per_second)",
+        ),
+        (
+            "deny_map",
+            "the deny map",
+            facts.denies,
+            "the oldest deny keys are being evicted: the per-destination deny series lose history",
+            "look for a peer scanning (wgbpf monitor, wgbpf counters): the map's size is fixed",
+        ),
+    ];
+    for (check, what, fill, why, fix) in fills {
+        let Some((used, size)) = fill else { continue };
         let pct = used * 100 / size.max(1);
         out.push(if pct >= FILL_WARN_PERCENT {
             finding(
-                "flow_table",
+                check,
                 Warning,
-                format!("the flow table is {pct}% full ({used} of {size}): idle connections are being evicted"),
-                Some("raise [interface.flows] table_size, or a per-peer budget (new_per_second)".into()),
+                format!("{what} is {pct}% full ({used} of {size}): {why}"),
+                Some(fix.into()),
             )
         } else {
-            finding("flow_table", Ok, format!("the flow table is {pct}% full ({used} of {size})"), None)
+            finding(
+                check,
+                Ok,
+                format!("{what} is {pct}% full ({used} of {size})"),
+                None,
+            )
         });
     }
     out
@@ -398,6 +422,13 @@ pub fn gather(mesh: &Mesh, underlays: &[String]) -> Facts {
                 .map(|n| (n as u64, u64::from(mesh.flows.table_size))),
         ),
     };
+    let denies = match &maps {
+        Ok(Some(m)) => m
+            .denies()
+            .ok()
+            .map(|d| (d.len() as u64, u64::from(wgbpf_common::capacity::DENIES))),
+        _ => None,
+    };
     Facts {
         tunnel_mtu: link_mtu(iface),
         underlays: names
@@ -416,6 +447,7 @@ pub fn gather(mesh: &Mesh, underlays: &[String]) -> Facts {
         rp_filter: rp.iter().flatten().max().map(|v| *v as u32),
         hooks,
         flows,
+        denies,
     }
 }
 
@@ -456,6 +488,7 @@ mod tests {
                 },
             ])),
             flows: Some((10, 4096)),
+            denies: Some((3, 65536)),
         }
     }
 
