@@ -100,6 +100,36 @@ fn monitor_shows_denies_with_and_without_the_daemon() {
         ],
     );
     check(&denied_until_done(bob, alice, child));
+    // Allowed connections, sampled from the flow table: alice's datagrams
+    // to bob, each from a new source port, are new flows.
+    let child = monitor(
+        gw,
+        &[
+            "-i", iface, "-c", cfg, "--json", "--allows", "--action", "allow", "--count", "2",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no allowed connection shown");
+        let _ = udp_send(alice, IpAddr::V4(bob.tunnel_v4), 5003, 1, 32);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    let allowed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(allowed.len(), 2, "{allowed:?}");
+    for l in &allowed {
+        assert_eq!(l["action"], "allow", "{l}");
+        assert_eq!(l["src_peer"], "alice", "{l}");
+        assert_eq!(l["dst_peer"], "bob", "{l}");
+        assert_eq!(l["port"], 5003, "{l}");
+        assert_eq!(l["rule"], "alice-to-bob", "{l}");
+    }
+
     // A filter nothing matches: nothing, and it ends on time.
     let child = monitor(gw, &["-i", iface, "--peer", "carol", "--duration", "2"]);
     let lines = denied_until_done(bob, alice, child);

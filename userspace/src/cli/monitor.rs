@@ -19,11 +19,15 @@ use wgbpf::{
         control::{self, MonitorLine},
         denylog::{self, Decision, LogContext},
     },
-    dataplane, source,
+    dataplane::{self, counters::unmap, peers::peer_label},
+    policy::model::proto_name,
+    source,
 };
+use wgbpf_common::{severity, FlowKey, FlowValue};
 
-/// Show the data plane's decisions as they happen: denied packets, and
-/// packets passed by a deny in audit mode. From the running daemon when
+/// Show the data plane's decisions as they happen: denied packets,
+/// packets passed by a deny in audit mode, and with --allows the allowed
+/// connections (sampled from the flow table once a second). From the running daemon when
 /// one serves the interface, otherwise straight from the data plane's
 /// ring buffer (then a daemon started meanwhile would compete for the
 /// events). The kernel rate-limits events (docs/dataplane.md); the
@@ -42,8 +46,8 @@ pub struct MonitorArgs {
     /// Only this destination port (ICMP: type); repeat for several.
     #[arg(long, value_name = "PORT")]
     port: Vec<u16>,
-    /// Only denies, or only audits.
-    #[arg(long, value_parser = ["deny", "audit"])]
+    /// Only denies, only audits, or only allows (with --allows).
+    #[arg(long, value_parser = ["deny", "audit", "allow"])]
     action: Option<String>,
     /// One JSON object per line.
     #[arg(long)]
@@ -54,6 +58,11 @@ pub struct MonitorArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
+    /// Also show allowed connections: each flow the data plane opened
+    /// since the last look (the flow table is read every second, so a
+    /// connection opened and gone in between is missed: a sample).
+    #[arg(long)]
+    allows: bool,
 }
 
 impl MonitorArgs {
@@ -65,6 +74,7 @@ impl MonitorArgs {
                 .any(|p| *p == d.src_peer || *p == d.dst_peer))
             && (self.port.is_empty() || self.port.contains(&d.port))
             && self.action.as_ref().is_none_or(|a| *a == d.action)
+            && (self.allows || d.action != "allow")
     }
 
     fn show(&self, d: &Decision) -> Result<()> {
@@ -90,6 +100,104 @@ impl MonitorArgs {
     }
 }
 
+/// New flows since the last look at the flow table: the allowed
+/// connections, sampled once a second.
+struct Allows {
+    maps: dataplane::Maps,
+    ctx: Arc<LogContext>,
+    seen: std::collections::HashSet<FlowKey>,
+    next: Instant,
+}
+
+impl Allows {
+    fn new(a: &MonitorArgs) -> Result<Option<Allows>> {
+        if !a.allows {
+            return Ok(None);
+        }
+        let maps = dataplane::open(&a.interface)
+            .context("the data plane")?
+            .with_context(|| format!("{}: no data plane loaded (wgbpf load)", a.interface))?;
+        let ctx = Arc::new(context(a, &maps)?);
+        // Connections open already are not news.
+        let seen = maps
+            .flow_entries_all()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        Ok(Some(Allows {
+            maps,
+            ctx,
+            seen,
+            next: Instant::now() + Duration::from_secs(1),
+        }))
+    }
+
+    /// The flows opened since the last call, once a second.
+    fn poll(&mut self) -> Result<Vec<Decision>> {
+        if Instant::now() < self.next {
+            return Ok(Vec::new());
+        }
+        self.next = Instant::now() + Duration::from_secs(1);
+        let now = self.maps.flow_entries_all()?;
+        let mut out = Vec::new();
+        let mut keys = std::collections::HashSet::with_capacity(now.len());
+        for (k, v) in now {
+            if !self.seen.contains(&k) && v.severity == severity::ALLOW {
+                out.push(allow_decision(&self.ctx, &k, &v));
+            }
+            keys.insert(k);
+        }
+        self.seen = keys;
+        Ok(out)
+    }
+}
+
+/// An allowed connection as a decision: from the side that opened it.
+fn allow_decision(ctx: &LogContext, k: &FlowKey, v: &FlowValue) -> Decision {
+    let (src, sport, spk, dst, dport, dpk) = if v.opener == 0 {
+        (&k.a, k.a_port, v.peer_a, &k.b, k.b_port, v.peer_b)
+    } else {
+        (&k.b, k.b_port, v.peer_b, &k.a, k.a_port, v.peer_a)
+    };
+    let (src, dst) = (unmap(src), unmap(dst));
+    let name = |slot: u32, addr| match slot {
+        0 => ctx.name_of(addr),
+        i => peer_label(&ctx.slots, i),
+    };
+    Decision {
+        time: wgbpf::utc::format_millis(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i128),
+        ),
+        interface: ctx.interface.clone(),
+        action: "allow".into(),
+        direction: "-".into(),
+        src,
+        src_peer: name(spk, src),
+        sport,
+        dst,
+        dst_peer: name(dpk, dst),
+        proto: proto_name(k.proto).to_string(),
+        port: dport,
+        rule: ctx.rule_name(v.rule),
+        rule_index: (v.rule < wgbpf_common::rule_id::FLOW).then_some(v.rule),
+    }
+}
+
+/// Names for decisions: from the mesh file if given, else the peer slots.
+fn context(a: &MonitorArgs, maps: &dataplane::Maps) -> Result<LogContext> {
+    let slots = maps.counter_owners().unwrap_or_default();
+    Ok(match &a.config {
+        Some(c) => LogContext::new(&source::load(c)?, slots),
+        None => LogContext {
+            interface: a.interface.clone(),
+            slots,
+            ..Default::default()
+        },
+    })
+}
+
 /// Counts shown decisions and says when to stop.
 struct Until {
     shown: u64,
@@ -113,17 +221,35 @@ pub fn run(a: MonitorArgs) -> Result<()> {
             .filter(|d| d.is_finite() && *d >= 0.0)
             .map(|d| Instant::now() + Duration::from_secs_f64(d)),
     };
+    let mut allows = Allows::new(&a)?;
     match control::monitor(&a.interface) {
-        Ok(stream) => from_daemon(&a, stream, &mut until),
-        Err(control::ControlError::NoDaemon { .. }) => from_ring(&a, &mut until),
+        Ok(stream) => from_daemon(&a, stream, &mut until, &mut allows),
+        Err(control::ControlError::NoDaemon { .. }) => from_ring(&a, &mut until, &mut allows),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Shows the allowed connections due, if asked for; true when done.
+fn show_allows(a: &MonitorArgs, allows: &mut Option<Allows>, until: &mut Until) -> Result<bool> {
+    if let Some(al) = allows {
+        for d in al.poll()? {
+            if a.wants(&d) {
+                a.show(&d)?;
+                until.shown += 1;
+                if until.done() {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(until.done())
 }
 
 fn from_daemon(
     a: &MonitorArgs,
     mut stream: std::io::BufReader<std::os::unix::net::UnixStream>,
     until: &mut Until,
+    allows: &mut Option<Allows>,
 ) -> Result<()> {
     eprintln!("{}: decisions from the running daemon", a.interface);
     // Wake up now and then to honour --duration.
@@ -132,6 +258,9 @@ fn from_daemon(
         .set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut line = String::new();
     while !until.done() {
+        if show_allows(a, allows, until)? {
+            break;
+        }
         line.clear();
         match stream.read_line(&mut line) {
             Ok(0) => bail!("the daemon closed the stream (it stopped?)"),
@@ -161,7 +290,7 @@ fn from_daemon(
     Ok(())
 }
 
-fn from_ring(a: &MonitorArgs, until: &mut Until) -> Result<()> {
+fn from_ring(a: &MonitorArgs, until: &mut Until, allows: &mut Option<Allows>) -> Result<()> {
     let mut maps = dataplane::open(&a.interface)
         .context("the data plane")?
         .with_context(|| format!("{}: no data plane loaded (wgbpf load)", a.interface))?;
@@ -169,15 +298,7 @@ fn from_ring(a: &MonitorArgs, until: &mut Until) -> Result<()> {
         .events
         .take()
         .with_context(|| format!("{}: the data plane sends no events", a.interface))?;
-    let slots = maps.counter_owners().unwrap_or_default();
-    let ctx = match &a.config {
-        Some(c) => LogContext::new(&source::load(c)?, slots),
-        None => LogContext {
-            interface: a.interface.clone(),
-            slots,
-            ..Default::default()
-        },
-    };
+    let ctx = context(a, &maps)?;
     eprintln!(
         "{}: decisions from the data plane's ring buffer (no daemon runs)",
         a.interface
@@ -185,6 +306,9 @@ fn from_ring(a: &MonitorArgs, until: &mut Until) -> Result<()> {
     let mut ring: RingBuf<MapData> = RingBuf::try_from(events)?;
     let ctx = Arc::new(ctx);
     while !until.done() {
+        if show_allows(a, allows, until)? {
+            break;
+        }
         while let Some(item) = ring.next() {
             let Some(ev) = denylog::parse(&item) else {
                 continue;

@@ -192,3 +192,26 @@ impl Maps {
         Ok(n)
     }
 }
+
+impl Maps {
+    /// Every entry of the flow table now (one batch read).
+    pub fn flow_entries_all(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
+        let mut out = Vec::new();
+        super::batch::for_each(
+            self.flows.map(),
+            std::mem::size_of::<FlowKey>(),
+            std::mem::size_of::<FlowValue>(),
+            |k, v| {
+                // SAFETY: the kernel wrote whole keys and values of these types.
+                out.push(unsafe {
+                    (
+                        std::ptr::read_unaligned(k.as_ptr().cast::<FlowKey>()),
+                        std::ptr::read_unaligned(v.as_ptr().cast::<FlowValue>()),
+                    )
+                });
+            },
+        )
+        .map_err(|e| DataplaneError::Layout(format!("{}: {e}", names::FLOWS)))?;
+        Ok(out)
+    }
+}
