@@ -4,3 +4,7 @@ pub mod check;
 pub mod compile;
 pub mod model;
 pub mod reference;
+pub mod diff;
+pub mod lint;
+pub mod matrix;
+pub mod space;
