@@ -26,6 +26,7 @@
 mod flows;
 mod names;
 mod raw;
+pub mod reach;
 
 pub use flows::{FlowSpec, DEFAULT_SWEEP_INTERVAL};
 

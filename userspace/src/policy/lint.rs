@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::Serialize;
-use wgbpf_common::{rule_id, severity};
+use wgbpf_common::{rule_id, severity, PROTO_ICMP, PROTO_ICMPV6};
 
 use super::{
     model::{proto_has_ports, Action, Policy, Selector},
@@ -19,7 +19,8 @@ use super::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
-    /// An accept for every port of its protocol (or every protocol).
+    /// An accept for every port of TCP, UDP or SCTP, or of every protocol
+    /// (every ICMP type is not flagged: types are not services).
     AllPorts,
     /// An accept from `*`: any source address, peer or not.
     AnySource,
@@ -62,7 +63,8 @@ pub fn lint(policy: &Policy) -> Vec<Warning> {
         if r.action == Action::Accept && r.ports.is_empty() {
             match r.proto {
                 None => warn(Kind::AllPorts, vec![], "accepts every protocol and port".into()),
-                Some(p) if proto_has_ports(p) => warn(
+                // Every ICMP type is not a service listening: not flagged.
+                Some(p) if proto_has_ports(p) && !matches!(p, PROTO_ICMP | PROTO_ICMPV6) => warn(
                     Kind::AllPorts,
                     vec![],
                     format!("accepts every {} port", super::model::proto_name(p)),
