@@ -602,7 +602,7 @@ fn diff_lists_the_flows_that_change_verdict() {
         wgbpf::source::load(&old).unwrap(),
         wgbpf::source::load(&new).unwrap(),
     );
-    let names = reach::diff_names(&a, &b);
+    let names = reach::diff_names(reach::columns(&a), &b);
     let named: BTreeSet<u8> = named_protos(&a.policy)
         .union(&named_protos(&b.policy))
         .copied()

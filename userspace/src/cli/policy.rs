@@ -257,15 +257,24 @@ fn show_diff(old: &std::path::Path, new: &std::path::Path, json: bool) -> Result
         compile(&m.policy, capacity::PEERS)
             .with_context(|| format!("{}: policy", f.display()))?;
     }
-    print_diff(&a, &b, json)
+    let d = flow_diff(&a.policy, reach::columns(&a), &b);
+    print_diff(&d, json, serde_json::Value::Null);
+    Ok(())
 }
 
-/// The flows whose verdict changes from `old` to `new`, printed (also for
-/// `load --dry-run`).
-pub fn print_diff(old: &Mesh, new: &Mesh, json: bool) -> Result<()> {
-    let d = diff::diff(&old.policy, &new.policy, &reach::diff_names(old, new));
+/// The flows whose verdict changes from `old` (with its names) to `new`.
+pub fn flow_diff(
+    old: &wgbpf::policy::model::Policy,
+    old_names: Vec<wgbpf::policy::space::Named>,
+    new: &Mesh,
+) -> diff::Diff {
+    diff::diff(old, &new.policy, &reach::diff_names(old_names, new))
+}
+
+/// Prints a diff (also for `load --dry-run`); `against` goes into the JSON.
+pub fn print_diff(d: &diff::Diff, json: bool, against: serde_json::Value) {
     if json {
-        println!("{}", json!({ "changes": d.json() }));
+        println!("{}", json!({ "against": against, "changes": d.json() }));
     } else if d.is_empty() {
         println!("no flow changes verdict");
     } else {
@@ -273,7 +282,6 @@ pub fn print_diff(old: &Mesh, new: &Mesh, json: bool) -> Result<()> {
             println!("{l}");
         }
     }
-    Ok(())
 }
 
 fn parse_proto(s: &str) -> Result<u8> {

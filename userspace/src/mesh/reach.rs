@@ -94,12 +94,24 @@ pub fn columns(mesh: &Mesh) -> Vec<Named> {
     v
 }
 
-/// The sides of a diff between two versions of a mesh: the columns of both
-/// (a name in both with other addresses stands for all of them), always
-/// with the other addresses.
-pub fn diff_names(old: &Mesh, new: &Mesh) -> Vec<Named> {
+/// The peers and the gateway of a policy alone (a policy recorded
+/// without its mesh file).
+pub fn policy_names(p: &crate::policy::model::Policy) -> Vec<Named> {
+    let mut v: Vec<Named> = p
+        .peers
+        .iter()
+        .map(|p| Named::new(&p.name, p.allowed_ips.clone()))
+        .collect();
+    v.push(Named::new("gateway", p.local.clone()));
+    v
+}
+
+/// The sides of a diff: the new mesh's columns and the old side's names
+/// (a name on both sides with other addresses stands for all of them),
+/// always with the other addresses.
+pub fn diff_names(old: Vec<Named>, new: &Mesh) -> Vec<Named> {
     let mut out: Vec<Named> = Vec::new();
-    for n in columns(new).into_iter().chain(columns(old)) {
+    for n in columns(new).into_iter().chain(old) {
         if n.world {
             continue;
         }
