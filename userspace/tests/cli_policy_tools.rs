@@ -231,7 +231,10 @@ fn random_in(rng: &mut StdRng, n: &IpNet) -> IpAddr {
 /// A random first packet between the two names, of a protocol the policy
 /// names (or one it does not), at a port near the ones rules name.
 fn sample(rng: &mut StdRng, from: &Named, to: &Named, ports: &[u16]) -> Option<PacketMeta> {
-    let (i, j) = (rng.gen_range(0..from.nets.len()), rng.gen_range(0..to.nets.len()));
+    let (i, j) = (
+        rng.gen_range(0..from.nets.len()),
+        rng.gen_range(0..to.nets.len()),
+    );
     let s = random_in(rng, &from.nets[i]);
     let d = random_in(rng, &to.nets[j]);
     if s.is_ipv4() != d.is_ipv4() {
@@ -354,7 +357,12 @@ fn the_matrix_is_what_the_evaluator_says() {
         checked += matrix_agrees(&f, RowsBy::Peer, "peer", 400);
         checked += matrix_agrees(&f, RowsBy::Group, "group", 400);
     }
-    checked += matrix_agrees(&repo("examples/tailscale-style.toml"), RowsBy::Tag, "tag", 400);
+    checked += matrix_agrees(
+        &repo("examples/tailscale-style.toml"),
+        RowsBy::Tag,
+        "tag",
+        400,
+    );
     assert!(checked > 50_000, "{checked}");
 }
 
@@ -522,9 +530,15 @@ fn check_warns_of_each_broad_or_dead_rule_with_its_line() {
 fn the_examples_warn_of_what_is_broad_in_them() {
     let cases = [
         // office may reach anything: every protocol and port.
-        ("examples/static-mesh.toml", vec![("office-anything", "all-ports")]),
+        (
+            "examples/static-mesh.toml",
+            vec![("office-anything", "all-ports")],
+        ),
         // Anyone may ping the gateway.
-        ("examples/tailscale-style.toml", vec![("ping-gateway", "any-source")]),
+        (
+            "examples/tailscale-style.toml",
+            vec![("ping-gateway", "any-source")],
+        ),
     ];
     for (file, want) in cases {
         let text = std::fs::read_to_string(repo(file)).unwrap();
@@ -565,7 +579,10 @@ fn diff_lists_the_flows_that_change_verdict() {
     let old = dir.write("old.toml", HAND_MADE);
     // Port 81 joins dev-web, the printer deny goes, ping becomes peers-only.
     let changed = HAND_MADE
-        .replace("ports = [80, \"8000-8010\"]", "ports = [\"80-81\", \"8000-8010\"]")
+        .replace(
+            "ports = [80, \"8000-8010\"]",
+            "ports = [\"80-81\", \"8000-8010\"]",
+        )
         .replace(
             "name = \"no-printer-admin\"\naction = \"deny\"",
             "name = \"no-printer-admin\"\naction = \"accept\"",
@@ -575,7 +592,12 @@ fn diff_lists_the_flows_that_change_verdict() {
             "from = [\"group:dev\", \"lab\"]\nto = [\"gateway\"]",
         );
     let new = dir.write("new.toml", &changed);
-    let (code, out, err) = wgbpf(&["policy", "diff", old.to_str().unwrap(), new.to_str().unwrap()]);
+    let (code, out, err) = wgbpf(&[
+        "policy",
+        "diff",
+        old.to_str().unwrap(),
+        new.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     for line in [
         // The printer is in lab's network: its ports count for lab too.
@@ -639,7 +661,12 @@ fn diff_lists_the_flows_that_change_verdict() {
         }
     }
     assert!(seen_change > 20, "{seen_change}");
-    let (code, out, _) = wgbpf(&["policy", "diff", old.to_str().unwrap(), old.to_str().unwrap()]);
+    let (code, out, _) = wgbpf(&[
+        "policy",
+        "diff",
+        old.to_str().unwrap(),
+        old.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "no flow changes verdict");
 }

@@ -66,12 +66,19 @@ fn dry_run_lists_the_changes_and_applies_nothing() {
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines.contains(&"+ bob -> gateway: tcp 80,443"), "{out}");
     assert!(lines.contains(&"- alice -> gateway: tcp 80"), "{out}");
-    assert_eq!(lines.iter().filter(|l| l.starts_with(['+', '-'])).count(), 2, "{out}");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with(['+', '-'])).count(),
+        2,
+        "{out}"
+    );
 
     // Nothing changed in the kernel or in the record.
     assert_eq!(active(&gw.wg_if, &old), before);
     assert!(!active(&gw.wg_if, &new).1);
-    assert_eq!(std::fs::read(dataplane::applied::path(&gw.wg_if)).unwrap(), record);
+    assert_eq!(
+        std::fs::read(dataplane::applied::path(&gw.wg_if)).unwrap(),
+        record
+    );
     let (code, out, _) = wgbpf(gw, &["audit", "-c", old_s]);
     assert_eq!(code, 0, "{out}");
 

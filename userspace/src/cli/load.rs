@@ -9,10 +9,10 @@ use clap::Args;
 use serde_json::json;
 use wgbpf::{
     dataplane::{self, applied, attach},
-    mesh::reach,
-    policy::compile::compile,
     enforce::{enforce, Detached},
+    mesh::reach,
     plan::{EnforcementPlan, Settings},
+    policy::compile::compile,
     wg::BackendChoice,
 };
 use wgbpf_common::capacity;
@@ -75,7 +75,10 @@ fn dry_run(config: &std::path::Path, settings: Settings, json: bool) -> Result<(
             config.display()
         );
         if json {
-            println!("{}", json!({ "against": null, "message": msg, "changes": null }));
+            println!(
+                "{}",
+                json!({ "against": null, "message": msg, "changes": null })
+            );
         } else {
             println!("{msg}");
         }

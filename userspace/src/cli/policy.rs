@@ -177,16 +177,15 @@ fn why(mesh: &Mesh, w: &lint::Warning) -> String {
     if w.by.is_empty() {
         return w.why.clone();
     }
-    let by: Vec<String> = w
-        .by
-        .iter()
-        .map(|b| {
-            format!(
-                "`{}` ({})",
-                mesh.policy.rules[*b].name, mesh.rule_sources[*b].at
-            )
-        })
-        .collect();
+    let by: Vec<String> =
+        w.by.iter()
+            .map(|b| {
+                format!(
+                    "`{}` ({})",
+                    mesh.policy.rules[*b].name, mesh.rule_sources[*b].at
+                )
+            })
+            .collect();
     match w.kind {
         lint::Kind::CancelledByDeny => format!(
             "never decides: {} override(s) every flow it accepts (a deny wins wherever it is in the file)",
@@ -254,8 +253,7 @@ fn show_matrix(
 fn show_diff(old: &std::path::Path, new: &std::path::Path, json: bool) -> Result<()> {
     let (a, b) = (source::load(old)?, source::load(new)?);
     for (m, f) in [(&a, old), (&b, new)] {
-        compile(&m.policy, capacity::PEERS)
-            .with_context(|| format!("{}: policy", f.display()))?;
+        compile(&m.policy, capacity::PEERS).with_context(|| format!("{}: policy", f.display()))?;
     }
     let d = flow_diff(&a.policy, reach::columns(&a), &b);
     print_diff(&d, json, serde_json::Value::Null);

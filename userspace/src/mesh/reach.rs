@@ -129,3 +129,18 @@ pub fn diff_names(old: Vec<Named>, new: &Mesh) -> Vec<Named> {
     out.push(Named::world(OTHER));
     out
 }
+
+/// The most names a summary is computed for unasked (the daemon's reload):
+/// the diff visits every pair of names.
+pub const SUMMARY_MAX_NAMES: usize = 256;
+
+/// The flows whose verdict changes from `old` to `new`, a line each
+/// (`+ alice -> server: tcp 22`, `- …`); `None` when the meshes name more
+/// than [`SUMMARY_MAX_NAMES`] peers, hosts and networks.
+pub fn flow_changes(old: &Mesh, new: &Mesh) -> Option<Vec<String>> {
+    let names = diff_names(columns(old), new);
+    if names.len() > SUMMARY_MAX_NAMES {
+        return None;
+    }
+    Some(crate::policy::diff::diff(&old.policy, &new.policy, &names).lines())
+}

@@ -62,7 +62,11 @@ pub fn lint(policy: &Policy) -> Vec<Warning> {
         };
         if r.action == Action::Accept && r.ports.is_empty() {
             match r.proto {
-                None => warn(Kind::AllPorts, vec![], "accepts every protocol and port".into()),
+                None => warn(
+                    Kind::AllPorts,
+                    vec![],
+                    "accepts every protocol and port".into(),
+                ),
                 // Every ICMP type is not a service listening: not flagged.
                 Some(p) if proto_has_ports(p) && !matches!(p, PROTO_ICMP | PROTO_ICMPV6) => warn(
                     Kind::AllPorts,
@@ -195,17 +199,19 @@ fn usage(policy: &Policy) -> Vec<Usage> {
 
 /// One address per distinct pattern of the rules' sources (or
 /// destinations) it is in.
-fn distinct_by(
-    policy: &Policy,
-    reps: &[std::net::IpAddr],
-    src: bool,
-) -> Vec<std::net::IpAddr> {
+fn distinct_by(policy: &Policy, reps: &[std::net::IpAddr], src: bool) -> Vec<std::net::IpAddr> {
     let mut seen: BTreeMap<Vec<bool>, std::net::IpAddr> = BTreeMap::new();
     for &a in reps {
         let sig = policy
             .rules
             .iter()
-            .map(|r| if src { r.src.matches(a) } else { r.dst.matches(a) })
+            .map(|r| {
+                if src {
+                    r.src.matches(a)
+                } else {
+                    r.dst.matches(a)
+                }
+            })
             .collect();
         seen.entry(sig).or_insert(a);
     }
@@ -221,7 +227,14 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn rule(name: &str, action: Action, src: &[&str], dst: &[&str], proto: Option<u8>, ports: &[(u16, u16)]) -> Rule {
+    fn rule(
+        name: &str,
+        action: Action,
+        src: &[&str],
+        dst: &[&str],
+        proto: Option<u8>,
+        ports: &[(u16, u16)],
+    ) -> Rule {
         let sel = |s: &[&str]| {
             if s == ["*"] {
                 Selector::Any
@@ -241,7 +254,10 @@ mod tests {
     }
 
     fn kinds(p: &Policy) -> Vec<(usize, Kind, Vec<usize>)> {
-        lint(p).into_iter().map(|w| (w.rule, w.kind, w.by)).collect()
+        lint(p)
+            .into_iter()
+            .map(|w| (w.rule, w.kind, w.by))
+            .collect()
     }
 
     #[test]
@@ -250,22 +266,78 @@ mod tests {
         let p = Policy {
             rules: vec![
                 // 0: ssh to the /24, fine.
-                rule("ssh", Accept, &["10.0.0.2/32"], &["10.0.1.0/24"], Some(6), &[(22, 22)]),
+                rule(
+                    "ssh",
+                    Accept,
+                    &["10.0.0.2/32"],
+                    &["10.0.1.0/24"],
+                    Some(6),
+                    &[(22, 22)],
+                ),
                 // 1: inside 0 on every point: shadowed by the earlier 0.
-                rule("ssh-one", Accept, &["10.0.0.2/32"], &["10.0.1.5/32"], Some(6), &[(22, 22)]),
+                rule(
+                    "ssh-one",
+                    Accept,
+                    &["10.0.0.2/32"],
+                    &["10.0.1.5/32"],
+                    Some(6),
+                    &[(22, 22)],
+                ),
                 // 2: not shadowed: port 23 is its own.
-                rule("ssh-telnet", Accept, &["10.0.0.2/32"], &["10.0.1.5/32"], Some(6), &[(22, 23)]),
+                rule(
+                    "ssh-telnet",
+                    Accept,
+                    &["10.0.0.2/32"],
+                    &["10.0.1.5/32"],
+                    Some(6),
+                    &[(22, 23)],
+                ),
                 // 3: every port, cancelled by the deny after it (4).
-                rule("all-db", Accept, &["10.0.0.3/32"], &["10.0.2.1/32"], Some(6), &[]),
-                rule("no-db", Deny, &["10.0.0.0/24"], &["10.0.2.0/24"], Some(6), &[]),
+                rule(
+                    "all-db",
+                    Accept,
+                    &["10.0.0.3/32"],
+                    &["10.0.2.1/32"],
+                    Some(6),
+                    &[],
+                ),
+                rule(
+                    "no-db",
+                    Deny,
+                    &["10.0.0.0/24"],
+                    &["10.0.2.0/24"],
+                    Some(6),
+                    &[],
+                ),
                 // 5: `*` source, every protocol.
                 rule("world-web", Accept, &["*"], &["10.0.3.1/32"], None, &[]),
                 // 6: empty.
-                rule("nobody", Accept, &[], &["10.0.3.1/32"], Some(6), &[(80, 80)]),
+                rule(
+                    "nobody",
+                    Accept,
+                    &[],
+                    &["10.0.3.1/32"],
+                    Some(6),
+                    &[(80, 80)],
+                ),
                 // 7: IPv4 to IPv6: matches nothing.
-                rule("mixed", Accept, &["10.0.0.2/32"], &["fd00::1/128"], Some(6), &[(80, 80)]),
+                rule(
+                    "mixed",
+                    Accept,
+                    &["10.0.0.2/32"],
+                    &["fd00::1/128"],
+                    Some(6),
+                    &[(80, 80)],
+                ),
                 // 8: a deny inside an earlier deny (4) for the fragments too.
-                rule("no-db-again", Deny, &["10.0.0.3/32"], &["10.0.2.1/32"], Some(6), &[(5432, 5432)]),
+                rule(
+                    "no-db-again",
+                    Deny,
+                    &["10.0.0.3/32"],
+                    &["10.0.2.1/32"],
+                    Some(6),
+                    &[(5432, 5432)],
+                ),
             ],
             ..Default::default()
         };
@@ -291,10 +363,38 @@ mod tests {
         // a deny covering every source but a single port leaves it alive.
         let p = Policy {
             rules: vec![
-                rule("web", Accept, &["10.0.0.0/30"], &["10.0.1.1/32"], Some(6), &[(80, 81)]),
-                rule("no-web", Deny, &["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"], &["10.0.1.1/32"], Some(6), &[(80, 81)]),
-                rule("web2", Accept, &["10.0.0.9/32"], &["10.0.1.1/32"], Some(6), &[(80, 81)]),
-                rule("no-80", Deny, &["*"], &["10.0.1.1/32"], Some(6), &[(80, 80)]),
+                rule(
+                    "web",
+                    Accept,
+                    &["10.0.0.0/30"],
+                    &["10.0.1.1/32"],
+                    Some(6),
+                    &[(80, 81)],
+                ),
+                rule(
+                    "no-web",
+                    Deny,
+                    &["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"],
+                    &["10.0.1.1/32"],
+                    Some(6),
+                    &[(80, 81)],
+                ),
+                rule(
+                    "web2",
+                    Accept,
+                    &["10.0.0.9/32"],
+                    &["10.0.1.1/32"],
+                    Some(6),
+                    &[(80, 81)],
+                ),
+                rule(
+                    "no-80",
+                    Deny,
+                    &["*"],
+                    &["10.0.1.1/32"],
+                    Some(6),
+                    &[(80, 80)],
+                ),
             ],
             ..Default::default()
         };

@@ -42,9 +42,8 @@ pub fn matrix(policy: &Policy, rows: Vec<Named>, columns: Vec<Named>) -> Matrix 
     let regions = regions_for(&[policy], &names);
     let cells_space = Cells::of(&[policy]);
     let mut verdicts = Verdicts::new(policy, &cells_space);
-    let inside = |n: &Named| -> Vec<Region> {
-        regions.iter().filter(|r| n.holds(r)).copied().collect()
-    };
+    let inside =
+        |n: &Named| -> Vec<Region> { regions.iter().filter(|r| n.holds(r)).copied().collect() };
     let col_regions: Vec<Vec<Region>> = columns.iter().map(inside).collect();
     let mut cells = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -228,7 +227,13 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn rule(action: Action, src: Selector, dst: Selector, proto: Option<u8>, ports: &[(u16, u16)]) -> Rule {
+    fn rule(
+        action: Action,
+        src: Selector,
+        dst: Selector,
+        proto: Option<u8>,
+        ports: &[(u16, u16)],
+    ) -> Rule {
         Rule {
             name: "r".into(),
             action,
@@ -248,30 +253,85 @@ mod tests {
     /// peer with a network containing a named host.
     pub(crate) fn tricky() -> Policy {
         let peers = vec![
-            Peer { name: "a".into(), index: 1, allowed_ips: vec![net("10.0.0.2/32"), net("fd00::2/128")] },
-            Peer { name: "b".into(), index: 2, allowed_ips: vec![net("10.0.0.3/32")] },
-            Peer { name: "lan".into(), index: 3, allowed_ips: vec![net("192.168.1.0/24")] },
+            Peer {
+                name: "a".into(),
+                index: 1,
+                allowed_ips: vec![net("10.0.0.2/32"), net("fd00::2/128")],
+            },
+            Peer {
+                name: "b".into(),
+                index: 2,
+                allowed_ips: vec![net("10.0.0.3/32")],
+            },
+            Peer {
+                name: "lan".into(),
+                index: 3,
+                allowed_ips: vec![net("192.168.1.0/24")],
+            },
         ];
-        let mut audit = rule(Action::Deny, pfx(&["10.0.0.3/32"]), Selector::Any, Some(17), &[(53, 53)]);
+        let mut audit = rule(
+            Action::Deny,
+            pfx(&["10.0.0.3/32"]),
+            Selector::Any,
+            Some(17),
+            &[(53, 53)],
+        );
         audit.audit = true;
         Policy {
             peers,
             local: vec![net("10.0.0.1/32")],
             rules: vec![
-                rule(Action::Accept, pfx(&["10.0.0.2/32"]), pfx(&["192.168.1.0/24"]), Some(6), &[(20, 30), (80, 81)]),
-                rule(Action::Deny, pfx(&["10.0.0.2/32"]), pfx(&["192.168.1.10/32"]), Some(6), &[(25, 25)]),
-                rule(Action::Accept, Selector::Any, pfx(&["10.0.0.1/32"]), Some(1), &[]),
-                rule(Action::Accept, pfx(&["10.0.0.3/32"]), Selector::Any, Some(17), &[]),
+                rule(
+                    Action::Accept,
+                    pfx(&["10.0.0.2/32"]),
+                    pfx(&["192.168.1.0/24"]),
+                    Some(6),
+                    &[(20, 30), (80, 81)],
+                ),
+                rule(
+                    Action::Deny,
+                    pfx(&["10.0.0.2/32"]),
+                    pfx(&["192.168.1.10/32"]),
+                    Some(6),
+                    &[(25, 25)],
+                ),
+                rule(
+                    Action::Accept,
+                    Selector::Any,
+                    pfx(&["10.0.0.1/32"]),
+                    Some(1),
+                    &[],
+                ),
+                rule(
+                    Action::Accept,
+                    pfx(&["10.0.0.3/32"]),
+                    Selector::Any,
+                    Some(17),
+                    &[],
+                ),
                 audit,
-                rule(Action::Accept, pfx(&["fd00::2/128"]), pfx(&["10.0.0.1/32", "fd00::1/128"]), None, &[]),
+                rule(
+                    Action::Accept,
+                    pfx(&["fd00::2/128"]),
+                    pfx(&["10.0.0.1/32", "fd00::1/128"]),
+                    None,
+                    &[],
+                ),
             ],
             ..Default::default()
         }
     }
 
     fn named(p: &Policy) -> Vec<Named> {
-        let mut v: Vec<Named> = p.peers.iter().map(|p| Named::new(&p.name, p.allowed_ips.clone())).collect();
-        v.push(Named::new("gateway", vec![net("10.0.0.1/32"), net("fd00::1/128")]));
+        let mut v: Vec<Named> = p
+            .peers
+            .iter()
+            .map(|p| Named::new(&p.name, p.allowed_ips.clone()))
+            .collect();
+        v.push(Named::new(
+            "gateway",
+            vec![net("10.0.0.1/32"), net("fd00::1/128")],
+        ));
         v.push(Named::new("printer", vec![net("192.168.1.10/32")]));
         v.push(Named::world("other"));
         v
@@ -280,11 +340,15 @@ mod tests {
     fn random_in(rng: &mut impl Rng, n: &ipnet::IpNet) -> IpAddr {
         match n {
             ipnet::IpNet::V4(v) => {
-                let host = !u32::MAX.checked_shl(32 - v.prefix_len() as u32).unwrap_or(0);
+                let host = !u32::MAX
+                    .checked_shl(32 - v.prefix_len() as u32)
+                    .unwrap_or(0);
                 IpAddr::V4((u32::from(v.network()) | (rng.gen::<u32>() & host)).into())
             }
             ipnet::IpNet::V6(v) => {
-                let host = !u128::MAX.checked_shl(128 - v.prefix_len() as u32).unwrap_or(0);
+                let host = !u128::MAX
+                    .checked_shl(128 - v.prefix_len() as u32)
+                    .unwrap_or(0);
                 IpAddr::V6((u128::from(v.network()) | (rng.gen::<u128>() & host)).into())
             }
         }
@@ -304,7 +368,10 @@ mod tests {
                     continue;
                 }
                 for _ in 0..300 {
-                    let (i, j) = (rng.gen_range(0..row.nets.len()), rng.gen_range(0..col.nets.len()));
+                    let (i, j) = (
+                        rng.gen_range(0..row.nets.len()),
+                        rng.gen_range(0..col.nets.len()),
+                    );
                     let s = random_in(&mut rng, &row.nets[i]);
                     let d = random_in(&mut rng, &col.nets[j]);
                     if s.is_ipv4() != d.is_ipv4() {
@@ -312,21 +379,49 @@ mod tests {
                     }
                     let proto = protos[rng.gen_range(0..protos.len())];
                     let icmp = (proto == 1 && s.is_ipv4()) || (proto == 58 && s.is_ipv6());
-                    let port: u16 = if icmp { rng.gen_range(0..256) } else if rng.gen() { rng.gen_range(0..100) } else { rng.gen() };
+                    let port: u16 = if icmp {
+                        rng.gen_range(0..256)
+                    } else if rng.gen() {
+                        rng.gen_range(0..100)
+                    } else {
+                        rng.gen()
+                    };
                     let pkt = PacketMeta {
-                        src: s, dst: d, proto, fragment: false, sport: 1234,
-                        dport: if icmp { 0 } else { port }, icmp_type: if icmp { port as u8 } else { 0 },
-                        icmp_id: 0, tcp_flags: 2, quoted: None,
+                        src: s,
+                        dst: d,
+                        proto,
+                        fragment: false,
+                        sport: 1234,
+                        dport: if icmp { 0 } else { port },
+                        icmp_type: if icmp { port as u8 } else { 0 },
+                        icmp_id: 0,
+                        tcp_flags: 2,
+                        quoted: None,
                     };
                     let v = evaluate(&p, &pkt);
                     let key = m.cells_space.proto(proto);
-                    let port = if icmp || matches!(proto, 6 | 17 | 132) { port } else { 0 };
+                    let port = if icmp || matches!(proto, 6 | 17 | 132) {
+                        port
+                    } else {
+                        0
+                    };
                     if cell.allowed.contains(key, port) {
                         allowed_hits += 1;
-                        assert_eq!(v.severity, severity::ALLOW, "{} -> {} {pkt:?}", row.name, col.name);
+                        assert_eq!(
+                            v.severity,
+                            severity::ALLOW,
+                            "{} -> {} {pkt:?}",
+                            row.name,
+                            col.name
+                        );
                     }
                     if v.severity == severity::ALLOW {
-                        assert!(cell.allowed.contains(key, port) || cell.partly.contains(key, port), "{} -> {} {pkt:?}", row.name, col.name);
+                        assert!(
+                            cell.allowed.contains(key, port) || cell.partly.contains(key, port),
+                            "{} -> {} {pkt:?}",
+                            row.name,
+                            col.name
+                        );
                     } else {
                         assert!(!cell.allowed.contains(key, port));
                     }
@@ -352,14 +447,20 @@ mod tests {
         };
         // The deny on 25 to the printer leaves a hole only there.
         assert_eq!(cell("a", "printer"), "tcp 20-24,26-30,80-81");
-        assert_eq!(cell("a", "lan"), "tcp 20-24,26-30,80-81 (some addresses: tcp 25)");
+        assert_eq!(
+            cell("a", "lan"),
+            "tcp 20-24,26-30,80-81 (some addresses: tcp 25)"
+        );
         // a's IPv6 address may reach the gateway's on anything; its IPv4
         // address only by the `*` ICMP rule.
-        assert_eq!(cell("a", "gateway"), "icmp (some addresses: tcp; udp; other protocols)");
+        assert_eq!(
+            cell("a", "gateway"),
+            "icmp (some addresses: tcp; udp; other protocols)"
+        );
         assert_eq!(cell("b", "other"), "udp 0-52,54-65535 (audited: udp 53)");
         assert_eq!(cell("lan", "gateway"), "icmp");
         assert_eq!(cell("lan", "a"), "-");
-        assert_eq!(m.cells[0][0].allowed.contains(Proto::Other, 0), false);
+        assert!(!m.cells[0][0].allowed.contains(Proto::Other, 0));
     }
 
     /// Every element but the void ones closes, in order.

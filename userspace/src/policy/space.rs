@@ -65,7 +65,7 @@ pub fn regions(prefixes: impl IntoIterator<Item = IpNet>) -> Vec<Region> {
     set.insert("0.0.0.0/0".parse().unwrap());
     set.insert("::/0".parse().unwrap());
     // (v6?, first, last, net), sorted by first address then shortest first.
-    let mut spans: Vec<(bool, u128, u128, IpNet)> = set.iter().map(|n| span(n)).collect();
+    let mut spans: Vec<(bool, u128, u128, IpNet)> = set.iter().map(span).collect();
     spans.sort_by_key(|(v6, first, last, _)| (*v6, *first, std::cmp::Reverse(*last)));
     let mut out = Vec::new();
     for &(v6, first, last, net) in &spans {
@@ -250,8 +250,8 @@ impl Cells {
 /// The first packet of a flow in `cell` (the cell's first port), or a
 /// fragment of its protocol.
 pub fn packet(src: IpAddr, dst: IpAddr, cell: &Cell, fragment: bool) -> PacketMeta {
-    let icmp = ported(cell.number, src.is_ipv6())
-        && matches!(cell.number, PROTO_ICMP | PROTO_ICMPV6);
+    let icmp =
+        ported(cell.number, src.is_ipv6()) && matches!(cell.number, PROTO_ICMP | PROTO_ICMPV6);
     let port = cell.ports.first;
     PacketMeta {
         src,
@@ -366,10 +366,7 @@ impl FlowSet {
             }
         }
         FlowSet {
-            map: map
-                .into_iter()
-                .map(|(p, v)| (p, merge_ranges(v)))
-                .collect(),
+            map: map.into_iter().map(|(p, v)| (p, merge_ranges(v))).collect(),
         }
     }
 
@@ -591,10 +588,16 @@ mod tests {
         let tcp = Proto::Num(6);
         let a = FlowSet::of([(tcp, PortRange::new(20, 30)), (tcp, PortRange::new(31, 40))]);
         assert_eq!(a.describe(&[6].into()), "tcp 20-40");
-        let b = FlowSet::of([(tcp, PortRange::new(25, 50)), (Proto::Other, Proto::Other.full())]);
+        let b = FlowSet::of([
+            (tcp, PortRange::new(25, 50)),
+            (Proto::Other, Proto::Other.full()),
+        ]);
         assert_eq!(a.intersect(&b).describe(&[6].into()), "tcp 25-40");
         assert_eq!(a.minus(&b).describe(&[6].into()), "tcp 20-24");
-        assert_eq!(b.minus(&a).describe(&[6].into()), "tcp 41-50; other protocols");
+        assert_eq!(
+            b.minus(&a).describe(&[6].into()),
+            "tcp 41-50; other protocols"
+        );
         let all = FlowSet::of([(tcp, tcp.full()), (Proto::Other, Proto::Other.full())]);
         assert_eq!(all.describe(&[6].into()), "any");
         assert_eq!(FlowSet::default().describe(&[6].into()), "-");
