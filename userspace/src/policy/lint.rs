@@ -12,7 +12,7 @@ use wgbpf_common::{rule_id, severity, PROTO_ICMP, PROTO_ICMPV6};
 use super::{
     model::{proto_has_ports, Action, Policy, Selector},
     reference::{evaluate_rules, rule_matches, rule_severity},
-    space::{packet, pair_mask, regions_for, Cell, Cells},
+    space::{packet, pair_mask, regions_for, side_mask, Cell, Cells},
 };
 
 /// What is wrong with a rule.
@@ -149,7 +149,6 @@ fn usage(policy: &Policy) -> Vec<Usage> {
     let mut usage = vec![Usage::default(); policy.rules.len()];
     let regions = regions_for(&[policy], &[]);
     let cells = Cells::of(&[policy]);
-    let mask = |a, b| pair_mask(policy, a, b);
     for v6 in [false, true] {
         let reps: Vec<std::net::IpAddr> = regions
             .iter()
@@ -167,9 +166,12 @@ fn usage(policy: &Policy) -> Vec<Usage> {
             }
         }
         let mut done: HashSet<Vec<u64>> = HashSet::new();
-        for &s in &srcs {
-            for &d in &dsts {
-                if !done.insert(mask(s, d)) {
+        for (s, sm) in &srcs {
+            for (d, dm) in &dsts {
+                let (s, d) = (*s, *d);
+                let m = pair_mask(sm, dm);
+                // No rule selects the pair: nothing to learn about rules.
+                if m.iter().all(|w| *w == 0) || !done.insert(m) {
                     continue;
                 }
                 let packets = family_cells
@@ -197,25 +199,18 @@ fn usage(policy: &Policy) -> Vec<Usage> {
     usage
 }
 
-/// One address per distinct pattern of the rules' sources (or
-/// destinations) it is in.
-fn distinct_by(policy: &Policy, reps: &[std::net::IpAddr], src: bool) -> Vec<std::net::IpAddr> {
-    let mut seen: BTreeMap<Vec<bool>, std::net::IpAddr> = BTreeMap::new();
+/// One address per distinct set of rules whose sources (or destinations)
+/// hold it, with that set.
+fn distinct_by(
+    policy: &Policy,
+    reps: &[std::net::IpAddr],
+    src: bool,
+) -> Vec<(std::net::IpAddr, Vec<u64>)> {
+    let mut seen: BTreeMap<Vec<u64>, std::net::IpAddr> = BTreeMap::new();
     for &a in reps {
-        let sig = policy
-            .rules
-            .iter()
-            .map(|r| {
-                if src {
-                    r.src.matches(a)
-                } else {
-                    r.dst.matches(a)
-                }
-            })
-            .collect();
-        seen.entry(sig).or_insert(a);
+        seen.entry(side_mask(policy, a, src)).or_insert(a);
     }
-    seen.into_values().collect()
+    seen.into_iter().map(|(m, a)| (a, m)).collect()
 }
 
 #[cfg(test)]

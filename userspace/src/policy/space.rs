@@ -267,16 +267,23 @@ pub fn packet(src: IpAddr, dst: IpAddr, cell: &Cell, fragment: bool) -> PacketMe
     }
 }
 
-/// The rules whose selectors hold both addresses, as a bitset: all the
-/// evaluator's verdict depends on besides the protocol and port.
-pub fn pair_mask(policy: &Policy, src: IpAddr, dst: IpAddr) -> Vec<u64> {
+/// The rules whose source (`src`) or destination selector holds `addr`,
+/// as a bitset.
+pub fn side_mask(policy: &Policy, addr: IpAddr, src: bool) -> Vec<u64> {
     let mut mask = vec![0u64; policy.rules.len().div_ceil(64)];
     for (i, r) in policy.rules.iter().enumerate() {
-        if r.src.matches(src) && r.dst.matches(dst) {
+        let sel = if src { &r.src } else { &r.dst };
+        if sel.matches(addr) {
             mask[i / 64] |= 1 << (i % 64);
         }
     }
     mask
+}
+
+/// The rules whose selectors hold both addresses: all the evaluator's
+/// verdict depends on besides the protocol and port.
+pub fn pair_mask(src: &[u64], dst: &[u64]) -> Vec<u64> {
+    src.iter().zip(dst).map(|(a, b)| a & b).collect()
 }
 
 /// Verdicts of a policy per address pair, one per cell, asked of the
@@ -285,6 +292,8 @@ pub struct Verdicts<'a> {
     pub policy: &'a Policy,
     pub cells: &'a Cells,
     cache: HashMap<(bool, Vec<u64>), Rc<Vec<Verdict>>>,
+    /// Per address, as a source and as a destination.
+    masks: HashMap<(IpAddr, bool), Vec<u64>>,
 }
 
 impl<'a> Verdicts<'a> {
@@ -293,6 +302,7 @@ impl<'a> Verdicts<'a> {
             policy,
             cells,
             cache: HashMap::new(),
+            masks: HashMap::new(),
         }
     }
 
@@ -300,7 +310,15 @@ impl<'a> Verdicts<'a> {
     /// each cell of the pair's family; `src` and `dst` share a family.
     pub fn pair(&mut self, src: IpAddr, dst: IpAddr) -> Rc<Vec<Verdict>> {
         let v6 = src.is_ipv6();
-        let key = (v6, pair_mask(self.policy, src, dst));
+        let policy = self.policy;
+        let mut side = |a: IpAddr, is_src: bool| {
+            self.masks
+                .entry((a, is_src))
+                .or_insert_with(|| side_mask(policy, a, is_src))
+                .clone()
+        };
+        let (s, d) = (side(src, true), side(dst, false));
+        let key = (v6, pair_mask(&s, &d));
         if let Some(v) = self.cache.get(&key) {
             return v.clone();
         }
