@@ -291,7 +291,7 @@ mod tests {
                 rule(
                     Action::Deny,
                     pfx(&["10.0.0.2/32"]),
-                    pfx(&["192.168.1.10/32"]),
+                    pfx(&["192.168.1.0/32"]),
                     Some(6),
                     &[(25, 25)],
                 ),
@@ -332,7 +332,7 @@ mod tests {
             "gateway",
             vec![net("10.0.0.1/32"), net("fd00::1/128")],
         ));
-        v.push(Named::new("printer", vec![net("192.168.1.10/32")]));
+        v.push(Named::new("printer", vec![net("192.168.1.0/32")]));
         v.push(Named::world("other"));
         v
     }
