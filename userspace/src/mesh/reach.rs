@@ -134,13 +134,22 @@ pub fn diff_names(old: Vec<Named>, new: &Mesh) -> Vec<Named> {
 /// the diff visits every pair of names.
 pub const SUMMARY_MAX_NAMES: usize = 256;
 
-/// The flows whose verdict changes from `old` to `new`, a line each
-/// (`+ alice -> server: tcp 22`, `- …`); `None` when the meshes name more
-/// than [`SUMMARY_MAX_NAMES`] peers, hosts and networks.
-pub fn flow_changes(old: &Mesh, new: &Mesh) -> Option<Vec<String>> {
+/// The flows whose verdict changes from `old` to `new`, as one line for a
+/// log: `+ alice -> server: tcp 22; - bob -> gateway: icmp 8`, `none`, or
+/// why it was not computed (more than [`SUMMARY_MAX_NAMES`] peers, hosts
+/// and networks).
+pub fn flow_summary(old: &Mesh, new: &Mesh) -> String {
     let names = diff_names(columns(old), new);
     if names.len() > SUMMARY_MAX_NAMES {
-        return None;
+        return format!(
+            "not computed ({} names, more than {SUMMARY_MAX_NAMES}): see wgbpf policy diff",
+            names.len()
+        );
     }
-    Some(crate::policy::diff::diff(&old.policy, &new.policy, &names).lines())
+    let lines = crate::policy::diff::diff(&old.policy, &new.policy, &names).lines();
+    if lines.is_empty() {
+        "none".into()
+    } else {
+        lines.join("; ")
+    }
 }
