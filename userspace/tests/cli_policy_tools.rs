@@ -573,6 +573,65 @@ fn the_examples_warn_of_what_is_broad_in_them() {
     }
 }
 
+/// The Tailscale import: the `*` ping of the mesh file; the importer's two
+/// ICMP rules for one ACL with two destinations of the same tag (the second
+/// copy shadowed); the monitoring ACL to `*:*` on every TCP and UDP port;
+/// the staging ACL, whose tag nobody has.
+#[test]
+fn the_tailscale_import_warns_of_its_broad_and_dead_rules() {
+    let toml = std::fs::read_to_string(repo("examples/tailscale-import.toml")).unwrap();
+    let acl = std::fs::read_to_string(repo("examples/tailscale-acl.hujson")).unwrap();
+    let acl_line = |needle: &str, back: usize| {
+        let i = acl.lines().position(|l| l.contains(needle)).unwrap();
+        format!("examples/tailscale-acl.hujson:{}", i + 1 - back)
+    };
+    let eng = acl_line("\"src\":    [\"group:eng\"],", 1);
+    let monitoring = acl_line("\"tag:monitoring\"], \"dst\": [\"*:*\"]", 0);
+    let staging = acl_line("\"tag:staging:*\"", 0);
+    let (code, out, err) = wgbpf(&[
+        "policy",
+        "check",
+        "examples/tailscale-import.toml",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let got: Vec<(String, String)> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["at"].as_str().unwrap().to_string(),
+                w["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        (
+            format!(
+                "examples/tailscale-import.toml:{}",
+                line_of(&toml, "ping-gateway")
+            ),
+            "any-source",
+        ),
+        (eng.clone(), "shadowed"),
+        (eng, "shadowed"),
+        (monitoring.clone(), "all-ports"),
+        (monitoring, "all-ports"),
+        (staging.clone(), "all-ports"),
+        (staging.clone(), "empty-identities"),
+        (staging.clone(), "all-ports"),
+        (staging.clone(), "empty-identities"),
+        (staging.clone(), "empty-identities"),
+        (staging, "empty-identities"),
+    ]
+    .into_iter()
+    .map(|(a, k)| (a, k.to_string()))
+    .collect();
+    assert_eq!(got, want);
+}
+
 #[test]
 fn diff_lists_the_flows_that_change_verdict() {
     let dir = TempDir::new("diff");
