@@ -4,14 +4,13 @@
 //! evaluator under both. "Allowed" is accepted; an audited flow counts as
 //! denied (it would be, once enforced).
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, rc::Rc};
 
 use serde_json::json;
-use wgbpf_common::severity;
 
 use super::{
     model::Policy,
-    space::{regions_for, Cells, FlowSet, Named, Region, Verdicts},
+    space::{regions_for, Cells, FlowSet, Named, PairVerdicts, Verdicts},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,30 +37,42 @@ pub fn diff(old: &Policy, new: &Policy, names: &[Named]) -> Diff {
     let refs: Vec<&Named> = names.iter().collect();
     let regions = regions_for(&[old, new], &refs);
     let cells = Cells::of(&[old, new]);
-    let mut before = Verdicts::new(old, &cells);
-    let mut after = Verdicts::new(new, &cells);
-    let inside: Vec<Vec<Region>> = names
+    let mut before = Verdicts::new(old, &cells, &regions);
+    let mut after = Verdicts::new(new, &cells, &regions);
+    let inside: Vec<Vec<usize>> = names
         .iter()
-        .map(|n| regions.iter().filter(|r| n.holds(r)).copied().collect())
+        .map(|n| {
+            (0..regions.len())
+                .filter(|i| n.holds(&regions[*i]))
+                .collect()
+        })
         .collect();
     let mut changes = Vec::new();
     for (fi, from) in names.iter().enumerate() {
         for (ti, to) in names.iter().enumerate() {
+            // The distinct (old, new) verdict tables of the pair's regions.
+            let mut seen: Vec<(Rc<PairVerdicts>, Rc<PairVerdicts>)> = Vec::new();
+            for &s in &inside[fi] {
+                let v6 = regions[s].rep.is_ipv6();
+                for &d in inside[ti]
+                    .iter()
+                    .filter(|d| regions[**d].rep.is_ipv6() == v6)
+                {
+                    let (o, n) = (before.pair(s, d), after.pair(s, d));
+                    if o.accepted != n.accepted
+                        && !seen
+                            .iter()
+                            .any(|(a, b)| Rc::ptr_eq(a, &o) && Rc::ptr_eq(b, &n))
+                    {
+                        seen.push((o, n));
+                    }
+                }
+            }
             let mut allowed = FlowSet::default();
             let mut denied = FlowSet::default();
-            for s in &inside[fi] {
-                for d in inside[ti]
-                    .iter()
-                    .filter(|d| d.rep.is_ipv6() == s.rep.is_ipv6())
-                {
-                    if before.pair(s.rep, d.rep) == after.pair(s.rep, d.rep) {
-                        continue;
-                    }
-                    let o = before.flows(s.rep, d.rep, severity::ALLOW);
-                    let n = after.flows(s.rep, d.rep, severity::ALLOW);
-                    allowed = allowed.union(&n.minus(&o));
-                    denied = denied.union(&o.minus(&n));
-                }
+            for (o, n) in &seen {
+                allowed = allowed.union(&n.accepted.minus(&o.accepted));
+                denied = denied.union(&o.accepted.minus(&n.accepted));
             }
             if !allowed.is_empty() || !denied.is_empty() {
                 changes.push(Change {
@@ -135,6 +146,7 @@ mod tests {
         space::Proto,
     };
     use rand::{Rng, SeedableRng};
+    use wgbpf_common::severity;
 
     fn sel(s: &[&str]) -> Selector {
         Selector::Prefixes(s.iter().map(|n| n.parse().unwrap()).collect())

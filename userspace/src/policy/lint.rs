@@ -12,7 +12,7 @@ use wgbpf_common::{rule_id, severity, PROTO_ICMP, PROTO_ICMPV6};
 use super::{
     model::{proto_has_ports, Action, Policy, Selector},
     reference::{evaluate_rules, rule_matches, rule_severity},
-    space::{packet, pair_mask, regions_for, side_mask, Cell, Cells},
+    space::{packet, pair_mask, regions_for, restricted, side_mask, unrestricted, Cell, Cells},
 };
 
 /// What is wrong with a rule.
@@ -171,16 +171,18 @@ fn usage(policy: &Policy) -> Vec<Usage> {
                 let (s, d) = (*s, *d);
                 let m = pair_mask(sm, dm);
                 // No rule selects the pair: nothing to learn about rules.
-                if m.iter().all(|w| *w == 0) || !done.insert(m) {
+                if m.iter().all(|w| *w == 0) || !done.insert(m.clone()) {
                     continue;
                 }
                 let packets = family_cells
                     .iter()
                     .map(|c| packet(s, d, c, false))
                     .chain(fragments.iter().map(|c| packet(s, d, c, true)));
+                // The rules selecting the pair, alone (same answers).
+                let (sub, index) = restricted(policy, &m);
                 for pkt in packets {
-                    let winner = evaluate_rules(policy, &pkt).rule;
-                    for (i, r) in policy.rules.iter().enumerate() {
+                    let winner = unrestricted(evaluate_rules(&sub, &pkt), &index).rule;
+                    for (r, &i) in sub.rules.iter().zip(&index) {
                         if !rule_matches(r, &pkt) {
                             continue;
                         }
@@ -348,6 +350,131 @@ mod tests {
                 (7, Kind::MatchesNothing, vec![]),
                 (8, Kind::Shadowed, vec![4]),
             ]
+        );
+    }
+
+    /// On random policies over a space small enough to try every packet,
+    /// the lint's dead and never-matching rules are exactly those the
+    /// evaluator shows.
+    #[test]
+    fn deadness_equals_brute_force_on_random_policies() {
+        use crate::policy::reference::PacketMeta;
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+        let prefixes: Vec<ipnet::IpNet> = [
+            "10.0.0.0/28",
+            "10.0.0.0/30",
+            "10.0.0.4/30",
+            "10.0.0.1/32",
+            "10.0.0.5/32",
+            "10.0.0.8/29",
+            "10.0.0.9/32",
+            "10.0.0.14/31",
+        ]
+        .iter()
+        .map(|p| net(p))
+        .collect();
+        let addrs: Vec<std::net::IpAddr> = (0..16u8)
+            .map(|i| std::net::IpAddr::V4([10, 0, 0, i].into()))
+            .chain(["192.0.2.1".parse().unwrap()])
+            .collect();
+        let (mut dead_seen, mut alive_seen) = (0, 0);
+        for _ in 0..100 {
+            let n = rng.gen_range(2..9);
+            let rules: Vec<Rule> = (0..n)
+                .map(|i| {
+                    let mut sel = || {
+                        if rng.gen_bool(0.2) {
+                            Selector::Any
+                        } else {
+                            let k = rng.gen_range(0..3);
+                            Selector::Prefixes(
+                                (0..k)
+                                    .map(|_| prefixes[rng.gen_range(0..prefixes.len())])
+                                    .collect(),
+                            )
+                        }
+                    };
+                    let (src, dst) = (sel(), sel());
+                    let proto = [None, Some(6), Some(17), Some(47)][rng.gen_range(0..4)];
+                    let ports = if matches!(proto, Some(6 | 17)) && rng.gen_bool(0.7) {
+                        (0..rng.gen_range(1..3))
+                            .map(|_| {
+                                let a = rng.gen_range(0..20);
+                                PortRange::new(a, a + rng.gen_range(0..6))
+                            })
+                            .collect()
+                    } else {
+                        vec![]
+                    };
+                    let action = if rng.gen_bool(0.35) {
+                        Action::Deny
+                    } else {
+                        Action::Accept
+                    };
+                    Rule {
+                        name: format!("r{i}"),
+                        action,
+                        audit: action == Action::Deny && rng.gen_bool(0.3),
+                        src,
+                        dst,
+                        proto,
+                        ports,
+                    }
+                })
+                .collect();
+            let p = Policy {
+                rules,
+                ..Default::default()
+            };
+            let mut matched = vec![false; n];
+            let mut decided = vec![false; n];
+            for &s in &addrs {
+                for &d in &addrs {
+                    for proto in [6u8, 17, 47, 1] {
+                        for port in (0..=26).chain([65535]) {
+                            for fragment in [false, true] {
+                                let pkt = PacketMeta {
+                                    src: s,
+                                    dst: d,
+                                    proto,
+                                    fragment,
+                                    sport: 1,
+                                    dport: port,
+                                    icmp_type: 0,
+                                    icmp_id: 0,
+                                    tcp_flags: 2,
+                                    quoted: None,
+                                };
+                                let w = evaluate_rules(&p, &pkt).rule;
+                                for (i, r) in p.rules.iter().enumerate() {
+                                    if rule_matches(r, &pkt) {
+                                        matched[i] = true;
+                                        decided[i] |= w == i as u32;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let warnings = lint(&p);
+            for i in 0..n {
+                let has = |k: Kind| warnings.iter().any(|w| w.rule == i && w.kind == k);
+                let dead = has(Kind::Shadowed) || has(Kind::CancelledByDeny);
+                let nothing = has(Kind::MatchesNothing) || has(Kind::EmptyIdentities);
+                assert_eq!(nothing, !matched[i], "rule {i} of {p:#?}");
+                assert_eq!(dead, matched[i] && !decided[i], "rule {i} of {p:#?}");
+                if dead {
+                    dead_seen += 1;
+                } else if matched[i] {
+                    alive_seen += 1;
+                }
+            }
+        }
+        assert!(
+            dead_seen > 10 && alive_seen > 100,
+            "{dead_seen} dead, {alive_seen} alive"
         );
     }
 

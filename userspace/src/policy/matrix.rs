@@ -3,12 +3,13 @@
 //! with the reference evaluator (first packets of flows, not fragments;
 //! replies ride on their flow).
 
+use std::rc::Rc;
+
 use serde::Serialize;
-use wgbpf_common::severity;
 
 use super::{
     model::Policy,
-    space::{regions_for, Cells, FlowSet, Named, Region, Verdicts},
+    space::{regions_for, Cells, FlowSet, Named, PairVerdicts, Region, Verdicts},
 };
 
 /// One cell: what the row's addresses may open towards the column's.
@@ -41,16 +42,19 @@ pub fn matrix(policy: &Policy, rows: Vec<Named>, columns: Vec<Named>) -> Matrix 
     let names: Vec<&Named> = rows.iter().chain(&columns).collect();
     let regions = regions_for(&[policy], &names);
     let cells_space = Cells::of(&[policy]);
-    let mut verdicts = Verdicts::new(policy, &cells_space);
-    let inside =
-        |n: &Named| -> Vec<Region> { regions.iter().filter(|r| n.holds(r)).copied().collect() };
-    let col_regions: Vec<Vec<Region>> = columns.iter().map(inside).collect();
+    let mut verdicts = Verdicts::new(policy, &cells_space, &regions);
+    let inside = |n: &Named| -> Vec<usize> {
+        (0..regions.len())
+            .filter(|i| n.holds(&regions[*i]))
+            .collect()
+    };
+    let col_regions: Vec<Vec<usize>> = columns.iter().map(inside).collect();
     let mut cells = Vec::with_capacity(rows.len());
     for row in &rows {
         let row_regions = inside(row);
         let mut line = Vec::with_capacity(columns.len());
         for cr in &col_regions {
-            line.push(reach(&mut verdicts, &row_regions, cr));
+            line.push(reach(&mut verdicts, &regions, &row_regions, cr));
         }
         cells.push(line);
     }
@@ -62,17 +66,25 @@ pub fn matrix(policy: &Policy, rows: Vec<Named>, columns: Vec<Named>) -> Matrix 
     }
 }
 
-fn reach(verdicts: &mut Verdicts, srcs: &[Region], dsts: &[Region]) -> Reach {
+/// One cell: over the distinct verdict tables of its region pairs.
+fn reach(verdicts: &mut Verdicts, regions: &[Region], srcs: &[usize], dsts: &[usize]) -> Reach {
+    let mut distinct: Vec<Rc<PairVerdicts>> = Vec::new();
+    for &s in srcs {
+        let v6 = regions[s].rep.is_ipv6();
+        for &d in dsts.iter().filter(|d| regions[**d].rep.is_ipv6() == v6) {
+            let v = verdicts.pair(s, d);
+            if !distinct.iter().any(|x| Rc::ptr_eq(x, &v)) {
+                distinct.push(v);
+            }
+        }
+    }
     let mut every: Option<FlowSet> = None;
     let mut some = FlowSet::default();
     let mut audited = FlowSet::default();
-    for s in srcs {
-        for d in dsts.iter().filter(|d| d.rep.is_ipv6() == s.rep.is_ipv6()) {
-            let a = verdicts.flows(s.rep, d.rep, severity::ALLOW);
-            audited = audited.union(&verdicts.flows(s.rep, d.rep, severity::AUDIT));
-            some = some.union(&a);
-            every = Some(every.map_or(a.clone(), |e| e.intersect(&a)));
-        }
+    for v in &distinct {
+        audited = audited.union(&v.audited);
+        some = some.union(&v.accepted);
+        every = Some(every.map_or_else(|| v.accepted.clone(), |e| e.intersect(&v.accepted)));
     }
     let no_common_family = every.is_none();
     let allowed = every.unwrap_or_default();
@@ -222,6 +234,7 @@ mod tests {
     };
     use rand::{Rng, SeedableRng};
     use std::net::IpAddr;
+    use wgbpf_common::severity;
 
     fn net(s: &str) -> ipnet::IpNet {
         s.parse().unwrap()

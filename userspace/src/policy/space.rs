@@ -286,69 +286,118 @@ pub fn pair_mask(src: &[u64], dst: &[u64]) -> Vec<u64> {
     src.iter().zip(dst).map(|(a, b)| a & b).collect()
 }
 
-/// Verdicts of a policy per address pair, one per cell, asked of the
-/// reference evaluator once per distinct set of matching rules.
+/// The policy as the evaluator sees it for one address pair: the rules
+/// selecting the pair (`mask`), in their order, their selectors made `*`
+/// (they hold both addresses), and each one's index in `policy`. For
+/// packets of that pair the evaluator answers exactly as on `policy`, rule
+/// indexes mapped back, without testing the selectors' prefixes again per
+/// packet.
+pub fn restricted(policy: &Policy, mask: &[u64]) -> (Policy, Vec<usize>) {
+    let mut rules = Vec::new();
+    let mut index = Vec::new();
+    for (i, r) in policy.rules.iter().enumerate() {
+        if mask[i / 64] & (1 << (i % 64)) != 0 {
+            rules.push(super::model::Rule {
+                src: Selector::Any,
+                dst: Selector::Any,
+                ..r.clone()
+            });
+            index.push(i);
+        }
+    }
+    let p = Policy {
+        rules,
+        audit: policy.audit,
+        link_local: policy.link_local,
+        ..Default::default()
+    };
+    (p, index)
+}
+
+/// A verdict of a [`restricted`] policy, with the rule's index in the whole.
+pub fn unrestricted(v: Verdict, index: &[usize]) -> Verdict {
+    match index.get(v.rule as usize) {
+        Some(i) => Verdict {
+            rule: *i as u32,
+            ..v
+        },
+        None => v,
+    }
+}
+
+/// What a policy decides for one address pair, per cell of its family.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PairVerdicts {
+    pub verdicts: Vec<Verdict>,
+    /// The flows accepted, and those passed as audited.
+    pub accepted: FlowSet,
+    pub audited: FlowSet,
+}
+
+/// A policy's verdicts over pairs of regions, asked of the reference
+/// evaluator once per distinct set of rules selecting the pair.
 pub struct Verdicts<'a> {
     pub policy: &'a Policy,
     pub cells: &'a Cells,
-    cache: HashMap<(bool, Vec<u64>), Rc<Vec<Verdict>>>,
-    /// Per address, as a source and as a destination.
-    masks: HashMap<(IpAddr, bool), Vec<u64>>,
+    regions: &'a [Region],
+    /// Per region: the rules whose sources, and whose destinations, hold it.
+    src_masks: Vec<Vec<u64>>,
+    dst_masks: Vec<Vec<u64>>,
+    cache: HashMap<(bool, Vec<u64>), Rc<PairVerdicts>>,
 }
 
 impl<'a> Verdicts<'a> {
-    pub fn new(policy: &'a Policy, cells: &'a Cells) -> Self {
+    pub fn new(policy: &'a Policy, cells: &'a Cells, regions: &'a [Region]) -> Self {
         Self {
             policy,
             cells,
+            regions,
+            src_masks: regions
+                .iter()
+                .map(|r| side_mask(policy, r.rep, true))
+                .collect(),
+            dst_masks: regions
+                .iter()
+                .map(|r| side_mask(policy, r.rep, false))
+                .collect(),
             cache: HashMap::new(),
-            masks: HashMap::new(),
         }
     }
 
-    /// The final verdict (default deny and interface audit mode applied) of
-    /// each cell of the pair's family; `src` and `dst` share a family.
-    pub fn pair(&mut self, src: IpAddr, dst: IpAddr) -> Rc<Vec<Verdict>> {
-        let v6 = src.is_ipv6();
-        let policy = self.policy;
-        let mut side = |a: IpAddr, is_src: bool| {
-            self.masks
-                .entry((a, is_src))
-                .or_insert_with(|| side_mask(policy, a, is_src))
-                .clone()
-        };
-        let (s, d) = (side(src, true), side(dst, false));
-        let key = (v6, pair_mask(&s, &d));
+    /// Regions `src` to `dst` (indexes into the regions; the same family):
+    /// default deny and interface audit mode applied.
+    pub fn pair(&mut self, src: usize, dst: usize) -> Rc<PairVerdicts> {
+        let (s, d) = (self.regions[src].rep, self.regions[dst].rep);
+        let v6 = s.is_ipv6();
+        let key = (v6, pair_mask(&self.src_masks[src], &self.dst_masks[dst]));
         if let Some(v) = self.cache.get(&key) {
             return v.clone();
         }
-        let v: Rc<Vec<Verdict>> = Rc::new(
-            self.cells
-                .family(v6)
-                .iter()
-                .map(|c| {
-                    finish(
-                        self.policy,
-                        evaluate_rules(self.policy, &packet(src, dst, c, false)),
-                    )
-                })
-                .collect(),
-        );
+        let cells = self.cells.family(v6);
+        let (sub, index) = restricted(self.policy, &key.1);
+        let verdicts: Vec<Verdict> = cells
+            .iter()
+            .map(|c| {
+                let v = finish(&sub, evaluate_rules(&sub, &packet(s, d, c, false)));
+                unrestricted(v, &index)
+            })
+            .collect();
+        let with = |sev: u8| {
+            FlowSet::of(
+                cells
+                    .iter()
+                    .zip(&verdicts)
+                    .filter(|(_, v)| v.severity == sev)
+                    .map(|(c, _)| (c.proto, c.ports)),
+            )
+        };
+        let v = Rc::new(PairVerdicts {
+            accepted: with(severity::ALLOW),
+            audited: with(severity::AUDIT),
+            verdicts,
+        });
         self.cache.insert(key, v.clone());
         v
-    }
-
-    /// The flows of the pair whose verdict is `sev` (severity::ALLOW: accepted).
-    pub fn flows(&mut self, src: IpAddr, dst: IpAddr, sev: u8) -> FlowSet {
-        let v = self.pair(src, dst);
-        let cells = self.cells.family(src.is_ipv6());
-        FlowSet::of(
-            cells
-                .iter()
-                .zip(v.iter())
-                .filter(|(_, v)| v.severity == sev)
-                .map(|(c, _)| (c.proto, c.ports)),
-        )
     }
 }
 
