@@ -74,8 +74,8 @@ fn a_reload_logs_the_flows_it_changed() {
         assert_eq!(logged, vec![expected.join("; ")]);
     });
     stop(&mut daemon, Duration::from_secs(20));
-    if outcome.is_err() {
+    if let Err(e) = outcome {
         print_log_tails(&dir, &["wgbpf.log"], 40);
-        std::panic::resume_unwind(outcome.unwrap_err());
+        std::panic::resume_unwind(e);
     }
 }
