@@ -379,7 +379,7 @@ mod tests {
             .chain(["192.0.2.1".parse().unwrap()])
             .collect();
         let (mut dead_seen, mut alive_seen) = (0, 0);
-        for _ in 0..100 {
+        for _ in 0..70 {
             let n = rng.gen_range(2..9);
             let rules: Vec<Rule> = (0..n)
                 .map(|i| {

@@ -178,12 +178,14 @@ impl Matrix {
         h += "<style>\nbody{font-family:sans-serif;margin:1em}\
 table{border-collapse:collapse}\
 th,td{border:1px solid #999;padding:4px 8px;text-align:left;vertical-align:top}\
-th{background:#eee}td.none{color:#999}td.some{background:#e8f5e9}\
+th{background:#eee}td.none{color:#999}td.open{background:#e8f5e9}\
 td.audit{background:#fff3e0}\n</style>\n</head>\n<body>\n";
         h += &format!("<h1>{}</h1>\n", escape(title));
         h += "<p>Rows: sources; columns: destinations; a cell: the protocols and ports \
 the policy accepts from every address of the row to every address of the column \
-(first packets; replies follow their flow).</p>\n";
+(first packets; replies follow their flow). <q>some addresses</q>: accepted \
+between some of their addresses only; <q>audited</q>: passed and counted, denied once \
+enforced; <q>other protocols</q>: every protocol no rule names; <q>-</q>: nothing.</p>\n";
         h += "<table>\n<thead>\n<tr><th>from \\ to</th>";
         for c in &self.columns {
             h += &format!("<th>{}</th>", escape(&c.name));
@@ -197,7 +199,7 @@ the policy accepts from every address of the row to every address of the column 
                 } else if c.allowed.is_empty() && c.partly.is_empty() {
                     "none"
                 } else {
-                    "some"
+                    "open"
                 };
                 h += &format!("<td class=\"{class}\">{}</td>", escape(&c.describe(named)));
             }
