@@ -25,7 +25,8 @@ enum Command {
     Counters(cli::counters::CountersArgs),
     Show(cli::show::ShowArgs),
     Audit(cli::audit::AuditArgs),
-    /// Check a policy and its tests, or explain a verdict (no kernel needed).
+    /// Check a policy (tests, broad and dead rules), explain a verdict, see who
+    /// reaches whom, diff two files (no kernel needed).
     Policy(cli::policy::PolicyArgs),
     /// Bring in wg-quick files, Tailscale ACL files or Netbird policies.
     Import(cli::import::ImportArgs),
