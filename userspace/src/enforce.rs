@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::{
     dataplane::{
+        applied,
         attach::{self, Installed},
         lock::InterfaceLock,
         slot::ApplyReport,
@@ -115,6 +116,13 @@ pub fn enforce(plan: &EnforcementPlan, detached: Detached) -> Result<(Maps, Enfo
         .maps
         .apply(&compiled)
         .context("writing the policy")?;
+    // For `load --dry-run`'s diff; a reader checks it against the maps, so
+    // a record that could not be written only costs that diff.
+    if report.changed || !applied::path(iface).exists() {
+        if let Err(e) = applied::record(iface, report.version, &plan.mesh.policy) {
+            tracing::warn!(iface = %iface, "recording the applied policy: {e}");
+        }
+    }
     // Attached only now, so the first packet meets the new policy (and a
     // detached program is attached again only now, likewise).
     let attached = match detached {

@@ -27,7 +27,8 @@ enum Command {
     Monitor(cli::monitor::MonitorArgs),
     Audit(cli::audit::AuditArgs),
     Doctor(cli::doctor::DoctorArgs),
-    /// Check a policy and its tests, or explain a verdict (no kernel needed).
+    /// Check a policy (tests, broad and dead rules), explain a verdict, see who
+    /// reaches whom, diff two files (no kernel needed).
     Policy(cli::policy::PolicyArgs),
     /// Bring in wg-quick files, Tailscale ACL files or Netbird policies.
     Import(cli::import::ImportArgs),

@@ -1,5 +1,6 @@
-//! `wgbpf policy check | explain`: test a policy before it is applied, and
-//! ask it about one flow. Nothing here touches the kernel.
+//! `wgbpf policy check | explain | matrix | diff`: test a policy before it
+//! is applied, ask it about one flow, see who reaches whom and what a change
+//! changes. Nothing here touches the kernel.
 
 use std::path::PathBuf;
 
@@ -7,7 +8,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use wgbpf::{
-    policy::{check, compile::compile},
+    mesh::{
+        reach::{self, RowsBy},
+        Mesh,
+    },
+    policy::{check, compile::compile, diff, lint, matrix},
     source,
 };
 use wgbpf_common::capacity;
@@ -22,8 +27,39 @@ pub struct PolicyArgs {
 enum PolicyCommand {
     /// Parse, validate and compile FILE, and run its [[policy.test]] blocks.
     /// Exits 1 on any failure, naming the file, line and column.
+    ///
+    /// Also warns of over-broad and dead rules (every port, `*` sources,
+    /// shadowed, cancelled by a deny, empty identities), each with its file
+    /// and line; --strict makes a warning fail the check.
     Check {
         file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Exit 1 when there is any warning.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Who may reach whom, on what: per source (rows) and destination
+    /// (columns), the protocols and ports the policy accepts, computed with
+    /// the reference evaluator.
+    Matrix {
+        /// The mesh file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Rows: peers (and the gateway), groups or tags.
+        #[arg(long, value_enum, default_value_t = By::Peer)]
+        by: By,
+        #[arg(long)]
+        json: bool,
+        /// Also write a standalone HTML page to this file.
+        #[arg(long, value_name = "OUT.html")]
+        html: Option<PathBuf>,
+    },
+    /// The flows whose verdict changes from OLD to NEW (newly allowed,
+    /// newly denied), by source, destination and protocol/ports.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -51,7 +87,14 @@ enum PolicyCommand {
 
 pub fn run(a: PolicyArgs) -> Result<()> {
     match a.command {
-        PolicyCommand::Check { file, json } => check_file(&file, json),
+        PolicyCommand::Check { file, json, strict } => check_file(&file, json, strict),
+        PolicyCommand::Matrix {
+            config,
+            by,
+            json,
+            html,
+        } => show_matrix(&config, by, json, html.as_deref()),
+        PolicyCommand::Diff { old, new, json } => show_diff(&old, &new, json),
         PolicyCommand::Explain {
             config,
             from,
@@ -63,11 +106,32 @@ pub fn run(a: PolicyArgs) -> Result<()> {
     }
 }
 
-fn check_file(file: &std::path::Path, json: bool) -> Result<()> {
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum By {
+    Peer,
+    Group,
+    Tag,
+}
+
+fn check_file(file: &std::path::Path, json: bool, strict: bool) -> Result<()> {
     let mesh = source::load(file)?;
     let compiled = compile(&mesh.policy, capacity::PEERS)
         .with_context(|| format!("{}: policy", file.display()))?;
     let (checked, failures) = check::run_tests(&mesh.policy, &mesh.tests);
+    let warnings: Vec<serde_json::Value> = lint::lint(&mesh.policy)
+        .iter()
+        .map(|w| {
+            let src = &mesh.rule_sources[w.rule];
+            json!({
+                "at": src.at, "rule": mesh.policy.rules[w.rule].name,
+                "text": rule_text(&mesh, w.rule), "kind": w.kind,
+                "by": w.by.iter().map(|b| json!({
+                    "rule": mesh.policy.rules[*b].name, "at": mesh.rule_sources[*b].at,
+                })).collect::<Vec<_>>(),
+                "why": why(&mesh, w),
+            })
+        })
+        .collect();
     if json {
         println!(
             "{}",
@@ -75,9 +139,19 @@ fn check_file(file: &std::path::Path, json: bool) -> Result<()> {
                 "file": file, "rules": mesh.policy.rules.len(),
                 "identities": compiled.identities, "policy_entries": compiled.policy.len(),
                 "tests": mesh.tests.len(), "checks": checked, "failures": failures,
+                "warnings": warnings,
             })
         );
     } else {
+        for w in &warnings {
+            println!(
+                "{}: warning: {} ({}): {}",
+                w["at"].as_str().unwrap_or_default(),
+                w["rule"].as_str().unwrap_or_default(),
+                w["text"].as_str().unwrap_or_default(),
+                w["why"].as_str().unwrap_or_default()
+            );
+        }
         for f in &failures {
             println!("{f}");
         }
@@ -92,7 +166,120 @@ fn check_file(file: &std::path::Path, json: bool) -> Result<()> {
     if !failures.is_empty() {
         bail!("{} policy test(s) failed", failures.len());
     }
+    if strict && !warnings.is_empty() {
+        bail!("{} warning(s) and --strict", warnings.len());
+    }
     Ok(())
+}
+
+/// The warning's reason, the deciding rules named with their position.
+fn why(mesh: &Mesh, w: &lint::Warning) -> String {
+    if w.by.is_empty() {
+        return w.why.clone();
+    }
+    let by: Vec<String> =
+        w.by.iter()
+            .map(|b| {
+                format!(
+                    "`{}` ({})",
+                    mesh.policy.rules[*b].name, mesh.rule_sources[*b].at
+                )
+            })
+            .collect();
+    match w.kind {
+        lint::Kind::CancelledByDeny => format!(
+            "never decides: {} override(s) every flow it accepts (a deny wins wherever it is in the file)",
+            by.join(", ")
+        ),
+        _ => format!(
+            "never decides: {} decide(s) every packet it matches",
+            by.join(", ")
+        ),
+    }
+}
+
+/// A rule as one line: `accept group:eng -> tag:web tcp 80,443`.
+fn rule_text(mesh: &Mesh, i: usize) -> String {
+    let r = &mesh.policy.rules[i];
+    let src = &mesh.rule_sources[i];
+    let action = match (r.action, r.audit) {
+        (wgbpf::policy::model::Action::Accept, _) => "accept",
+        (_, true) => "deny (audit)",
+        _ => "deny",
+    };
+    let mut s = format!("{action} {} -> {}", src.from.join(","), src.to.join(","));
+    if src.from.is_empty() {
+        s = format!("{action} (nobody) -> {}", src.to.join(","));
+    }
+    match r.proto {
+        None => s += " any protocol",
+        Some(p) => s += &format!(" {}", wgbpf::policy::model::proto_name(p)),
+    }
+    if !r.ports.is_empty() {
+        let ports: Vec<String> = r.ports.iter().map(|p| p.to_string()).collect();
+        s += &format!(" {}", ports.join(","));
+    }
+    s
+}
+
+fn show_matrix(
+    config: &std::path::Path,
+    by: By,
+    json: bool,
+    html: Option<&std::path::Path>,
+) -> Result<()> {
+    let mesh = source::load(config)?;
+    compile(&mesh.policy, capacity::PEERS)
+        .with_context(|| format!("{}: policy", config.display()))?;
+    let by = match by {
+        By::Peer => RowsBy::Peer,
+        By::Group => RowsBy::Group,
+        By::Tag => RowsBy::Tag,
+    };
+    let m = matrix::matrix(&mesh.policy, reach::rows(&mesh, by), reach::columns(&mesh));
+    if let Some(out) = html {
+        let title = format!("wgbpf: who may reach whom ({})", config.display());
+        std::fs::write(out, m.html(&title))
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    if json {
+        println!("{}", m.json());
+    } else {
+        print!("{}", m.text());
+    }
+    Ok(())
+}
+
+fn show_diff(old: &std::path::Path, new: &std::path::Path, json: bool) -> Result<()> {
+    let (a, b) = (source::load(old)?, source::load(new)?);
+    for (m, f) in [(&a, old), (&b, new)] {
+        compile(&m.policy, capacity::PEERS).with_context(|| format!("{}: policy", f.display()))?;
+    }
+    let d = flow_diff(&a.policy, reach::columns(&a), &b);
+    print_diff(&d, json, serde_json::Value::Null);
+    Ok(())
+}
+
+/// The flows whose verdict changes from `old` (with its names) to `new`.
+pub fn flow_diff(
+    old: &wgbpf::policy::model::Policy,
+    old_names: Vec<wgbpf::policy::space::Named>,
+    new: &Mesh,
+) -> diff::Diff {
+    diff::diff(old, &new.policy, &reach::diff_names(old_names, new))
+}
+
+/// Prints a diff (also for `load --dry-run`); `against` goes into the JSON.
+pub fn print_diff(d: &diff::Diff, json: bool, against: serde_json::Value) {
+    if json {
+        println!("{}", json!({ "against": against, "changes": d.json() }));
+    } else if d.is_empty() {
+        println!("no flow changes verdict");
+    } else {
+        for l in d.lines() {
+            println!("{l}");
+        }
+    }
 }
 
 fn parse_proto(s: &str) -> Result<u8> {

@@ -26,6 +26,7 @@ fn unload(iface: &str, json: bool) -> Result<()> {
     // Not while another controller applies to the interface.
     let _lock = InterfaceLock::acquire(iface, DEFAULT_LOCK_WAIT)?;
     let removed = attach::remove(iface)?;
+    wgbpf::dataplane::applied::forget(iface);
     // The interface may be an underlay with the XDP guard on it.
     let guard_removed = xdp_guard::remove(iface, &xdp_guard::pin_dir(iface))?;
     if json {

@@ -191,6 +191,8 @@ impl Daemon {
         match self.apply(iface).await {
             Ok(applied) => {
                 self.log_enforced(&applied.enforced, "reloaded");
+                let flows = crate::mesh::reach::flow_summary(&plan.mesh, &applied.plan.mesh);
+                tracing::info!(interface = %iface, changes = %flows, "flows whose verdict the reload changed");
                 let version = applied.enforced.policy.version;
                 let enforced = serde_json::to_value(&applied.enforced).ok();
                 *plan = self.adopt_reload(applied, reader);

@@ -2,6 +2,7 @@
 //! policies into the inactive slot and switch, attach to an interface and
 //! pin everything so enforcement outlives the controller.
 
+pub mod applied;
 pub mod attach;
 pub mod batch;
 pub mod counters;

@@ -259,7 +259,13 @@ pub fn apply(t: &Translated, mesh: &mut Mesh) -> Result<(), ImportError> {
         Ok(Selector::Prefixes(out))
     };
     let mut rules = Vec::new();
+    let mut sources = Vec::new();
     for r in &t.rules {
+        sources.push(crate::mesh::RuleSource {
+            at: format!("{}:{}", t.file, r.loc.line),
+            from: r.from.iter().map(|i| i.name.clone()).collect(),
+            to: r.to.iter().map(|i| i.name.clone()).collect(),
+        });
         rules.push(Rule {
             name: r.name.clone(),
             action: r.action,
@@ -292,6 +298,7 @@ pub fn apply(t: &Translated, mesh: &mut Mesh) -> Result<(), ImportError> {
         });
     }
     mesh.policy.rules.extend(rules);
+    mesh.rule_sources.extend(sources);
     mesh.tests.extend(tests);
     Ok(())
 }

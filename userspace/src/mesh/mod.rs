@@ -26,6 +26,7 @@
 mod flows;
 mod names;
 mod raw;
+pub mod reach;
 
 pub use flows::{FlowSpec, DEFAULT_SWEEP_INTERVAL};
 
@@ -71,9 +72,21 @@ pub struct Mesh {
     /// `[interface.flows]`: the flow table's size, lifetimes, budget and
     /// sweep (defaults when absent).
     pub flows: FlowSpec,
+    /// Where each rule of `policy.rules` is written and the names it uses,
+    /// index for index (for `policy check`'s warnings and the matrix).
+    pub rule_sources: Vec<RuleSource>,
     /// `[policy] tailscale = "FILE"` / `netbird = "FILE"`, not yet applied:
     /// [`crate::source`] applies them (with [`crate::import`]).
     pub includes: Vec<Include>,
+}
+
+/// A rule as written: `file:line` of its `[[policy.rule]]` (or of the
+/// imported rule) and its `from` and `to` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSource {
+    pub at: String,
+    pub from: Vec<String>,
+    pub to: Vec<String>,
 }
 
 /// Which kind of file a mesh file's `[policy]` includes.
@@ -449,7 +462,18 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
         Ok(Selector::Prefixes(prefixes))
     };
     let mut rules = Vec::new();
+    let mut rule_sources = Vec::new();
     for (i, r) in raw.policy.rules.iter().enumerate() {
+        // The rule's header line: the last `[[policy.rule]]` before its action.
+        let action_at = r.action.span().start.min(ctx.text.len());
+        let header = ctx.text[..action_at]
+            .rfind("[[policy.rule]]")
+            .unwrap_or(action_at);
+        rule_sources.push(RuleSource {
+            at: format!("{}:{}", ctx.file, ctx.position(header..header).0),
+            from: r.from.iter().map(|f| f.get_ref().clone()).collect(),
+            to: r.to.iter().map(|t| t.get_ref().clone()).collect(),
+        });
         let action = match r.action.get_ref().as_str() {
             "accept" => Action::Accept,
             "deny" => Action::Deny,
@@ -506,6 +530,7 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
         wg,
         guard,
         flows,
+        rule_sources,
         includes: Vec::new(),
     })
 }

@@ -2,5 +2,9 @@
 //! meaning, and the compiler to kernel maps.
 pub mod check;
 pub mod compile;
+pub mod diff;
+pub mod lint;
+pub mod matrix;
 pub mod model;
 pub mod reference;
+pub mod space;

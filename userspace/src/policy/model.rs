@@ -5,10 +5,11 @@
 use std::fmt;
 
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 /// A peer of the gateway: its kernel counter slot and its AllowedIPs, which
 /// are its identity (WireGuard only accepts a source inside them).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub name: String,
     /// Slot in the per-peer counter map, 1-based (0 is "not a peer").
@@ -16,14 +17,14 @@ pub struct Peer {
     pub allowed_ips: Vec<IpNet>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     Accept,
     Deny,
 }
 
 /// Who a rule applies to: anyone, or the addresses inside some prefixes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Selector {
     Any,
     Prefixes(Vec<IpNet>),
@@ -39,7 +40,7 @@ impl Selector {
 }
 
 /// An inclusive port range (or ICMP type range, for ICMP rules).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PortRange {
     pub first: u16,
     pub last: u16,
@@ -67,7 +68,7 @@ impl fmt::Display for PortRange {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
     /// For messages and `explain`: where the rule came from.
     pub name: String,
@@ -85,7 +86,7 @@ pub struct Rule {
 /// A whole policy for one interface. Rule order matters only to name the
 /// deciding rule: among the matching rules the most severe wins (deny over
 /// audit over accept), and among equals the first.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     pub peers: Vec<Peer>,
     /// The gateway's own tunnel addresses.
@@ -104,7 +105,7 @@ pub struct Policy {
 /// multicast destination — what the kernel itself sends on a fresh
 /// interface. Routing protocols over link-local addresses (BGP, OSPFv3) are
 /// not in it: they are ordinary traffic that rules allow (fe80::/10).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LinkLocal {
     /// Allowed when no rule matches (an explicit deny still denies),
     /// counted as allowed, never as a deny.
