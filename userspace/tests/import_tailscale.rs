@@ -263,9 +263,9 @@ fn errors_name_the_acl_file_line_and_column() {
         "\"action\": \"accept\", \"users2\": [],",
     ));
     assert!(e.message.contains("users2"), "{e}");
-    // Grants and postures are refused, not ignored.
+    // A grant without dst is refused, not ignored.
     let e = err(&GOOD.replace("\"acls\"", "\"grants\": [{\"src\": [\"*\"]}], \"acls\""));
-    assert!(e.message.contains("grants"), "{e}");
+    assert!(e.message.contains("dst"), "{e}");
 }
 
 #[test]
@@ -307,4 +307,303 @@ fn an_include_that_fails_names_the_acl_file() {
     let m = source::load(&dir.join("mesh.toml")).unwrap();
     assert_eq!(m.policy.rules.len(), 4 * 3);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The grants example: every packet of a grid of sources, destinations,
+/// protocols and ports gets from the reference evaluator (through
+/// `explain`) the verdict an independent reading of
+/// examples/tailscale-grants.hujson gives, written here from Tailscale's
+/// documented semantics.
+#[test]
+fn grants_and_ipsets_agree_with_an_independent_reading() {
+    let m = source::load(&root().join("examples/tailscale-grants.toml")).unwrap();
+    let (checked, failures) = run_tests(&m.policy, &m.tests);
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(checked >= 20, "{checked}");
+
+    let ana = ["100.80.0.10", "fd7a:115c:a1e0::10"];
+    let bo = ["100.80.0.11"];
+    let web = ["100.80.0.21", "fd7a:115c:a1e0::21"];
+    let db = ["100.80.0.22"];
+    let dns = ["100.80.0.53", "fd7a:115c:a1e0::53"];
+    let lab = [
+        "10.60.0.1",
+        "10.60.1.8",
+        "10.60.1.9",
+        "10.60.1.10",
+        "10.60.200.3",
+        "10.60.254.255",
+        "10.60.255.0",
+        "10.60.255.77",
+    ];
+    let other = ["100.80.0.1", "fd7a:115c:a1e0::1", "100.80.0.2", "10.61.0.1"];
+    let is = |set: &[&str], a: IpAddr| set.iter().any(|s| ip(s) == a);
+    let dev = |a| is(&ana, a) || is(&bo, a);
+    let ops = |a| is(&bo, a);
+    let member = dev;
+    let lab_open = |a: IpAddr| {
+        let lab: ipnet::IpNet = "10.60.0.0/16".parse().unwrap();
+        let mgmt: ipnet::IpNet = "10.60.255.0/24".parse().unwrap();
+        lab.contains(&a) && !mgmt.contains(&a) && a != ip("10.60.1.9")
+    };
+    let icmp = |p: u8| p == 1 || p == 58;
+    // Tailscale's meaning of the file, grant by grant.
+    let oracle = |s: IpAddr, d: IpAddr, proto: u8, port: u16| -> bool {
+        let tcp_udp = proto == 6 || proto == 17;
+        // ACLs: ops -> db, web: port 22 of TCP and UDP, and ICMP.
+        (ops(s) && (is(&db, d) || is(&web, d)) && ((tcp_udp && port == 22) || icmp(proto)))
+            // dev -> web: tcp:443, udp:443.
+            || (dev(s) && is(&web, d) && tcp_udp && port == 443)
+            // web -> db: tcp:5432.
+            || (is(&web, s) && is(&db, d) && proto == 6 && port == 5432)
+            // members, web, db -> dns servers: "53".
+            || ((member(s) || is(&web, s) || is(&db, s))
+                && is(&dns, d)
+                && ((tcp_udp && port == 53) || icmp(proto)))
+            // ops -> the open lab: "*".
+            || (ops(s) && lab_open(d) && (tcp_udp || icmp(proto)))
+            // dev -> db: icmp:*, tcp:9100-9199.
+            || (dev(s) && is(&db, d) && (icmp(proto) || (proto == 6 && (9100..=9199).contains(&port))))
+    };
+    let everyone: Vec<&str> = [&ana[..], &bo, &web, &db, &dns, &lab, &other]
+        .concat()
+        .into_iter()
+        .collect();
+    let sources: Vec<&str> = [&ana[..], &bo, &web, &db, &dns, &["100.80.0.2"][..]].concat();
+    let mut compared = 0;
+    let mut accepted = 0;
+    for s in &sources {
+        for d in &everyone {
+            let (s, d) = (ip(s), ip(d));
+            if s.is_ipv4() != d.is_ipv4() || s == d {
+                continue;
+            }
+            let icmp_proto = if s.is_ipv4() { 1 } else { 58 };
+            for proto in [6, 17, icmp_proto, 132, 47] {
+                let ports: &[u16] = match proto {
+                    1 => &[8, 13],
+                    58 => &[128],
+                    47 => &[0],
+                    _ => &[
+                        1, 22, 53, 443, 631, 5432, 8080, 9099, 9100, 9150, 9199, 9200, 65535,
+                    ],
+                };
+                for &port in ports {
+                    let want = oracle(s, d, proto, port);
+                    let got = explain(&m.policy, s, d, proto, port);
+                    assert_eq!(
+                        got.verdict == "accept",
+                        want,
+                        "{s} -> {d} proto {proto} port {port}: {} by {}",
+                        got.verdict,
+                        got.rule
+                    );
+                    compared += 1;
+                    accepted += usize::from(want);
+                }
+            }
+        }
+    }
+    // Both verdicts are well represented.
+    assert!(compared > 2000, "{compared}");
+    assert!(
+        accepted > 150 && compared - accepted > 1000,
+        "{accepted}/{compared}"
+    );
+    // The deciding rule names the grant's line.
+    let text = std::fs::read_to_string(root().join("examples/tailscale-grants.hujson")).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains("\"ip\": [\"tcp:5432\"]"))
+        .unwrap()
+        + 1;
+    let e = explain(&m.policy, ip(web[0]), ip(db[0]), 6, 5432);
+    assert_eq!(e.rule, format!("tailscale-grants.hujson:{line} tcp"));
+}
+
+/// Tailscale reads field names in any case; so does the import, and an
+/// unknown field is still an error, in any case, at its line.
+#[test]
+fn field_names_in_any_case() {
+    let lower = GOOD.to_string();
+    let shouted = GOOD
+        .replace("\"groups\"", "\"Groups\"")
+        .replace("\"tagOwners\"", "\"tagowners\"")
+        .replace("\"hosts\"", "\"HOSTS\"")
+        .replace("\"acls\"", "\"ACLs\"")
+        .replace("\"action\"", "\"Action\"")
+        .replace("\"src\"", "\"Users\"")
+        .replace("\"dst\"", "\"Ports\"");
+    assert_ne!(lower, shouted);
+    let a = tailscale::translate("acl.hujson", &lower).unwrap();
+    let b = tailscale::translate("acl.hujson", &shouted).unwrap();
+    // The same rules (positions aside: "Users" is longer than "src").
+    let meaning = |t: &wgbpf::import::Translated| -> Vec<String> {
+        t.rules
+            .iter()
+            .map(|r| {
+                let names = |v: &[wgbpf::import::Item]| {
+                    v.iter().map(|i| i.name.clone()).collect::<Vec<_>>()
+                };
+                format!(
+                    "{} {:?} {:?} {:?} {:?} {:?}",
+                    r.name,
+                    r.action,
+                    names(&r.from),
+                    names(&r.to),
+                    r.proto,
+                    r.ports
+                )
+            })
+            .collect()
+    };
+    assert_eq!(meaning(&a), meaning(&b));
+    assert_eq!(a.rules.len(), 4, "tcp, udp, icmp, icmpv6: {:#?}", a.rules);
+    assert_eq!(a.groups.len(), b.groups.len());
+    assert_eq!(a.hosts.len(), 1);
+    assert_eq!(b.hosts.len(), 1);
+    // Group, tag and host names are data: their case matters.
+    let e = err(&GOOD.replace("[\"group:eng\"],", "[\"group:Eng\"],"));
+    assert!(e.message.contains("unknown group `Eng`"), "{e}");
+    // An unknown field, in any case, names its line.
+    for (from, to, bad) in [
+        ("\"hosts\"", "\"Hostz\"", "Hostz"),
+        (
+            "\"action\": \"accept\",",
+            "\"Action\": \"accept\", \"Proto2\": 1,",
+            "Proto2",
+        ),
+    ] {
+        let text = GOOD.replace(from, to);
+        let e = err(&text);
+        assert!(e.message.contains(&format!("unknown field `{bad}`")), "{e}");
+        assert_eq!(e.line, pos(&text, bad).0, "{e}");
+    }
+    // The same field twice, in two cases, is an error, not a silent pick.
+    let e = err(&GOOD.replace("\"acls\": [", "\"ACLS\": [], \"acls\": ["));
+    assert!(e.message.contains("duplicate field `acls`"), "{e}");
+}
+
+#[test]
+fn what_grants_and_ipsets_cannot_say_is_refused_at_its_line() {
+    let good = r#"{
+  "groups": {"group:eng": ["amy@example.com"]},
+  "tagOwners": {"tag:db": []},
+  "hosts": {"office": "192.0.2.0/24"},
+  "ipsets": {"ipset:net": ["add office", "remove 192.0.2.128/25"]},
+  "grants": [
+    {"src": ["group:eng"], "dst": ["tag:db", "ipset:net"], "ip": ["tcp:5432"]},
+  ],
+}"#;
+    let t = tailscale::translate("acl.hujson", good).unwrap();
+    assert_eq!(t.rules.len(), 1);
+    assert_eq!(t.rules[0].ports.len(), 1);
+    let net = t.groups.iter().find(|(g, _)| g == "ipset:net").unwrap();
+    let members: Vec<&str> = net.1.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(members, ["192.0.2.0/25"]);
+    for (from, to, needle, what) in [
+        (
+            "\"ip\": [",
+            "\"via\": [\"tag:db\"], \"ip\": [",
+            "[\"tag:db\"], \"ip\"",
+            "via",
+        ),
+        (
+            "\"ip\": [",
+            "\"srcPosture\": [\"posture:x\"], \"ip\": [",
+            "[\"posture:x\"]",
+            "srcPosture",
+        ),
+        (
+            "\"tag:db\", \"ipset",
+            "\"tag:db:5432\", \"ipset",
+            "\"tag:db:5432\"",
+            "no ports",
+        ),
+        (
+            "\"tcp:5432\"",
+            "\"bogus:22\"",
+            "\"bogus:22\"",
+            "unknown protocol",
+        ),
+        ("\"tcp:5432\"", "\"icmp:8\"", "\"icmp:8\"", "ports need"),
+        ("\"tcp:5432\"", "\"tcp:99999\"", "\"tcp:99999\"", "99999"),
+        (
+            "\"ipset:net\"]",
+            "\"ipset:nope\"]",
+            "\"ipset:nope\"",
+            "unknown ipset",
+        ),
+        (
+            "\"tag:db\", \"ipset",
+            "\"svc:web\", \"ipset",
+            "\"svc:web\"",
+            "services",
+        ),
+        (
+            "\"add office\"",
+            "\"office\"",
+            "\"office\"",
+            "write `add office`",
+        ),
+        (
+            "\"add office\"",
+            "\"add tag:db\"",
+            "\"add tag:db\"",
+            "not users, groups or tags",
+        ),
+        (
+            "\"add office\"",
+            "\"add autogroup:internet\"",
+            "\"add autogroup:internet\"",
+            "autogroup:internet",
+        ),
+        (
+            "\"add office\"",
+            "\"add ipset:net\"",
+            "[\"add ipset:net\"",
+            "contains itself",
+        ),
+        (
+            "\"add office\"",
+            "\"add nowhere\"",
+            "\"add nowhere\"",
+            "expected an address",
+        ),
+        (
+            ", \"ip\": [\"tcp:5432\"]",
+            "",
+            "[\"group:eng\"], \"dst\"",
+            "needs ip",
+        ),
+    ] {
+        let text = good.replace(from, to);
+        assert_ne!(text, good, "{from}");
+        let e = tailscale::translate("acl.hujson", &text).expect_err(what);
+        assert!(e.message.contains(what), "{what}: {e}");
+        assert_eq!((e.line, e.column), pos(&text, needle), "{what}: {e}");
+    }
+    // An app grant opens nothing and is noted; with ip, the ip part counts.
+    let text = good.replace(
+        "\"ip\": [\"tcp:5432\"]",
+        "\"ip\": [\"tcp:5432\"], \"app\": {\"example.com/cap/x\": [{}]}",
+    );
+    let t = tailscale::translate("acl.hujson", &text).unwrap();
+    assert_eq!(t.rules.len(), 1);
+    assert!(
+        t.notes.iter().any(|n| n.contains("acl.hujson:7: app")),
+        "{:?}",
+        t.notes
+    );
+    let text = good.replace(
+        "\"ip\": [\"tcp:5432\"]",
+        "\"app\": {\"example.com/cap/x\": [{}]}",
+    );
+    let t = tailscale::translate("acl.hujson", &text).unwrap();
+    assert!(t.rules.is_empty());
+    assert!(
+        t.notes.iter().any(|n| n.contains("app capabilities only")),
+        "{:?}",
+        t.notes
+    );
 }

@@ -10,8 +10,10 @@
 //! where errors name the imported file, line and column.
 
 pub mod hujson;
+mod keycase;
 mod located;
 pub mod netbird;
+mod prefixset;
 pub mod tailscale;
 pub mod wgquick;
 

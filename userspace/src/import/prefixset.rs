@@ -1,0 +1,202 @@
+//! Sets of addresses built by adding and removing prefixes in order (as
+//! Tailscale's `ipsets` do), written back as the fewest CIDR prefixes.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+/// Disjoint, sorted, non-adjacent inclusive ranges, per family (IPv4 as
+/// the low 32 bits).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrefixSet {
+    v4: Vec<(u128, u128)>,
+    v6: Vec<(u128, u128)>,
+}
+
+fn range(net: &IpNet) -> (bool, u128, u128) {
+    match net.trunc() {
+        IpNet::V4(n) => (
+            true,
+            u32::from(n.network()) as u128,
+            u32::from(n.broadcast()) as u128,
+        ),
+        IpNet::V6(n) => (false, u128::from(n.network()), u128::from(n.broadcast())),
+    }
+}
+
+impl PrefixSet {
+    fn family(&mut self, v4: bool) -> &mut Vec<(u128, u128)> {
+        if v4 {
+            &mut self.v4
+        } else {
+            &mut self.v6
+        }
+    }
+
+    pub fn add(&mut self, net: &IpNet) {
+        let (v4, mut lo, mut hi) = range(net);
+        let ranges = self.family(v4);
+        let mut out = Vec::with_capacity(ranges.len() + 1);
+        for &(a, b) in ranges.iter() {
+            // Disjoint and not adjacent: keep; else merge into [lo, hi].
+            if b.checked_add(1).is_some_and(|b1| b1 < lo)
+                || hi.checked_add(1).is_some_and(|h1| h1 < a)
+            {
+                out.push((a, b));
+            } else {
+                lo = lo.min(a);
+                hi = hi.max(b);
+            }
+        }
+        out.push((lo, hi));
+        out.sort_unstable();
+        *ranges = out;
+    }
+
+    pub fn remove(&mut self, net: &IpNet) {
+        let (v4, lo, hi) = range(net);
+        let ranges = self.family(v4);
+        let mut out = Vec::with_capacity(ranges.len() + 1);
+        for &(a, b) in ranges.iter() {
+            if b < lo || a > hi {
+                out.push((a, b));
+                continue;
+            }
+            if a < lo {
+                out.push((a, lo - 1));
+            }
+            if b > hi {
+                out.push((hi + 1, b));
+            }
+        }
+        *ranges = out;
+    }
+
+    pub fn extend(&mut self, other: &PrefixSet) {
+        for n in other.prefixes() {
+            self.add(&n);
+        }
+    }
+
+    /// The set as the fewest prefixes, IPv4 first, each family in order.
+    pub fn prefixes(&self) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for &(a, b) in &self.v4 {
+            split(a, b, 32, &mut out);
+        }
+        for &(a, b) in &self.v6 {
+            split(a, b, 128, &mut out);
+        }
+        out
+    }
+
+    /// How many prefixes [`prefixes`](Self::prefixes) would return.
+    pub fn count(&self) -> usize {
+        self.prefixes().len()
+    }
+}
+
+/// The inclusive range [a, b] of a `bits`-bit family as aligned blocks.
+fn split(mut a: u128, b: u128, bits: u8, out: &mut Vec<IpNet>) {
+    loop {
+        // The largest block that starts at `a` (aligned) and ends by `b`.
+        let mut len = bits;
+        while len > 0 {
+            let size_log = bits - (len - 1);
+            let aligned = a.trailing_zeros() >= size_log as u32;
+            let last = if size_log >= 128 {
+                Some(u128::MAX)
+            } else {
+                a.checked_add((1u128 << size_log) - 1)
+            };
+            if aligned && last.is_some_and(|l| l <= b) {
+                len -= 1;
+            } else {
+                break;
+            }
+        }
+        out.push(if bits == 32 {
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a as u32), len).expect("len <= 32"))
+        } else {
+            IpNet::V6(Ipv6Net::new(Ipv6Addr::from(a), len).expect("len <= 128"))
+        });
+        let size_log = bits - len;
+        let last = if size_log >= 128 {
+            u128::MAX
+        } else {
+            a + ((1u128 << size_log) - 1)
+        };
+        if last >= b {
+            return;
+        }
+        a = last + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(v: &[&str]) -> Vec<IpNet> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn add_and_remove_in_order() {
+        let mut s = PrefixSet::default();
+        s.add(&"10.0.0.0/8".parse().unwrap());
+        s.remove(&"10.1.0.0/16".parse().unwrap());
+        s.remove(&"10.0.0.1/32".parse().unwrap());
+        assert_eq!(
+            s.prefixes(),
+            nets(&[
+                "10.0.0.0/32",
+                "10.0.0.2/31",
+                "10.0.0.4/30",
+                "10.0.0.8/29",
+                "10.0.0.16/28",
+                "10.0.0.32/27",
+                "10.0.0.64/26",
+                "10.0.0.128/25",
+                "10.0.1.0/24",
+                "10.0.2.0/23",
+                "10.0.4.0/22",
+                "10.0.8.0/21",
+                "10.0.16.0/20",
+                "10.0.32.0/19",
+                "10.0.64.0/18",
+                "10.0.128.0/17",
+                "10.2.0.0/15",
+                "10.4.0.0/14",
+                "10.8.0.0/13",
+                "10.16.0.0/12",
+                "10.32.0.0/11",
+                "10.64.0.0/10",
+                "10.128.0.0/9",
+            ])
+        );
+        // Adding back what was removed folds the set into one prefix.
+        s.add(&"10.1.0.0/16".parse().unwrap());
+        s.add(&"10.0.0.1/32".parse().unwrap());
+        assert_eq!(s.prefixes(), nets(&["10.0.0.0/8"]));
+    }
+
+    #[test]
+    fn whole_families_and_edges() {
+        let mut s = PrefixSet::default();
+        s.add(&"::/0".parse().unwrap());
+        s.add(&"0.0.0.0/0".parse().unwrap());
+        assert_eq!(s.prefixes(), nets(&["0.0.0.0/0", "::/0"]));
+        s.remove(&"255.255.255.255/32".parse().unwrap());
+        s.remove(&"::/128".parse().unwrap());
+        let p = s.prefixes();
+        assert_eq!(p.len(), 32 + 128);
+        assert!(p.contains(&"0.0.0.0/1".parse().unwrap()));
+        assert!(p.contains(&"8000::/1".parse().unwrap()));
+        assert!(p.contains(&"::1/128".parse().unwrap()));
+        // Host bits are ignored, as in a CIDR.
+        let mut t = PrefixSet::default();
+        t.add(&"192.0.2.77/24".parse().unwrap());
+        assert_eq!(t.prefixes(), nets(&["192.0.2.0/24"]));
+    }
+}
