@@ -575,10 +575,7 @@ impl Tr<'_> {
     /// ICMP, every port), `PORTS` (TCP and UDP on them, and ICMP),
     /// `PROTO:*` or `PROTO:PORTS`. Ports: `*`, `N`, `N-M`. Returns
     /// (protocol, ports or None for every port).
-    fn ip_entry(
-        &self,
-        entry: &Located<String>,
-    ) -> Result<Vec<ProtoPorts>, ImportError> {
+    fn ip_entry(&self, entry: &Located<String>) -> Result<Vec<ProtoPorts>, ImportError> {
         let v = entry.get().as_str();
         let bad = |msg: String| self.err(entry, format!("ip `{v}`: {msg}"));
         let (proto, ports) = match v.rsplit_once(':') {
