@@ -114,11 +114,7 @@ fn flags(path: &[String]) -> Vec<String> {
                     r.split_once(", ").map_or(r, |(_, rest)| rest)
                 });
             l.strip_prefix("--")
-                .map(|f| {
-                    f.split([' ', '=', '<'])
-                        .next()
-                        .unwrap()
-                })
+                .map(|f| f.split([' ', '=', '<']).next().unwrap())
                 .map(|f| format!("--{f}"))
         })
         .collect()

@@ -583,6 +583,18 @@ fn what_grants_and_ipsets_cannot_say_is_refused_at_its_line() {
         assert!(e.message.contains(what), "{what}: {e}");
         assert_eq!((e.line, e.column), pos(&text, needle), "{what}: {e}");
     }
+    // A group cannot pass for an ipset (both become mesh groups).
+    let text = good.replace(
+        "\"group:eng\": [\"amy@example.com\"]",
+        "\"group:eng\": [\"amy@example.com\"], \"group:ipset:net\": [\"mallory@example.com\"]",
+    );
+    let e = tailscale::translate("acl.hujson", &text).expect_err("reserved");
+    assert!(e.message.contains("reserved"), "{e}");
+    assert_eq!(
+        (e.line, e.column),
+        pos(&text, "[\"mallory@example.com\"]"),
+        "{e}"
+    );
     // An app grant opens nothing and is noted; with ip, the ip part counts.
     let text = good.replace(
         "\"ip\": [\"tcp:5432\"]",

@@ -265,6 +265,14 @@ impl Tr<'_> {
                         format!("groups: `{g}` is not a group (expected group:NAME)"),
                     )
                 })?;
+            // ipsets become the groups `ipset:NAME`: a group of that name
+            // would add members to an ipset.
+            if name.starts_with("ipset:") {
+                return Err(self.err(
+                    members,
+                    format!("groups: `{g}`: group names starting with ipset: are reserved"),
+                ));
+            }
             let mut items = Vec::new();
             for m in &members.value {
                 let v = m.get().as_str();
