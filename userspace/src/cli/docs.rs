@@ -235,7 +235,7 @@ fn extra_sections(name: &str) -> String {
         "show" | "counters" => vec![PINS, UAPI],
         s if s == "policy" || s.starts_with("policy-") => vec![MESH],
         s if s == "import" || s.starts_with("import-") => vec![WG_QUICK, MESH],
-        s if s == "keys" || s.starts_with("keys-") => vec![MESH, KEYS, PINS, LOCK, UAPI],
+        s if s == "keys" || s.starts_with("keys-") => vec![MESH, UAPI],
         "genkey" | "genpsk" => vec![KEY_OUT],
         _ => vec![STDOUT],
     };
