@@ -181,6 +181,47 @@ mod tests {
         assert_eq!(s.prefixes(), nets(&["10.0.0.0/8"]));
     }
 
+    /// Random adds and removes over a small network, against a plain
+    /// array of addresses: the same members, and no two prefixes that
+    /// could have been one.
+    #[test]
+    fn random_operations_match_a_plain_set() {
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = rand::random();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for _ in 0..300 {
+            let mut set = PrefixSet::default();
+            let mut plain = [false; 256];
+            for _ in 0..rng.gen_range(1..12) {
+                let len = rng.gen_range(24..=32u8);
+                let host: u8 = rng.gen();
+                let net: IpNet = format!("10.0.0.{host}/{len}").parse().unwrap();
+                let (_, lo, hi) = range(&net);
+                let add = rng.gen_bool(0.6);
+                for a in lo..=hi {
+                    plain[(a & 0xff) as usize] = add;
+                }
+                if add {
+                    set.add(&net);
+                } else {
+                    set.remove(&net);
+                }
+            }
+            let prefixes = set.prefixes();
+            for (i, member) in plain.iter().enumerate() {
+                let a: std::net::IpAddr = format!("10.0.0.{i}").parse().unwrap();
+                let n = prefixes.iter().filter(|p| p.contains(&a)).count();
+                assert_eq!(n, usize::from(*member), "seed {seed}: {a} in {prefixes:?}");
+            }
+            for w in prefixes.windows(2) {
+                let (a, b) = (w[0], w[1]);
+                let siblings = a.prefix_len() == b.prefix_len()
+                    && a.supernet().is_some_and(|s| Some(s) == b.supernet());
+                assert!(!siblings, "seed {seed}: {a} and {b} are one prefix");
+            }
+        }
+    }
+
     #[test]
     fn whole_families_and_edges() {
         let mut s = PrefixSet::default();
