@@ -152,17 +152,30 @@ fn policy_check_and_explain_on_the_command_line() {
 /// with the example's interface and peers it parses and passes the tests.
 #[test]
 fn the_printed_translation_is_a_mesh_policy() {
-    let acl = std::fs::read_to_string(root().join("examples/tailscale-acl.hujson")).unwrap();
-    let t = tailscale::translate("tailscale-acl.hujson", &acl).unwrap();
-    let m = example();
-    let toml = wgbpf::import::to_toml(&t, Some(&m.directory));
-    let head = std::fs::read_to_string(root().join("examples/tailscale-import.toml")).unwrap();
-    let head = &head[..head.find("[policy]").unwrap()];
-    let text = format!("{head}\n{toml}");
-    let m2 = source::parse("printed.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let (_, failures) = run_tests(&m2.policy, &m2.tests);
-    assert!(failures.is_empty(), "{failures:#?}");
-    assert_eq!(m2.policy.rules.len() + 1, m.policy.rules.len());
+    // (ACL file, the mesh file including it, rules of the mesh file's own)
+    for (acl_name, mesh_name, own_rules) in [
+        ("tailscale-acl.hujson", "tailscale-import.toml", 1),
+        ("tailscale-grants.hujson", "tailscale-grants.toml", 0),
+    ] {
+        let acl = std::fs::read_to_string(root().join("examples").join(acl_name)).unwrap();
+        let t = tailscale::translate(acl_name, &acl).unwrap();
+        let m = source::load(&root().join("examples").join(mesh_name)).unwrap();
+        let toml = wgbpf::import::to_toml(&t, Some(&m.directory));
+        let head = std::fs::read_to_string(root().join("examples").join(mesh_name)).unwrap();
+        let head = &head[..head.find("[policy]").unwrap()];
+        let text = format!("{head}\n{toml}");
+        let m2 = source::parse("printed.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let (checked, failures) = run_tests(&m2.policy, &m2.tests);
+        assert!(failures.is_empty(), "{acl_name}: {failures:#?}");
+        assert!(checked > 10, "{acl_name}: {checked}");
+        assert_eq!(m2.policy.rules.len() + own_rules, m.policy.rules.len());
+        // The same verdicts as the included file's, rule for rule.
+        for (a, b) in m2.policy.rules.iter().zip(&m.policy.rules[own_rules..]) {
+            assert_eq!((a.action, a.proto, &a.ports), (b.action, b.proto, &b.ports));
+            assert_eq!(a.src, b.src, "{acl_name}: {}", a.name);
+            assert_eq!(a.dst, b.dst, "{acl_name}: {}", a.name);
+        }
+    }
 }
 
 const GOOD: &str = r#"{
