@@ -596,6 +596,17 @@ fn what_grants_and_ipsets_cannot_say_is_refused_at_its_line() {
         assert!(e.message.contains(what), "{what}: {e}");
         assert_eq!((e.line, e.column), pos(&text, needle), "{what}: {e}");
     }
+    // A set that would be more than 4096 prefixes (40 addresses taken out
+    // of the whole IPv6 space: about 40 x 128) is refused where it is
+    // defined.
+    let removes: Vec<String> = (1..=40).map(|i| format!("\"remove {i:x}00::1\"")).collect();
+    let text = good.replace(
+        "[\"add office\", \"remove 192.0.2.128/25\"]",
+        &format!("[\"add ::/0\", {}]", removes.join(", ")),
+    );
+    let e = tailscale::translate("acl.hujson", &text).expect_err("too large");
+    assert!(e.message.contains("more than 4096 prefixes"), "{e}");
+    assert_eq!((e.line, e.column), pos(&text, "[\"add ::/0\""), "{e}");
     // A group cannot pass for an ipset (both become mesh groups).
     let text = good.replace(
         "\"group:eng\": [\"amy@example.com\"]",

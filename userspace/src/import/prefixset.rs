@@ -24,8 +24,64 @@ fn range(net: &IpNet) -> (bool, u128, u128) {
     }
 }
 
+type Ranges = Vec<(u128, u128)>;
+
+/// The union of two sorted lists of disjoint ranges, merged where they
+/// overlap or touch: linear, so adding a large set to another stays cheap.
+fn union(a: &[(u128, u128)], b: &[(u128, u128)]) -> Ranges {
+    let mut all: Ranges = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let next = if j >= b.len() || (i < a.len() && a[i] <= b[j]) {
+            i += 1;
+            a[i - 1]
+        } else {
+            j += 1;
+            b[j - 1]
+        };
+        match all.last_mut() {
+            Some(last) if last.1.checked_add(1).is_none_or(|end| next.0 <= end) => {
+                last.1 = last.1.max(next.1);
+            }
+            _ => all.push(next),
+        }
+    }
+    all
+}
+
+/// `a` without `b` (both sorted and disjoint), linear.
+fn difference(a: &[(u128, u128)], b: &[(u128, u128)]) -> Ranges {
+    let mut out = Vec::with_capacity(a.len());
+    let mut j = 0;
+    for &(mut lo, hi) in a {
+        // Skip removals wholly before this range.
+        while j < b.len() && b[j].1 < lo {
+            j += 1;
+        }
+        let mut k = j;
+        let mut alive = true;
+        while k < b.len() && b[k].0 <= hi {
+            if b[k].0 > lo {
+                out.push((lo, b[k].0 - 1));
+            }
+            match b[k].1.checked_add(1) {
+                Some(next) if next <= hi => lo = next,
+                _ => {
+                    alive = false;
+                    break;
+                }
+            }
+            k += 1;
+        }
+        if alive {
+            out.push((lo, hi));
+        }
+    }
+    out
+}
+
 impl PrefixSet {
-    fn family(&mut self, v4: bool) -> &mut Vec<(u128, u128)> {
+    fn family(&mut self, v4: bool) -> &mut Ranges {
         if v4 {
             &mut self.v4
         } else {
@@ -34,98 +90,84 @@ impl PrefixSet {
     }
 
     pub fn add(&mut self, net: &IpNet) {
-        let (v4, mut lo, mut hi) = range(net);
+        let (v4, lo, hi) = range(net);
         let ranges = self.family(v4);
-        let mut out = Vec::with_capacity(ranges.len() + 1);
-        for &(a, b) in ranges.iter() {
-            // Disjoint and not adjacent: keep; else merge into [lo, hi].
-            if b.checked_add(1).is_some_and(|b1| b1 < lo)
-                || hi.checked_add(1).is_some_and(|h1| h1 < a)
-            {
-                out.push((a, b));
-            } else {
-                lo = lo.min(a);
-                hi = hi.max(b);
-            }
-        }
-        out.push((lo, hi));
-        out.sort_unstable();
-        *ranges = out;
+        *ranges = union(ranges, &[(lo, hi)]);
     }
 
+    #[cfg(test)]
     pub fn remove(&mut self, net: &IpNet) {
         let (v4, lo, hi) = range(net);
         let ranges = self.family(v4);
-        let mut out = Vec::with_capacity(ranges.len() + 1);
-        for &(a, b) in ranges.iter() {
-            if b < lo || a > hi {
-                out.push((a, b));
-                continue;
-            }
-            if a < lo {
-                out.push((a, lo - 1));
-            }
-            if b > hi {
-                out.push((hi + 1, b));
-            }
-        }
-        *ranges = out;
+        *ranges = difference(ranges, &[(lo, hi)]);
     }
 
+    /// Adds every address of `other`.
     pub fn extend(&mut self, other: &PrefixSet) {
-        for n in other.prefixes() {
-            self.add(&n);
-        }
+        self.v4 = union(&self.v4, &other.v4);
+        self.v6 = union(&self.v6, &other.v6);
+    }
+
+    /// Removes every address of `other`.
+    pub fn subtract(&mut self, other: &PrefixSet) {
+        self.v4 = difference(&self.v4, &other.v4);
+        self.v6 = difference(&self.v6, &other.v6);
     }
 
     /// The set as the fewest prefixes, IPv4 first, each family in order.
     pub fn prefixes(&self) -> Vec<IpNet> {
         let mut out = Vec::new();
         for &(a, b) in &self.v4 {
-            split(a, b, 32, &mut out);
+            split(a, b, 32, &mut |a, len| {
+                out.push(IpNet::V4(
+                    Ipv4Net::new(Ipv4Addr::from(a as u32), len).expect("len <= 32"),
+                ))
+            });
         }
         for &(a, b) in &self.v6 {
-            split(a, b, 128, &mut out);
+            split(a, b, 128, &mut |a, len| {
+                out.push(IpNet::V6(
+                    Ipv6Net::new(Ipv6Addr::from(a), len).expect("len <= 128"),
+                ))
+            });
         }
         out
     }
 
+    /// How many ranges of addresses: a lower bound of [`count`](Self::count),
+    /// found without splitting them.
+    pub fn ranges(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
     /// How many prefixes [`prefixes`](Self::prefixes) would return.
     pub fn count(&self) -> usize {
-        self.prefixes().len()
+        let mut n = 0;
+        for (ranges, bits) in [(&self.v4, 32), (&self.v6, 128)] {
+            for &(a, b) in ranges {
+                split(a, b, bits, &mut |_, _| n += 1);
+            }
+        }
+        n
     }
 }
 
-/// The inclusive range [a, b] of a `bits`-bit family as aligned blocks.
-fn split(mut a: u128, b: u128, bits: u8, out: &mut Vec<IpNet>) {
+/// The inclusive range [a, b] of a `bits`-bit family as aligned blocks
+/// (start, prefix length), largest first from `a`: one step per block.
+fn split(mut a: u128, b: u128, bits: u8, emit: &mut dyn FnMut(u128, u8)) {
     loop {
-        // The largest block that starts at `a` (aligned) and ends by `b`.
-        let mut len = bits;
-        while len > 0 {
-            let size_log = bits - (len - 1);
-            let aligned = a.trailing_zeros() >= size_log as u32;
-            let last = if size_log >= 128 {
-                Some(u128::MAX)
-            } else {
-                a.checked_add((1u128 << size_log) - 1)
-            };
-            if aligned && last.is_some_and(|l| l <= b) {
-                len -= 1;
-            } else {
-                break;
-            }
-        }
-        out.push(if bits == 32 {
-            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a as u32), len).expect("len <= 32"))
-        } else {
-            IpNet::V6(Ipv6Net::new(Ipv6Addr::from(a), len).expect("len <= 128"))
-        });
-        let size_log = bits - len;
-        let last = if size_log >= 128 {
-            u128::MAX
-        } else {
-            a + ((1u128 << size_log) - 1)
+        // The block is limited by the alignment of `a` and by what is left.
+        let align = a.trailing_zeros().min(bits as u32);
+        let fits = match (b - a).checked_add(1) {
+            Some(left) => 127 - left.leading_zeros(),
+            None => 128,
         };
+        let size_log = align.min(fits);
+        emit(a, bits - size_log as u8);
+        if size_log == 128 {
+            return;
+        }
+        let last = a + ((1u128 << size_log) - 1);
         if last >= b {
             return;
         }
@@ -189,7 +231,7 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let seed: u64 = rand::random();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        for _ in 0..300 {
+        let mut random_set = |rng: &mut rand::rngs::StdRng| {
             let mut set = PrefixSet::default();
             let mut plain = [false; 256];
             for _ in 0..rng.gen_range(1..12) {
@@ -207,7 +249,25 @@ mod tests {
                     set.remove(&net);
                 }
             }
+            (set, plain)
+        };
+        for round in 0..600 {
+            let (mut set, mut plain) = random_set(&mut rng);
+            // Half the rounds, a whole set is added or taken away.
+            if round % 2 == 1 {
+                let (other, other_plain) = random_set(&mut rng);
+                let add = rng.gen_bool(0.5);
+                for (p, o) in plain.iter_mut().zip(other_plain) {
+                    *p = if add { *p || o } else { *p && !o };
+                }
+                if add {
+                    set.extend(&other);
+                } else {
+                    set.subtract(&other);
+                }
+            }
             let prefixes = set.prefixes();
+            assert_eq!(set.count(), prefixes.len());
             for (i, member) in plain.iter().enumerate() {
                 let a: std::net::IpAddr = format!("10.0.0.{i}").parse().unwrap();
                 let n = prefixes.iter().filter(|p| p.contains(&a)).count();

@@ -695,18 +695,24 @@ impl Tr<'_> {
                 one
             };
             if remove {
-                for n in part.prefixes() {
-                    set.remove(&n);
-                }
+                set.subtract(&part);
             } else {
                 set.extend(&part);
             }
-            if set.count() > MAX_IPSET_PREFIXES {
+            // Cheap on every operation (each range is a prefix at least);
+            // exact once the set is complete.
+            if set.ranges() > MAX_IPSET_PREFIXES {
                 return Err(self.err(
                     op,
                     format!("ipset `{name}` is more than {MAX_IPSET_PREFIXES} prefixes"),
                 ));
             }
+        }
+        if set.count() > MAX_IPSET_PREFIXES {
+            return Err(self.err(
+                ops,
+                format!("ipset `{name}` is more than {MAX_IPSET_PREFIXES} prefixes"),
+            ));
         }
         stack.pop();
         done.insert(name.to_string(), set.clone());
