@@ -231,7 +231,7 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let seed: u64 = rand::random();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut random_set = |rng: &mut rand::rngs::StdRng| {
+        let random_set = |rng: &mut rand::rngs::StdRng| {
             let mut set = PrefixSet::default();
             let mut plain = [false; 256];
             for _ in 0..rng.gen_range(1..12) {
