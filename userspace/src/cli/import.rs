@@ -50,8 +50,13 @@ enum ImportCommand {
         #[arg(long, value_parser = wgbpf::ifname::parse)]
         interface: Option<String>,
     },
-    /// Translate a Tailscale/Headscale ACL file (HuJSON) to mesh-file TOML,
-    /// for review.
+    /// Translate a Tailscale/Headscale policy file (HuJSON) to mesh-file
+    /// TOML, for review.
+    ///
+    /// Reads groups, tagOwners, hosts, ipsets, acls, the network part of
+    /// grants (src, dst, ip) and tests, with field names in any case as
+    /// Tailscale does ("ACLs", "Action", "Users", "Ports"…). Refuses what a
+    /// gateway cannot enforce (via, srcPosture, postures), naming the line.
     ///
     /// Prints [policy.groups], [policy.hosts], [[policy.rule]] and
     /// [[policy.test]] blocks. To use the ACL file as it is, name it in a mesh
