@@ -42,10 +42,12 @@ fn the_examples_replay() {
         "tailscale-import.toml",
         "static-mesh.toml",
         "tailscale-style.toml",
+        "tailscale-grants.toml",
     ] {
         wgbpf::fuzzing::mesh(&std::fs::read(root.join(f)).unwrap());
     }
     wgbpf::fuzzing::tailscale(&std::fs::read(root.join("tailscale-acl.hujson")).unwrap());
+    wgbpf::fuzzing::tailscale(&std::fs::read(root.join("tailscale-grants.hujson")).unwrap());
     let mut both = std::fs::read(root.join("wg-quick/wg0.conf")).unwrap();
     both.push(0);
     both.extend(std::fs::read(root.join("wg-quick/bob.conf")).unwrap());

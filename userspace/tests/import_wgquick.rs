@@ -240,3 +240,176 @@ fn a_peer_whose_allowed_ips_hold_the_gateway_is_refused_where_it_is() {
         "{e}"
     );
 }
+
+/// Runs `wgbpf ARGS` with `stdin` written to a real pipe: (exit code,
+/// stdout, stderr).
+fn wgbpf_with_stdin(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+    use std::{io::Write, process::Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgbpf"))
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let text = stdin.to_string();
+    // Written from another thread: a large input must not deadlock against
+    // the child's own output.
+    let writer = std::thread::spawn(move || pipe.write_all(text.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    // A command that refuses its arguments exits without reading: the
+    // pipe is then closed under the writer, which is no failure here.
+    match writer.join().unwrap() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r.unwrap(),
+    }
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// wg0.conf with `# friendly_name = ` in its [Peer] sections, as an
+/// operator of the Prometheus WireGuard exporter has it.
+fn with_friendly_names() -> String {
+    read("wg0.conf")
+        .replacen(
+            "[Peer]\nPublicKey = 5v0Z",
+            "[Peer]\n# friendly_name = Alice's laptop\nPublicKey = 5v0Z",
+            1,
+        )
+        .replacen(
+            "[Peer]\nPublicKey = NFB6",
+            "[Peer]\n#friendly_name=build.box\nPublicKey = NFB6",
+            1,
+        )
+}
+
+fn peer_names(toml: &str) -> Vec<String> {
+    let m = source::parse("stdin.toml", toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    m.wg.peers.iter().map(|p| p.name.clone()).collect()
+}
+
+#[test]
+fn standard_input_and_pipes_are_read_and_friendly_names_name_peers() {
+    let conf = with_friendly_names();
+    assert_ne!(conf, read("wg0.conf"));
+    // `-`: the configuration comes down a pipe.
+    let (code, out, err) = wgbpf_with_stdin(&["import", "wg-quick", "-"], &conf);
+    assert_eq!(code, Some(0), "{err}");
+    // friendly_name wins over `# alice` before [Peer]; the third peer keeps
+    // its `# Name =`.
+    assert_eq!(
+        peer_names(&out),
+        ["Alice's laptop", "build.box", "office-router"]
+    );
+    // Standard input has no file name to take the interface's from.
+    assert!(out.contains("name = \"wg0\""), "{out}");
+    // Warnings name standard input and the line.
+    let psk_line = conf
+        .lines()
+        .position(|l| l.starts_with("PresharedKey"))
+        .unwrap()
+        + 1;
+    assert!(err.contains(&format!("<stdin>:{psk_line}:")), "{err}");
+    // A peer's own file next to standard input still completes it, and the
+    // friendly name still wins over the file's name.
+    let (code, out, err) = wgbpf_with_stdin(
+        &["import", "wg-quick", "-", "examples/wg-quick/bob.conf"],
+        &conf,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(peer_names(&out)[1], "build.box");
+    // A pipe named as a file (bash's process substitution: /dev/fd/N).
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} import wg-quick <(cat examples/wg-quick/wg0.conf)",
+            env!("CARGO_BIN_EXE_wgbpf")
+        ))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(peer_names(&out), ["alice", "peer-2", "office-router"]);
+    assert!(out.contains("name = \"wg0\""), "{out}");
+    // Standard input twice is refused.
+    let (code, _, err) = wgbpf_with_stdin(&["import", "wg-quick", "-", "-"], &conf);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("once"), "{err}");
+    // The Tailscale import reads standard input too.
+    let acl = std::fs::read_to_string(root().join("examples/tailscale-acl.hujson")).unwrap();
+    let (code, out, err) = wgbpf_with_stdin(&["import", "tailscale", "-"], &acl);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("<stdin>:"), "rule names name the input: {out}");
+}
+
+#[test]
+fn a_bad_or_repeated_friendly_name_is_refused_with_its_line() {
+    let conf = with_friendly_names();
+    let line_of =
+        |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    for (bad, what) in [
+        ("tag:web", "tag"),
+        ("10.44.0.9", "address"),
+        ("gateway", "reserved"),
+        ("*", "reserved"),
+        (&"x".repeat(64) as &str, "longer than 63"),
+    ] {
+        let text = conf.replace(
+            "friendly_name = Alice's laptop",
+            &format!("friendly_name = {bad}"),
+        );
+        let (code, out, err) = wgbpf_with_stdin(&["import", "wg-quick", "-"], &text);
+        assert_eq!(code, Some(1), "{bad}: {out}");
+        let line = line_of(&text, "friendly_name = ");
+        assert!(err.contains(&format!("<stdin>:{line}:")), "{bad}: {err}");
+        assert!(err.contains(what), "{bad}: {err}");
+        assert!(out.is_empty(), "nothing written on error: {out}");
+    }
+    // Two peers with one friendly name: both lines are named.
+    let text = conf.replace("friendly_name=build.box", "friendly_name = Alice's laptop");
+    let (code, _, err) = wgbpf_with_stdin(&["import", "wg-quick", "-"], &text);
+    assert_eq!(code, Some(1));
+    let first = line_of(&text, "friendly_name = Alice");
+    let second = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("friendly_name = Alice"))
+        .nth(1)
+        .unwrap()
+        .0
+        + 1;
+    assert!(
+        err.contains(&format!("<stdin>:{second}:")) && err.contains(&format!("line {first}")),
+        "{err}"
+    );
+    // Two in one [Peer].
+    let text = conf.replace(
+        "#friendly_name=build.box",
+        "#friendly_name=build.box\n# friendly_name = other",
+    );
+    let (code, _, err) = wgbpf_with_stdin(&["import", "wg-quick", "-"], &text);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("second friendly_name"), "{err}");
+    // Outside a [Peer].
+    let text = conf.replace("[Interface]", "[Interface]\n# friendly_name = gw");
+    let (code, _, err) = wgbpf_with_stdin(&["import", "wg-quick", "-"], &text);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("<stdin>:") && err.contains("outside a [Peer]"),
+        "{err}"
+    );
+    // A name made up from a comment makes way for a friendly name: the
+    // operator's name is kept as written.
+    let text = conf
+        .replace("# friendly_name = Alice's laptop\n", "")
+        .replace("friendly_name=build.box", "friendly_name=alice");
+    let (code, out, err) = wgbpf_with_stdin(&["import", "wg-quick", "-"], &text);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(peer_names(&out), ["alice-2", "alice", "office-router"]);
+}

@@ -59,7 +59,13 @@ fn demo(mesh: &Testbed) -> Result<()> {
             h.name, h.tunnel_v4, h.tunnel_v6, h.wg_if
         );
     }
-    let policy = std::fs::read_to_string(root().join("examples/demo-policy.toml"))?;
+    // The example is a whole mesh file; the demo has its own [interface]
+    // and [[peer]]s and takes the policy and its tests.
+    let example = std::fs::read_to_string(root().join("examples/demo-policy.toml"))?;
+    let policy = example
+        .find("\n[policy]\n")
+        .map(|at| example[at + 1..].to_string())
+        .ok_or_else(|| anyhow::anyhow!("examples/demo-policy.toml has no [policy] section"))?;
     let dir = std::env::temp_dir().join(format!("wgbpf-demo-{}", mesh.run_id()));
     std::fs::create_dir_all(&dir)?;
     let cfg = dir.join("mesh.toml");

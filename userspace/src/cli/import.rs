@@ -24,6 +24,13 @@ enum ImportCommand {
     /// alice.conf -> alice, unless a comment names it: `# alice` right before
     /// [Peer], or `# Name = alice` inside it).
     ///
+    /// `# friendly_name = NAME` inside a [Peer] (the Prometheus WireGuard
+    /// exporter's convention) names that peer exactly NAME: a name that is
+    /// not valid in a mesh file, or used twice, is an error with its line.
+    ///
+    /// FILE may be `-` (standard input) or a pipe, e.g.
+    /// `ssh gw cat /etc/wireguard/wg0.conf | wgbpf import wg-quick -`.
+    ///
     /// Private and preshared keys are never copied: the mesh file gets a
     /// commented private_key_file / preshared_key_file to point at 0600 files.
     /// PostUp/PostDown (iptables, nftables) and DNS/Table lines are not
@@ -32,7 +39,8 @@ enum ImportCommand {
     /// with the mesh file parser before it is written.
     #[command(name = "wg-quick", verbatim_doc_comment)]
     WgQuick {
-        /// The gateway's .conf first, then any peers' own .conf files.
+        /// The gateway's .conf first, then any peers' own .conf files
+        /// (`-`: standard input).
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Write the mesh file here (refuses to overwrite) instead of stdout.
@@ -42,8 +50,13 @@ enum ImportCommand {
         #[arg(long, value_parser = wgbpf::ifname::parse)]
         interface: Option<String>,
     },
-    /// Translate a Tailscale/Headscale ACL file (HuJSON) to mesh-file TOML,
-    /// for review.
+    /// Translate a Tailscale/Headscale policy file (HuJSON) to mesh-file
+    /// TOML, for review.
+    ///
+    /// Reads groups, tagOwners, hosts, ipsets, acls, the network part of
+    /// grants (src, dst, ip) and tests, with field names in any case as
+    /// Tailscale does ("ACLs", "Action", "Users", "Ports"…). Refuses what a
+    /// gateway cannot enforce (via, srcPosture, postures), naming the line.
     ///
     /// Prints [policy.groups], [policy.hosts], [[policy.rule]] and
     /// [[policy.test]] blocks. To use the ACL file as it is, name it in a mesh
@@ -53,7 +66,8 @@ enum ImportCommand {
     /// and what is refused.
     #[command(verbatim_doc_comment)]
     Tailscale {
-        /// The ACL file (HuJSON: JSON with comments and trailing commas).
+        /// The ACL file (HuJSON: JSON with comments and trailing commas);
+        /// `-`: standard input.
         file: PathBuf,
         /// A mesh file to resolve the names against and run the tests in.
         #[arg(short, long)]
@@ -64,7 +78,8 @@ enum ImportCommand {
     /// Or name it in a mesh file: [policy] netbird = "policies.json".
     #[command(verbatim_doc_comment)]
     Netbird {
-        /// The policy file (one policy object or an array of them).
+        /// The policy file (one policy object or an array of them); `-`:
+        /// standard input.
         file: PathBuf,
         /// A mesh file to resolve the groups against and run the tests in.
         #[arg(short, long)]
@@ -88,8 +103,16 @@ pub fn run(a: ImportArgs) -> Result<()> {
     }
 }
 
-fn read(path: &std::path::Path) -> Result<String> {
-    import::read_file(path).map_err(|e| anyhow!("{}: {e}", path.display()))
+/// A file named on the command line (`-` is standard input), and the name
+/// it goes by in messages.
+fn read(path: &std::path::Path) -> Result<(String, String)> {
+    let name = if path == std::path::Path::new("-") {
+        import::STDIN_NAME.to_string()
+    } else {
+        path.display().to_string()
+    };
+    let text = import::read_input(path).map_err(|e| anyhow!("{name}: {e}"))?;
+    Ok((name, text))
 }
 
 fn wg_quick(
@@ -97,10 +120,13 @@ fn wg_quick(
     output: Option<&std::path::Path>,
     interface: Option<&str>,
 ) -> Result<()> {
+    if files.iter().filter(|f| f.as_os_str() == "-").count() > 1 {
+        bail!("`-` (standard input) can be named once");
+    }
     let mut parsed = Vec::new();
     for f in files {
-        let text = read(f)?;
-        parsed.push(import::wgquick::parse(&f.display().to_string(), &text)?);
+        let (name, text) = read(f)?;
+        parsed.push(import::wgquick::parse(&name, &text)?);
     }
     let out = import::wgquick::to_mesh(&parsed, interface).map_err(|e| anyhow!(e))?;
     source::parse("(imported mesh file)", &out.toml)
@@ -129,8 +155,8 @@ fn policy(
     config: Option<&std::path::Path>,
     translate: fn(&str, &str) -> Result<import::Translated, import::ImportError>,
 ) -> Result<()> {
-    let text = read(file)?;
-    let t = translate(&file.display().to_string(), &text)?;
+    let (name, text) = read(file)?;
+    let t = translate(&name, &text)?;
     let Some(config) = config else {
         print!("{}", import::to_toml(&t, None));
         return Ok(());

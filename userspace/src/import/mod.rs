@@ -10,8 +10,10 @@
 //! where errors name the imported file, line and column.
 
 pub mod hujson;
+mod keycase;
 mod located;
 pub mod netbird;
+mod prefixset;
 pub mod tailscale;
 pub mod wgquick;
 
@@ -179,6 +181,42 @@ pub fn read_file(path: &Path) -> Result<String, String> {
     }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     String::from_utf8(bytes).map_err(|_| "not UTF-8 text".into())
+}
+
+/// The name standard input goes by in messages.
+pub const STDIN_NAME: &str = "<stdin>";
+
+/// Reads a file named on the command line: `-` is standard input, and a
+/// pipe (`<(...)`, /dev/stdin) is read as a file is, up to [`MAX_FILE`]
+/// bytes. Includes named in a mesh file go through [`read_file`] instead: a
+/// daemon must not wait on a pipe nobody writes.
+pub fn read_input(path: &Path) -> Result<String, String> {
+    use std::{io::Read, os::unix::fs::FileTypeExt};
+    let capped = |r: &mut dyn Read| -> Result<String, String> {
+        let mut bytes = Vec::new();
+        r.take(MAX_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        if bytes.len() as u64 > MAX_FILE {
+            return Err(format!("larger than {MAX_FILE} bytes"));
+        }
+        String::from_utf8(bytes).map_err(|_| "not UTF-8 text".into())
+    };
+    if path == Path::new("-") {
+        return capped(&mut std::io::stdin().lock());
+    }
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    let stream = meta.file_type().is_fifo() || meta.file_type().is_socket();
+    // /dev/stdin and /dev/fd/N name the command's own input, even when it
+    // is a redirected regular file.
+    let own_fd = path.starts_with("/dev/fd")
+        || path.starts_with("/proc/self/fd")
+        || path == Path::new("/dev/stdin");
+    if stream || (own_fd && meta.is_file()) {
+        let mut f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+        return capped(&mut f);
+    }
+    read_file(path)
 }
 
 /// Reads, translates and applies the mesh's includes

@@ -41,8 +41,12 @@ pub struct Interface {
 pub struct PeerConf {
     pub line: usize,
     /// From a comment: `# Name = alice` in the section, or a comment line
-    /// right before `[Peer]`.
+    /// right before `[Peer]` (made into a peer name).
     pub name: Option<String>,
+    /// `# friendly_name = X` in the section (the Prometheus WireGuard
+    /// exporter's convention) and its line: the peer's name as written,
+    /// validated, never changed.
+    pub friendly_name: Option<(String, usize)>,
     pub public_key: Option<String>,
     /// The line of `PresharedKey`, when there is one (never the key).
     pub preshared_key_line: Option<usize>,
@@ -80,6 +84,31 @@ pub fn parse(file: &str, text: &str) -> Result<WgQuick, ImportError> {
         if content.is_empty() {
             match comment {
                 Some(c) => {
+                    if let Some(value) = friendly_name(c) {
+                        if section != Section::Peer {
+                            return Err(err(
+                                n,
+                                "friendly_name outside a [Peer] section (it names the peer \
+                                 whose section it is in)"
+                                    .into(),
+                            ));
+                        }
+                        let p = out.peers.last_mut().expect("in [Peer]");
+                        if let Some((_, first)) = &p.friendly_name {
+                            return Err(err(
+                                n,
+                                format!(
+                                    "a second friendly_name in this [Peer] (first at line {first})"
+                                ),
+                            ));
+                        }
+                        check_peer_name(value)
+                            .map_err(|e| err(n, format!("friendly_name: {e}")))?;
+                        p.friendly_name = Some((value.to_string(), n));
+                        comment_run += 1;
+                        comment_before = None;
+                        continue;
+                    }
                     if section == Section::Peer {
                         if let Some(name) = name_setting(c) {
                             if let Some(p) = out.peers.last_mut() {
@@ -284,6 +313,49 @@ fn name_setting(comment: &str) -> Option<String> {
     sanitize(value)
 }
 
+/// `# friendly_name = X` (the exporter's convention; spaces around `=` are
+/// optional): X, trimmed. `friendly_json` (extra labels) is not a name.
+fn friendly_name(comment: &str) -> Option<&str> {
+    let rest = comment.strip_prefix("friendly_name")?.trim_start();
+    Some(rest.strip_prefix('=')?.trim())
+}
+
+/// A name written by hand for a peer is used as it is, so it must be one
+/// the mesh file accepts and that rules can name: not empty, at most
+/// [`wgbpf_common::PEER_NAME_MAX`] bytes, no control characters, not a
+/// reserved word, not read as something else (`group:`, `tag:`, `user:`,
+/// `host:`, an address or a CIDR).
+pub fn check_peer_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty name".into());
+    }
+    if name.len() > wgbpf_common::PEER_NAME_MAX {
+        return Err(format!(
+            "`{}` is longer than {} bytes",
+            toml_comment(name),
+            wgbpf_common::PEER_NAME_MAX
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("the name has control characters".into());
+    }
+    if name == "gateway" || name == "*" {
+        return Err(format!("`{name}` is reserved"));
+    }
+    if ["group:", "tag:", "user:", "host:", "autogroup:"]
+        .iter()
+        .any(|p| name.starts_with(p))
+    {
+        return Err(format!(
+            "`{name}` would be read as a group, tag, user or host, not a peer"
+        ));
+    }
+    if net(name).is_some() {
+        return Err(format!("`{name}` would be read as an address, not a peer"));
+    }
+    Ok(())
+}
+
 /// A comment right before `[Peer]`: `# Name = alice` or `# alice` (a few
 /// words at most: `# alice laptop` -> alice-laptop).
 fn peer_name(comment: &str) -> Option<String> {
@@ -325,6 +397,16 @@ fn public_of(private: &str) -> Result<String, &'static str> {
     Ok(Key::from_base64(private)?.public_key().to_base64())
 }
 
+/// A file's name without `.conf`, when it says something: standard input
+/// and pipes (`/dev/fd/63`) name nothing.
+fn file_stem(file: &str) -> Option<String> {
+    let path = std::path::Path::new(file);
+    if file == super::STDIN_NAME || path.starts_with("/dev") || path.starts_with("/proc") {
+        return None;
+    }
+    Some(path.file_stem()?.to_string_lossy().to_string())
+}
+
 /// The mesh file and what the operator must be told.
 #[derive(Debug, Clone)]
 pub struct Output {
@@ -343,10 +425,7 @@ pub fn to_mesh(files: &[WgQuick], interface: Option<&str>) -> Result<Output, Str
             gw.file
         )
     })?;
-    let stem = std::path::Path::new(&gw.file)
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let stem = file_stem(&gw.file).unwrap_or_default();
     let ifname = match interface {
         Some(n) => n.to_string(),
         None if ifname::check(&stem).is_ok() => stem.clone(),
@@ -361,9 +440,7 @@ pub fn to_mesh(files: &[WgQuick], interface: Option<&str>) -> Result<Output, Str
             warnings.push(format!("{}: no [Interface]: ignored", other.file));
             continue;
         };
-        let stem = std::path::Path::new(&other.file)
-            .file_stem()
-            .and_then(|s| sanitize(&s.to_string_lossy()));
+        let stem = file_stem(&other.file).and_then(|s| sanitize(&s));
         let by_key = oi.derived_public_key.as_ref().and_then(|k| {
             peers
                 .iter()
@@ -410,10 +487,28 @@ pub fn to_mesh(files: &[WgQuick], interface: Option<&str>) -> Result<Output, Str
             ));
         }
     }
-    // Unique names.
-    let mut used = std::collections::BTreeSet::new();
+    // Unique names. A friendly_name is the operator's own: it is kept as
+    // written, two alike are an error, and other names make way for it.
+    let mut friendly: std::collections::BTreeMap<&str, usize> = Default::default();
+    for p in &peers {
+        if let Some((name, line)) = &p.friendly_name {
+            if let Some(first) = friendly.insert(name, *line) {
+                return Err(format!(
+                    "{}:{line}: friendly_name `{}` is already the name of the peer at line {first}",
+                    gw.file,
+                    toml_comment(name)
+                ));
+            }
+        }
+    }
+    let mut used: std::collections::BTreeSet<String> =
+        friendly.keys().map(|n| n.to_string()).collect();
     let mut names = Vec::new();
     for (i, p) in peers.iter().enumerate() {
+        if let Some((name, _)) = &p.friendly_name {
+            names.push(name.clone());
+            continue;
+        }
         let base = p.name.clone().unwrap_or_else(|| format!("peer-{}", i + 1));
         let mut n = base.clone();
         let mut k = 2;
@@ -537,7 +632,9 @@ pub fn to_mesh(files: &[WgQuick], interface: Option<&str>) -> Result<Output, Str
             let _ = writeln!(t, "persistent_keepalive = {k}");
         }
         if let Some(line) = p.preshared_key_line {
-            let psk = format!("/etc/wireguard/{ifname}-{name}.psk");
+            // A friendly_name may have spaces: not in a file name.
+            let file_name = sanitize(name).unwrap_or_else(|| "peer".into());
+            let psk = format!("/etc/wireguard/{ifname}-{file_name}.psk");
             let _ = writeln!(
                 t,
                 "# The PresharedKey of {}:{line} was NOT copied: store it in a 0600 file\n\

@@ -276,6 +276,15 @@ pub fn parse(file: &str, text: &str) -> Result<Mesh, MeshError> {
     let ctx = Ctx { file, text };
     let raw: MeshFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
+        // A [policy] alone is a fragment of some other file, not a mesh.
+        if e.message() == "missing field `interface`" {
+            return ctx.err(
+                span,
+                "no [interface] section: a mesh file names its interface and \
+                 [[peer]]s as well as its [policy] (a policy fragment cannot be \
+                 checked alone: its names are the mesh's; see docs/mesh-file.md)",
+            );
+        }
         ctx.err(span, e.message().to_string())
     })?;
     let includes: Vec<Include> = [
