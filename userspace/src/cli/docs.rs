@@ -235,7 +235,12 @@ fn extra_sections(name: &str) -> String {
         "show" | "counters" => vec![PINS, UAPI],
         s if s == "policy" || s.starts_with("policy-") => vec![MESH],
         s if s == "import" || s.starts_with("import-") => vec![WG_QUICK, MESH],
-        s if s == "keys" || s.starts_with("keys-") => vec![MESH, UAPI],
+        // With a daemon running, rotate writes the mesh file and asks the
+        // daemon over its socket.
+        s if s == "keys" || s.starts_with("keys-") => vec![MESH, SOCK, UAPI],
+        "monitor" => vec![SOCK, PINS, MESH],
+        "doctor" => vec![MESH, PINS],
+        s if s == "export" || s.starts_with("export-") => vec![MESH, KEYS],
         "genkey" | "genpsk" => vec![KEY_OUT],
         _ => vec![STDOUT],
     };
