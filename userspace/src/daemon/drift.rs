@@ -21,12 +21,20 @@
 //!    (`Maps::active_holds`, as `wgbpf audit`); otherwise the plan is
 //!    enforced again (it adopts the pinned data plane and swaps atomically).
 //!
+//! Between passes the daemon holds the data plane's tcx links open
+//! ([`attach::hold_links`]): removing the pins (the pin directory, say)
+//! then does not detach the programs, and the repair that loads the data
+//! plane afresh attaches the new one before the old is let go (clsact
+//! filters outlive their pins anyway; the old ones are deleted once the
+//! new are attached). No gap either way.
+//!
 //! Every repair is reported in the [`Pass`] (the daemon logs and counts
 //! it); a check that fails is reported as an error and the pass goes on.
 
-use std::time::Duration;
+use std::{sync::Mutex, time::Duration};
 
 use anyhow::{Context, Result};
+use aya::programs::links::FdLink;
 
 use super::hook::{Pass, Reconciler, Repair, RepairKind};
 use crate::{
@@ -49,11 +57,16 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct DriftRepair {
     interval: Duration,
+    /// The tcx links enforcing after the last pass, held open.
+    held: Mutex<Vec<FdLink>>,
 }
 
 impl DriftRepair {
     pub fn new(interval: Duration) -> Self {
-        Self { interval }
+        Self {
+            interval,
+            held: Mutex::new(Vec::new()),
+        }
     }
 }
 
@@ -73,6 +86,13 @@ impl Reconciler for DriftRepair {
         }
         if let Err(e) = repair_guards(plan, &mut pass) {
             pass.errors.push(format!("XDP guard: {e:#}"));
+        }
+        // The links now pinned are held from here on; links of a data
+        // plane replaced in this pass are released only now, after their
+        // successors were attached.
+        let links = attach::hold_links(plan.interface());
+        if let Ok(mut held) = self.held.lock() {
+            *held = links;
         }
         Ok(pass)
     }
@@ -226,9 +246,14 @@ fn repair_dataplane(plan: &EnforcementPlan, pass: &mut Pass) -> Result<()> {
     };
     let Some(maps) = maps else {
         // The data plane is gone (or its maps are): nothing to adopt.
-        // Remove what is left and load it afresh.
-        let _ = attach::remove(iface);
+        // Unpin what is left, but leave what still runs attached (held
+        // tcx links, clsact filters) until the new data plane is: no gap.
+        let _ = std::fs::remove_dir_all(&dir);
         let (maps, enforced) = enforce(plan, Detached::Leave).context("loading afresh")?;
+        if let Err(e) = attach::remove_stale_clsact_filters(iface) {
+            pass.errors
+                .push(format!("removing the old clsact filters: {e:#}"));
+        }
         pass.repairs.push(Repair {
             kind: RepairKind::Program,
             drift: format!(
