@@ -2,15 +2,15 @@
 //! limit, and nothing changed — neither the WireGuard device nor the
 //! enforced policy (a real mesh, wireguard-go, the data plane loaded).
 //!
-//! Peers: one more than the per-peer counter map holds is refused; as
-//! many as it holds pass `wgbpf policy check`.
+//! - peers: one more than the per-peer counter map holds is refused (as
+//!   many as it holds pass `wgbpf policy check`);
+//! - single addresses (the hosts map, both slots): 524,288 /32s, more than
+//!   fit beside the running policy.
 //!
-//! (Policy entries, single addresses and prefixes beyond their maps are
-//! refused by `Maps::check_room` before the write, tested with small maps
-//! in bpf-tests/tests/atomic_swap.rs: at the default sizes a file that
-//! overflows them holds hundreds of thousands of addresses. The
-//! traffic-driven maps — flows, deny keys — are LRU and evict,
-//! docs/dataplane.md.)
+//! (Policy entries and prefixes are refused by the same check as the
+//! hosts map, `Maps::check_room`, tested with small maps in
+//! bpf-tests/tests/atomic_swap.rs. The traffic-driven maps — flows, deny
+//! keys — are LRU and evict, docs/dataplane.md.)
 
 mod common;
 
@@ -86,5 +86,26 @@ fn configurations_larger_than_the_maps_are_refused_before_anything_changes() {
     );
     assert_eq!(state(gw, &good), before, "a refused load changed something");
 
+    assert_eq!(state(gw, &good), before, "a refused load changed something");
+
+    // --- Single addresses: one peer with more /32s than the hosts map
+    // holds (both slots together; the running policy keeps its own).
+    let n = capacity::HOSTS as usize;
+    let mut ips = String::new();
+    for i in 0..n {
+        let a = std::net::Ipv4Addr::from(0x0b00_0000 + i as u32);
+        let _ = write!(ips, "\"{a}/32\",");
+    }
+    let bulk = format!(
+        "[[peer]]\nname = \"bulk\"\npublic_key = \"{}\"\nallowed_ips = [{ips}]\n\n",
+        Key::from_bytes([0x44; 32]).to_base64()
+    );
+    let hosts = write("hosts.toml", &with_peers(&base, &bulk));
+    let (ok, _, err) = wgbpf(gw, &["load", "-c", &hosts]);
+    assert!(!ok);
+    assert!(
+        err.contains("WGBPF_HOSTS is too small") && err.contains("needs"),
+        "the error must name the map and what the policy needs: {err}"
+    );
     assert_eq!(state(gw, &good), before, "a refused load changed something");
 }
