@@ -107,5 +107,10 @@ fn configurations_larger_than_the_maps_are_refused_before_anything_changes() {
         err.contains("WGBPF_HOSTS is too small") && err.contains("needs"),
         "the error must name the map and what the policy needs: {err}"
     );
+    // No advice the operator cannot follow: the sizes are fixed at build.
+    assert!(
+        !err.contains("raise the capacity") && err.contains("fixed when wgbpf is built"),
+        "{err}"
+    );
     assert_eq!(state(gw, &good), before, "a refused load changed something");
 }
