@@ -92,7 +92,8 @@ pub enum DataplaneError {
     },
     #[error(
         "map {name} is too small: the new policy needs {needed} entries and {capacity} are free \
-         beside the running policy (raise the capacity)"
+         beside the running policy (the map sizes are fixed when wgbpf is built: \
+         wgbpf_common::capacity)"
     )]
     Full {
         name: &'static str,
