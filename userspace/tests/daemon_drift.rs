@@ -615,7 +615,15 @@ fn tampered_maps_and_pins_are_repaired(attach: &str) {
         maps.hosts.remove(&key).unwrap();
     });
 
-    // --- The whole pin directory removed.
+    // --- The whole pin directory removed: the data plane the daemon still
+    // holds is pinned again, its counters and policy version kept.
+    let denied_by_bob = || {
+        let c = common::counters(&gw, &cfg);
+        common::counter(&c, "bob", "ingress", "denied_packets")
+    };
+    let version = t.sample("wgbpf_policy_version").unwrap();
+    let denied_before = denied_by_bob();
+    assert!(denied_before > 0);
     let dir = wgbpf::dataplane::pin_dir(&iface);
     let took_pins = tamper(
         "the pin directory removed",
@@ -624,6 +632,8 @@ fn tampered_maps_and_pins_are_repaired(attach: &str) {
         &|| std::fs::remove_dir_all(&dir).unwrap(),
     );
     assert!(wgbpf::dataplane::attach::pinned_mode(&iface).is_some());
+    assert_eq!(t.sample("wgbpf_policy_version"), Some(version));
+    assert!(denied_by_bob() >= denied_before, "bob's counters were lost");
     eprintln!(
         "repaired in {took_policy:?} (policy entry), {took_identity:?} (identity), \
          {took_pins:?} (pin directory)"
