@@ -21,12 +21,13 @@
 //!    (`Maps::active_holds`, as `wgbpf audit`); otherwise the plan is
 //!    enforced again (it adopts the pinned data plane and swaps atomically).
 //!
-//! Between passes the daemon holds the data plane's tcx links open
-//! ([`attach::hold_links`]): removing the pins (the pin directory, say)
-//! then does not detach the programs, and the repair that loads the data
-//! plane afresh attaches the new one before the old is let go (clsact
-//! filters outlive their pins anyway; the old ones are deleted once the
-//! new are attached). No gap either way.
+//! Between passes the daemon holds the pinned data plane open
+//! ([`Held`]: maps, programs, tcx links). Pins removed under it (the pin
+//! directory, say) do not detach the programs, and the first step of the
+//! data-plane check pins again what is missing — the same maps, counters
+//! and policy version. Should a data plane still have to be loaded afresh,
+//! it is attached before the old one is let go (old clsact filters are
+//! deleted once the new ones are attached). No gap either way.
 //!
 //! Every repair is reported in the [`Pass`] (the daemon logs and counts
 //! it); a check that fails is reported as an error and the pass goes on.
@@ -34,7 +35,6 @@
 use std::{sync::Mutex, time::Duration};
 
 use anyhow::{Context, Result};
-use aya::programs::links::FdLink;
 
 use super::hook::{Pass, Reconciler, Repair, RepairKind};
 use crate::{
@@ -42,6 +42,7 @@ use crate::{
         attach::{self, AttachMode},
         pin_dir,
         reattach::{self, Reattached},
+        repin::Held,
         xdp_guard, Maps,
     },
     enforce::{enforce, Detached},
@@ -57,15 +58,15 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct DriftRepair {
     interval: Duration,
-    /// The tcx links enforcing after the last pass, held open.
-    held: Mutex<Vec<FdLink>>,
+    /// The data plane pinned after the last pass, held open.
+    held: Mutex<Option<Held>>,
 }
 
 impl DriftRepair {
     pub fn new(interval: Duration) -> Self {
         Self {
             interval,
-            held: Mutex::new(Vec::new()),
+            held: Mutex::new(None),
         }
     }
 }
@@ -81,18 +82,18 @@ impl Reconciler for DriftRepair {
                 pass.errors.push(format!("WireGuard: {e:#}"));
             }
         }
-        if let Err(e) = repair_dataplane(plan, &mut pass) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = repair_dataplane(plan, held.as_mut(), &mut pass) {
             pass.errors.push(format!("data plane: {e:#}"));
         }
         if let Err(e) = repair_guards(plan, &mut pass) {
             pass.errors.push(format!("XDP guard: {e:#}"));
         }
-        // The links now pinned are held from here on; links of a data
-        // plane replaced in this pass are released only now, after their
-        // successors were attached.
-        let links = attach::hold_links(plan.interface());
-        if let Ok(mut held) = self.held.lock() {
-            *held = links;
+        // What is pinned now is held from here on; a data plane replaced in
+        // this pass is released only now, after its successor was
+        // attached. (Nothing whole pinned: keep holding the old one.)
+        if let Some(now) = Held::open(plan.interface()) {
+            *held = Some(now);
         }
         Ok(pass)
     }
@@ -235,9 +236,32 @@ fn repair_wireguard(plan: &EnforcementPlan, w: &WireguardPlan, pass: &mut Pass) 
 
 // ---------------------------------------------------------------- data plane
 
-fn repair_dataplane(plan: &EnforcementPlan, pass: &mut Pass) -> Result<()> {
+fn repair_dataplane(
+    plan: &EnforcementPlan,
+    held: Option<&mut Held>,
+    pass: &mut Pass,
+) -> Result<()> {
     let iface = plan.interface();
     let dir = pin_dir(iface);
+    // Pins removed under the daemon: the data plane it holds, pinned again.
+    if let Some(h) = held {
+        let repinned = h
+            .repin_missing()
+            .context("pinning the held data plane again")?;
+        if !repinned.is_empty() {
+            pass.repairs.push(Repair {
+                kind: RepairKind::Program,
+                drift: format!(
+                    "pins of the data plane of {iface} were removed ({})",
+                    repinned.join(", ")
+                ),
+                action: format!(
+                    "pinned them again at {} (the same programs and maps: policy version and counters kept)",
+                    dir.display()
+                ),
+            });
+        }
+    }
     let complete = attach::pinned_mode(iface).is_some() && attach::programs_pinned(iface);
     let maps = if complete {
         Maps::open_pinned(&dir).ok()

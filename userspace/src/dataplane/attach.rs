@@ -54,18 +54,6 @@ pub fn pinned_mode(iface: &str) -> Option<AttachMode> {
     }
 }
 
-/// The tcx links pinned for `iface`, opened. The kernel keeps a link
-/// attached while a pin or an open fd refers to it: whoever holds these
-/// keeps the programs enforcing even if the pins are removed.
-pub fn hold_links(iface: &str) -> Vec<FdLink> {
-    let dir = pin_dir(iface);
-    HOOKS
-        .iter()
-        .filter_map(|h| PinnedLink::from_pin(dir.join(h.link_pin)).ok())
-        .map(FdLink::from)
-        .collect()
-}
-
 /// Removes our clsact filters that do not run the pinned programs (see
 /// [`super::hooks::remove_stale_clsact_filters`]).
 pub fn remove_stale_clsact_filters(iface: &str) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@ pub mod maps;
 pub mod mmap;
 pub mod peers;
 pub mod reattach;
+pub mod repin;
 pub mod replace;
 pub mod slot;
 pub mod xdp_guard;
