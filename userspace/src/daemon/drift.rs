@@ -244,10 +244,13 @@ fn repair_dataplane(
     let iface = plan.interface();
     let dir = pin_dir(iface);
     // Pins removed under the daemon: the data plane it holds, pinned again.
+    // (Should that fail, the checks below load it afresh.)
     if let Some(h) = held {
-        let repinned = h
-            .repin_missing()
-            .context("pinning the held data plane again")?;
+        let repinned = h.repin_missing().unwrap_or_else(|e| {
+            pass.errors
+                .push(format!("pinning the held data plane again: {e:#}"));
+            Vec::new()
+        });
         if !repinned.is_empty() {
             pass.repairs.push(Repair {
                 kind: RepairKind::Program,
