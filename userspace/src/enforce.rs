@@ -110,6 +110,7 @@ pub fn enforce(plan: &EnforcementPlan, detached: Detached) -> Result<(Maps, Enfo
         .maps
         .apply(&compiled)
         .context("writing the policy")?;
+    prepared.maps.release_counter_indexes(&slots)?;
     // Attached only now, so the first packet meets the new policy (and a
     // detached program is attached again only now, likewise).
     let attached = match detached {
