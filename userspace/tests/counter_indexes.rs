@@ -36,7 +36,12 @@ fn a_leaving_and_an_arriving_peer_never_share_a_counter_index() {
     let with_carol = write("carol.toml", file(&mesh, "carol", "10.99.0.3"));
     let (ok, _, err) = wgbpf(gw, &["load", "-c", &with_bob]);
     assert!(ok, "{err}");
-    let owners = || dataplane::open_loaded(&gw.wg_if).unwrap().counter_owners().unwrap();
+    let owners = || {
+        dataplane::open_loaded(&gw.wg_if)
+            .unwrap()
+            .counter_owners()
+            .unwrap()
+    };
     let before = owners();
     let bob = *before.iter().find(|(_, n)| *n == "bob").unwrap().0;
 
@@ -45,13 +50,20 @@ fn a_leaving_and_an_arriving_peer_never_share_a_counter_index() {
     let plan = maps
         .plan_counter_indexes(&["alice".to_string(), "carol".to_string()])
         .unwrap();
-    assert_ne!(plan.indexes["carol"], bob, "carol would count bob's packets");
+    assert_ne!(
+        plan.indexes["carol"], bob,
+        "carol would count bob's packets"
+    );
     drop(maps);
 
     let (ok, _, err) = wgbpf(gw, &["load", "-c", &with_carol]);
     assert!(ok, "{err}");
     let after = owners();
-    assert_eq!(after.get(&bob), None, "bob's index is released after the switch");
+    assert_eq!(
+        after.get(&bob),
+        None,
+        "bob's index is released after the switch"
+    );
     assert_eq!(after[&plan.indexes["carol"]], "carol");
     assert_eq!(
         before.iter().find(|(_, n)| *n == "alice"),
