@@ -116,6 +116,7 @@ pub fn enforce(plan: &EnforcementPlan, detached: Detached) -> Result<(Maps, Enfo
         .maps
         .apply(&compiled)
         .context("writing the policy")?;
+    prepared.maps.release_counter_indexes(&slots)?;
     // For `load --dry-run`'s diff; a reader checks it against the maps, so
     // a record that could not be written only costs that diff.
     if report.changed || !applied::path(iface).exists() {

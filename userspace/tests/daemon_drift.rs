@@ -511,3 +511,156 @@ fn bpf_link_detach(fd: i32) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Tampering with the data plane itself while the daemon runs, tcx and
+/// clsact: a policy entry deleted, a peer's identity entry deleted, the
+/// pin directory removed. The daemon is stopped (SIGSTOP) while the test
+/// tampers and `wgbpf audit` reports it; once continued, it repairs it
+/// within 5 seconds and counts it. bob's denied datagrams never reach
+/// alice, before, during or after; and a policy reloaded afterwards
+/// (SIGHUP) that allows them is obeyed (no program of the data plane
+/// that was unpinned is left judging with its old maps).
+#[test]
+fn tampered_maps_and_pins_are_repaired_tcx() {
+    tampered_maps_and_pins_are_repaired("tcx");
+}
+
+#[test]
+fn tampered_maps_and_pins_are_repaired_clsact() {
+    tampered_maps_and_pins_are_repaired("clsact");
+}
+
+fn tampered_maps_and_pins_are_repaired(attach: &str) {
+    use common::signal;
+    use wgbpf_common::{map_v4, IpCacheKey};
+
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice", "bob"])).expect("mesh");
+    let (alice, bob) = (mesh.host("alice"), mesh.host("bob"));
+    let (t, cleanup) = Test::start(&mesh, &format!("tamper-{attach}"), attach);
+    let gw = t.gw.clone();
+    let iface = gw.wg_if.clone();
+    let cfg = t.dir.join("mesh.toml");
+    let cfg = cfg.to_str().unwrap().to_string();
+    let alice_5001 = udp_sink(alice, 5001).unwrap();
+    let bob_5002 = udp_sink(bob, 5002).unwrap();
+    allowed_flows(alice, bob, &bob_5002);
+    let denied = DeniedSender::start(bob, IpAddr::V4(alice.tunnel_v4));
+    let daemon = cleanup.daemon.as_ref().unwrap();
+    let audit = || {
+        let (ok, out) = wgbpf_said(&gw, &["audit", "-c", &cfg]);
+        (ok, out)
+    };
+    // Tampers with the daemon stopped, checks what audit says, continues
+    // it and waits for the repair of `kind`, counted: the time it took. The
+    // bound is in passes, not seconds (a shared 2-core machine's load
+    // decides how long loading a data plane takes): the repair is made by
+    // the first pass after the daemon continues (or the one a SIGSTOP
+    // interrupted), each pass 1 s apart here, 5 s by default.
+    let passes = || t.sample("wgbpf_drift_passes_total").expect("passes");
+    let tamper = |what: &str, kind: &str, says: &str, f: &dyn Fn()| -> Duration {
+        let before = t.repairs(kind);
+        let passes_before = passes();
+        signal(daemon, libc::SIGSTOP);
+        f();
+        let (ok, out) = audit();
+        signal(daemon, libc::SIGCONT);
+        let started = Instant::now();
+        assert!(!ok && out.contains(says), "{what}: audit said {out}");
+        wait_until(&format!("{what}: repaired"), || t.repairs(kind) > before);
+        let took = started.elapsed();
+        let passes_taken = passes() - passes_before;
+        assert!(
+            passes_taken <= 2.0,
+            "{what}: repaired after {passes_taken} passes ({took:?})"
+        );
+        let (ok, out) = audit();
+        assert!(ok, "{what}: audit after the repair: {out}");
+        allowed_flows(alice, bob, &bob_5002);
+        took
+    };
+    let active_policy_keys = || {
+        let maps = wgbpf::dataplane::open_maps(&iface).unwrap();
+        let (slot, _) = maps.active_slot().unwrap();
+        maps.policy
+            .keys()
+            .map(|k| k.unwrap())
+            .filter(|k| k.slot as u32 == slot)
+            // The same entry in either slot.
+            .map(|k| wgbpf_common::PolicyKey { slot: 0, ..k })
+            .collect::<Vec<_>>()
+    };
+
+    // --- One policy entry of the active slot deleted (bpf syscall).
+    let keys = active_policy_keys();
+    assert!(!keys.is_empty());
+    let took_policy = tamper("a policy entry deleted", "policy", "differs", &|| {
+        let mut maps = wgbpf::dataplane::open_maps(&iface).unwrap();
+        let (slot, _) = maps.active_slot().unwrap();
+        let key = wgbpf_common::PolicyKey {
+            slot: slot as u8,
+            ..keys[0]
+        };
+        maps.policy.remove(&key).unwrap();
+    });
+    assert!(active_policy_keys().contains(&keys[0]), "the entry is back");
+
+    // --- bob's identity (his /32 in the hosts map) deleted.
+    let took_identity = tamper("bob's identity deleted", "policy", "differs", &|| {
+        let mut maps = wgbpf::dataplane::open_maps(&iface).unwrap();
+        let (slot, _) = maps.active_slot().unwrap();
+        let key = IpCacheKey {
+            slot: slot as u8,
+            addr: map_v4(bob.tunnel_v4.octets()),
+        };
+        maps.hosts.remove(&key).unwrap();
+    });
+
+    // --- The whole pin directory removed: the data plane the daemon still
+    // holds is pinned again, its counters and policy version kept.
+    let denied_by_bob = || {
+        let c = common::counters(&gw, &cfg);
+        common::counter(&c, "bob", "ingress", "denied_packets")
+    };
+    let version = t.sample("wgbpf_policy_version").unwrap();
+    let denied_before = denied_by_bob();
+    assert!(denied_before > 0);
+    let dir = wgbpf::dataplane::pin_dir(&iface);
+    let took_pins = tamper(
+        "the pin directory removed",
+        "program",
+        "nothing pinned",
+        &|| std::fs::remove_dir_all(&dir).unwrap(),
+    );
+    assert!(wgbpf::dataplane::attach::pinned_mode(&iface).is_some());
+    assert_eq!(t.sample("wgbpf_policy_version"), Some(version));
+    assert!(denied_by_bob() >= denied_before, "bob's counters were lost");
+    eprintln!(
+        "repaired in {took_policy:?} (policy entry), {took_identity:?} (identity), \
+         {took_pins:?} (pin directory)"
+    );
+
+    let sent = denied.finish();
+    assert!(sent > 0);
+    assert_eq!(alice_5001.served(), 0, "denied datagrams reached alice");
+
+    // The file now allows bob to alice:5001; reloaded, it is obeyed.
+    let allow_bob = POLICY.replace(
+        "[[policy.test]]",
+        "[[policy.rule]]\naction = \"accept\"\nfrom = [\"bob\"]\nto = [\"alice\"]\n\
+         proto = \"udp\"\nports = [5001]\n\n[[policy.test]]",
+    );
+    let allow_bob = allow_bob.replace("deny = [\"alice:5001\"]", "accept = [\"alice:5001\"]");
+    let text = managed_mesh_file(&mesh, &allow_bob, &mesh.private_key_file(&gw));
+    std::fs::write(&cfg, text).unwrap();
+    signal(daemon, libc::SIGHUP);
+    wait_until("bob reaches alice:5001 under the reloaded policy", || {
+        let _ = udp_send(bob, IpAddr::V4(alice.tunnel_v4), 5001, 1, PAYLOAD);
+        std::thread::sleep(Duration::from_millis(50));
+        alice_5001.served() > 0
+    });
+    let mut cleanup = cleanup;
+    let mut daemon = cleanup.daemon.take().unwrap();
+    assert!(stop(&mut daemon, STOP_GRACE).is_some_and(|s| s.success()));
+    drop(cleanup);
+    mesh.down().unwrap();
+}

@@ -24,10 +24,18 @@
 //!    (`Maps::active_holds`, as `wgbpf audit`); otherwise the plan is
 //!    enforced again (it adopts the pinned data plane and swaps atomically).
 //!
+//! Between passes the daemon holds the pinned data plane open
+//! ([`Held`]: maps, programs, tcx links). Pins removed under it (the pin
+//! directory, say) do not detach the programs, and the first step of the
+//! data-plane check pins again what is missing — the same maps, counters
+//! and policy version. Should a data plane still have to be loaded afresh,
+//! it is attached before the old one is let go (old clsact filters are
+//! deleted once the new ones are attached). No gap either way.
+//!
 //! Every repair is reported in the [`Pass`] (the daemon logs and counts
 //! it); a check that fails is reported as an error and the pass goes on.
 
-use std::time::Duration;
+use std::{sync::Mutex, time::Duration};
 
 use anyhow::{Context, Result};
 
@@ -37,6 +45,7 @@ use crate::{
         attach::{self, AttachMode},
         pin_dir,
         reattach::{self, Reattached},
+        repin::Held,
         xdp_guard, Maps,
     },
     enforce::{enforce, Detached},
@@ -52,11 +61,16 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct DriftRepair {
     interval: Duration,
+    /// The data plane pinned after the last pass, held open.
+    held: Mutex<Option<Held>>,
 }
 
 impl DriftRepair {
     pub fn new(interval: Duration) -> Self {
-        Self { interval }
+        Self {
+            interval,
+            held: Mutex::new(None),
+        }
     }
 }
 
@@ -74,11 +88,18 @@ impl Reconciler for DriftRepair {
                 pass.errors.push(format!("WireGuard: {e:#}"));
             }
         }
-        if let Err(e) = repair_dataplane(plan, &mut pass) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = repair_dataplane(plan, held.as_mut(), &mut pass) {
             pass.errors.push(format!("data plane: {e:#}"));
         }
         if let Err(e) = repair_guards(plan, &mut pass) {
             pass.errors.push(format!("XDP guard: {e:#}"));
+        }
+        // What is pinned now is held from here on; a data plane replaced in
+        // this pass is released only now, after its successor was
+        // attached. (Nothing whole pinned: keep holding the old one.)
+        if let Some(now) = Held::open(plan.interface()) {
+            *held = Some(now);
         }
         Ok(pass)
     }
@@ -268,9 +289,35 @@ fn repair_wireguard(plan: &EnforcementPlan, w: &WireguardPlan, pass: &mut Pass) 
 
 // ---------------------------------------------------------------- data plane
 
-fn repair_dataplane(plan: &EnforcementPlan, pass: &mut Pass) -> Result<()> {
+fn repair_dataplane(
+    plan: &EnforcementPlan,
+    held: Option<&mut Held>,
+    pass: &mut Pass,
+) -> Result<()> {
     let iface = plan.interface();
     let dir = pin_dir(iface);
+    // Pins removed under the daemon: the data plane it holds, pinned again.
+    // (Should that fail, the checks below load it afresh.)
+    if let Some(h) = held {
+        let repinned = h.repin_missing().unwrap_or_else(|e| {
+            pass.errors
+                .push(format!("pinning the held data plane again: {e:#}"));
+            Vec::new()
+        });
+        if !repinned.is_empty() {
+            pass.repairs.push(Repair {
+                kind: RepairKind::Program,
+                drift: format!(
+                    "pins of the data plane of {iface} were removed ({})",
+                    repinned.join(", ")
+                ),
+                action: format!(
+                    "pinned them again at {} (the same programs and maps: policy version and counters kept)",
+                    dir.display()
+                ),
+            });
+        }
+    }
     let complete = attach::pinned_mode(iface).is_some() && attach::programs_pinned(iface);
     let maps = if complete {
         Maps::open_pinned(&dir).ok()
@@ -279,9 +326,14 @@ fn repair_dataplane(plan: &EnforcementPlan, pass: &mut Pass) -> Result<()> {
     };
     let Some(maps) = maps else {
         // The data plane is gone (or its maps are): nothing to adopt.
-        // Remove what is left and load it afresh.
-        let _ = attach::remove(iface);
+        // Unpin what is left, but leave what still runs attached (held
+        // tcx links, clsact filters) until the new data plane is: no gap.
+        let _ = std::fs::remove_dir_all(&dir);
         let (maps, enforced) = enforce(plan, Detached::Leave).context("loading afresh")?;
+        if let Err(e) = attach::remove_stale_clsact_filters(iface) {
+            pass.errors
+                .push(format!("removing the old clsact filters: {e:#}"));
+        }
         pass.repairs.push(Repair {
             kind: RepairKind::Program,
             drift: format!(

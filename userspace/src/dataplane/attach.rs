@@ -61,6 +61,12 @@ pub fn pinned_mode(iface: &str) -> Option<AttachMode> {
     }
 }
 
+/// Removes our clsact filters that do not run the pinned programs (see
+/// [`super::hooks::remove_stale_clsact_filters`]).
+pub fn remove_stale_clsact_filters(iface: &str) -> anyhow::Result<()> {
+    super::hooks::remove_stale_clsact_filters(iface)
+}
+
 /// Whether both programs are pinned for an interface.
 pub fn programs_pinned(iface: &str) -> bool {
     let dir = pin_dir(iface);

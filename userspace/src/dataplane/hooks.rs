@@ -272,6 +272,23 @@ pub(crate) fn remove_clsact_filters(iface: &str, hook: &Hook) {
     })
 }
 
+/// Deletes our clsact filters (by program name) that do not run the
+/// program pinned for their direction: left by a data plane whose pins
+/// were removed, they would go on judging with that data plane's maps.
+pub(crate) fn remove_stale_clsact_filters(iface: &str) -> Result<()> {
+    let dir = pin_dir(iface);
+    for hook in &HOOKS {
+        let id = pinned_prog_id(&dir.join(hook.prog))?;
+        remove_clsact_filters_where(iface, hook, |f| {
+            f.prog_id != Some(id)
+                && f.prog_name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(hook.prog))
+        });
+    }
+    Ok(())
+}
+
 /// Deletes the clsact filter of program `id` from one hook of `iface`.
 pub(crate) fn remove_clsact_filter_of(iface: &str, hook: &Hook, id: u32) {
     remove_clsact_filters_where(iface, hook, |f| f.prog_id == Some(id))

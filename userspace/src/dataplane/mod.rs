@@ -14,6 +14,7 @@ pub mod maps;
 pub mod mmap;
 pub mod peers;
 pub mod reattach;
+pub mod repin;
 pub mod replace;
 pub mod slot;
 pub mod xdp_guard;
@@ -94,7 +95,8 @@ pub enum DataplaneError {
     },
     #[error(
         "map {name} is too small: the new policy needs {needed} entries and {capacity} are free \
-         beside the running policy (raise the capacity)"
+         beside the running policy (the map sizes are fixed when wgbpf is built: \
+         wgbpf_common::capacity)"
     )]
     Full {
         name: &'static str,

@@ -2,8 +2,9 @@
 //! to be confused with the policy's double-buffer slots), stable across
 //! reloads: the owner of each index is recorded in a pinned map beside the
 //! counters. A peer keeps its index as long as it stays in the mesh; a new
-//! peer gets a free index, zeroed first,
-//! so it never inherits a departed peer's counts.
+//! peer gets a free index, zeroed first, so it never inherits a departed
+//! peer's counts — and not the index of a peer leaving in the same apply,
+//! which the old policy counts until the switch (released only after it).
 
 use std::collections::BTreeMap;
 
@@ -103,14 +104,29 @@ impl Maps {
         let current = self.counter_owners()?;
         let by_name: BTreeMap<&str, u32> = current.iter().map(|(i, n)| (n.as_str(), *i)).collect();
         let mut plan = CounterIndexPlan::default();
+        // Slots owned now, by peers that stay or not: a newcomer takes a
+        // slot nobody owns, so that it never shares one with a peer that
+        // leaves in the same apply (the old policy counts the leaver there
+        // until the switch). Only when no other is free does it take a
+        // leaver's slot.
         let mut used: Vec<bool> = vec![false; capacity as usize];
         used[0] = true;
+        for &slot in current.keys() {
+            if let Some(u) = used.get_mut(slot as usize) {
+                *u = true;
+            }
+        }
         for name in peers {
             if let Some(&slot) = by_name.get(name.as_str()) {
                 plan.indexes.insert(name.clone(), slot);
-                used[slot as usize] = true;
             }
         }
+        plan.freed = current
+            .iter()
+            .filter(|(_, n)| !plan.indexes.contains_key(*n))
+            .map(|(i, _)| *i)
+            .collect();
+        let mut leavers = plan.freed.iter().copied();
         let mut next = 1usize;
         for name in peers {
             if plan.indexes.contains_key(name) {
@@ -119,36 +135,29 @@ impl Maps {
             while next < used.len() && used[next] {
                 next += 1;
             }
-            if next >= used.len() {
-                return Err(DataplaneError::Full {
+            let slot = if next < used.len() {
+                used[next] = true;
+                next as u32
+            } else {
+                leavers.next().ok_or(DataplaneError::Full {
                     name: names::PEER_COUNTERS,
                     needed: peers.len(),
                     capacity: capacity - 1,
-                });
-            }
-            used[next] = true;
-            plan.indexes.insert(name.clone(), next as u32);
-            plan.fresh.push(next as u32);
+                })?
+            };
+            plan.indexes.insert(name.clone(), slot);
+            plan.fresh.push(slot);
         }
-        plan.freed = current
-            .iter()
-            .filter(|(_, n)| !plan.indexes.contains_key(*n))
-            .map(|(i, _)| *i)
-            .collect();
         Ok(plan)
     }
 
-    /// Records the plan: fresh indexes get zeroed counters and their owner.
+    /// Records the plan before the switch: fresh indexes get zeroed
+    /// counters and their owner ([`Maps::release_counter_indexes`] after).
     pub fn commit_counter_indexes(
         &mut self,
         plan: &CounterIndexPlan,
     ) -> Result<(), DataplaneError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Layout(e.to_string()))?;
-        for &slot in &plan.freed {
-            self.peer_names
-                .set(slot, PeerName::default(), 0)
-                .map_err(map_err(names::PEER_NAMES))?;
-        }
         for (name, &slot) in &plan.indexes {
             if !plan.fresh.contains(&slot) {
                 continue;
@@ -162,6 +171,21 @@ impl Maps {
                 .ok_or_else(|| DataplaneError::Layout(format!("peer name `{name}` too long")))?;
             self.peer_names
                 .set(slot, encoded, 0)
+                .map_err(map_err(names::PEER_NAMES))?;
+        }
+        Ok(())
+    }
+
+    /// After the switch: the slots of peers that left lose their owner
+    /// (free for a later apply). A slot given to a newcomer meanwhile (the
+    /// map was full) keeps its new owner.
+    pub fn release_counter_indexes(
+        &mut self,
+        plan: &CounterIndexPlan,
+    ) -> Result<(), DataplaneError> {
+        for &slot in plan.freed.iter().filter(|s| !plan.fresh.contains(s)) {
+            self.peer_names
+                .set(slot, PeerName::default(), 0)
                 .map_err(map_err(names::PEER_NAMES))?;
         }
         Ok(())

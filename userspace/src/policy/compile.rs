@@ -46,6 +46,8 @@ pub enum CompileError {
     PeerIndex { peer: String, index: u32, max: u32 },
     #[error("protocol {proto}: more than {max} distinct port classes")]
     TooManyPortClasses { proto: String, max: usize },
+    #[error("{count} peers: the data plane holds at most {max} (one counter index each)")]
+    TooManyPeers { count: usize, max: usize },
     #[error("too many identities ({0})")]
     TooManyIdentities(usize),
 }
@@ -561,6 +563,14 @@ fn validate(policy: &Policy, max_peers: u32) -> Result<(), CompileError> {
         }
     }
     check_mapped("gateway addresses", &policy.local)?;
+    // Index 0 means "no peer".
+    let most = max_peers.saturating_sub(1) as usize;
+    if policy.peers.len() > most {
+        return Err(CompileError::TooManyPeers {
+            count: policy.peers.len(),
+            max: most,
+        });
+    }
     let mut claimed: Vec<(Atom, &str, &IpNet)> = Vec::new();
     for peer in &policy.peers {
         if peer.index == 0 || peer.index >= max_peers {
