@@ -275,7 +275,8 @@ pub fn monitor(iface: &str) -> Result<BufReader<UnixStream>, ControlError> {
 }
 
 /// The interface whose daemon to ask: `iface` if given, else the only
-/// daemon running.
+/// daemon running (a socket left by a killed daemon does not count: only
+/// sockets that answer do).
 pub fn find_daemon(iface: Option<&str>) -> Result<String, ControlError> {
     if let Some(i) = iface {
         return Ok(i.to_string());
@@ -287,6 +288,7 @@ pub fn find_daemon(iface: Option<&str>) -> Result<String, ControlError> {
                     let name = e.file_name().to_string_lossy().into_owned();
                     name.strip_suffix(".sock").map(str::to_string)
                 })
+                .filter(|i| UnixStream::connect(socket_path(i)).is_ok())
                 .collect()
         })
         .unwrap_or_default();
