@@ -425,7 +425,10 @@ pub struct FragKey {
     /// IPv4 identification (16 bits) or IPv6 fragment identification.
     pub id: u32,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Integers, not an array: the programs write them one by one (an
+    // array of 3 becomes a memset call, a BPF function of its own).
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 /// The verdict of a datagram's first fragment, for its later fragments.
@@ -443,26 +446,30 @@ pub struct FragValue {
     /// starting before their end overlaps it (and could rewrite its ports).
     pub first_len: u16,
     pub severity: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    pub _pad2: u32,
 }
 
 /// The fragment facts of the packet being judged (per CPU, one entry):
 /// the parser writes them, the verdict's recording and a later fragment's
 /// lookup read them. Kept in a map rather than in the program's state so
-/// that first fragments and whole packets are one path to the verifier.
+/// that first fragments and whole packets are one path to the verifier;
+/// the table's key and value are built here too, not on the BPF stack
+/// (the deepest call chain is at Linux 6.1's 512 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragPending {
+    /// The datagram's key; the parser writes the identification (IPv4: 16
+    /// bits), the rest is filled where the table is used.
+    pub key: FragKey,
+    /// The verdict being recorded.
+    pub value: FragValue,
     /// Non-zero for a first fragment (IPv4 MF, IPv6 M, offset 0).
     pub more: u32,
-    /// The datagram's identification (IPv4: 16 bits).
-    pub id: u32,
     /// A first fragment: the bytes of the datagram it carries (from the
     /// end of the IP header, or of the IPv6 fragment header, on); a later
     /// fragment: its offset in bytes.
     pub len: u32,
-    /// The first fragment's verdict's severity, once known.
-    pub severity: u32,
 }
 
 /// A peer's budget of new flows (token bucket, in thousandths of a flow).
@@ -683,7 +690,7 @@ mod tests {
         assert_eq!(size_of::<FlowConfig>(), 56);
         assert_eq!(size_of::<FragKey>(), 40);
         assert_eq!(size_of::<FragValue>(), 32);
-        assert_eq!(size_of::<FragPending>(), 16);
+        assert_eq!(size_of::<FragPending>(), 80);
         assert_eq!(size_of::<DenyKey>(), 24);
         assert_eq!(size_of::<DenyEvent>(), 8 + 32 + 8 + 4 + 4);
         assert_eq!(size_of::<PeerCounters>(), 2 * 6 * 8);

@@ -626,30 +626,33 @@ fn first_fragment(frag: *mut FragPending, pkt: &Packet, version: u32, verdict: u
     // Tested as read back from the map: a test of the argument would make
     // the verifier track the verdict exactly on every path to here, and
     // explore about a third more of the program.
-    frag.severity = (verdict >> 32) as u32;
-    if unsafe { core::ptr::read_volatile(&frag.severity) } == severity::DENY as u32 {
+    let v = &mut frag.value;
+    v.severity = (verdict >> 32) as u8;
+    if unsafe { core::ptr::read_volatile(&v.severity) } == severity::DENY {
         return;
     }
-    let key = FragKey {
-        src: pkt.src,
-        dst: pkt.dst,
-        id: frag.id,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    };
-    let value = FragValue {
-        expires_ns: unsafe { bpf_ktime_get_ns() } + flow_config!(fragment_ns),
-        version,
-        rule: verdict as u32,
-        src_peer: (peers >> 32) as u32,
-        dst_peer: peers as u32,
-        first_len: frag.len as u16,
-        severity: (verdict >> 32) as u8,
-        _pad: [0; 5],
-    };
-    if FRAGS.insert(&key, &value, 0).is_ok() {
+    v.expires_ns = unsafe { bpf_ktime_get_ns() } + flow_config!(fragment_ns);
+    v.version = version;
+    v.rule = verdict as u32;
+    v.src_peer = (peers >> 32) as u32;
+    v.dst_peer = peers as u32;
+    v.first_len = frag.len as u16;
+    v._pad = 0;
+    v._pad2 = 0;
+    fill_key(&mut frag.key, pkt);
+    if FRAGS.insert(&frag.key, &frag.value, 0).is_ok() {
         bump_stat(stat::FRAGMENTS_TRACKED);
     }
+}
+
+/// The datagram's key, its identification written by the parser.
+#[inline(always)]
+fn fill_key(key: &mut FragKey, pkt: &Packet) {
+    key.src = pkt.src;
+    key.dst = pkt.dst;
+    key.proto = pkt.proto;
+    key._pad = 0;
+    key._pad2 = 0;
 }
 
 /// A later fragment: its first fragment's verdict, if that was seen lately
@@ -662,14 +665,8 @@ fn later_fragment(pkt: &Packet, frag: *mut FragPending, dir: usize, version: u32
     let frag = unsafe { &mut *frag };
     // A middle fragment's MF (IPv4): it is no first fragment.
     frag.more = 0;
-    let key = FragKey {
-        src: pkt.src,
-        dst: pkt.dst,
-        id: frag.id,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    };
-    let Some(entry) = (unsafe { FRAGS.get(&key) }) else {
+    fill_key(&mut frag.key, pkt);
+    let Some(entry) = (unsafe { FRAGS.get(&frag.key) }) else {
         return FIRST_NOT_SEEN;
     };
     if entry.version != version || unsafe { bpf_ktime_get_ns() } > entry.expires_ns {

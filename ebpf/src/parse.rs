@@ -147,7 +147,7 @@ fn parse_v4(
     // Stored whatever they are: no branch on them here (see FragPending).
     unsafe {
         (*frag).more = (field & 0x2000) as u32;
-        (*frag).id = h.be16(4) as u32;
+        (*frag).key.id = h.be16(4) as u32;
         (*frag).len = (total - ihl) as u32;
     }
     let mut p = Packet {
@@ -340,7 +340,7 @@ fn parse_v6(
                     return Err(Malformed);
                 }
                 unsafe {
-                    (*frag).id = ((e.be16(4) as u32) << 16) | e.be16(6) as u32;
+                    (*frag).key.id = ((e.be16(4) as u32) << 16) | e.be16(6) as u32;
                     (*frag).len = (end - off) as u32;
                 }
                 if field >> 3 != 0 {
