@@ -113,6 +113,7 @@ pub fn to_meta(p: &Parsed) -> PacketMeta {
         dst: p.dst,
         proto: p.proto,
         fragment: p.fragment,
+        frag: p.frag,
         sport: p.sport,
         dport: p.dport,
         icmp_type: p.icmp_type,
@@ -132,10 +133,13 @@ fn l4_offset(ip: &[u8]) -> Option<usize> {
         return Some(((ip[0] & 0x0f) as usize) * 4);
     }
     let (mut nh, mut off) = (*ip.get(6)?, 40);
-    for _ in 0..6 {
+    // Six extension headers at most, then the L4 header.
+    for _ in 0..=6 {
         match nh {
             0 | 43 | 60 => (nh, off) = (*ip.get(off)?, off + (*ip.get(off + 1)? as usize + 1) * 8),
             51 => (nh, off) = (*ip.get(off)?, off + (*ip.get(off + 1)? as usize + 2) * 4),
+            // A first fragment's (the only kind whose L4 header is read).
+            44 => (nh, off) = (*ip.get(off)?, off + 8),
             _ => return Some(off),
         }
     }

@@ -9,13 +9,17 @@
 //! The parse rules mirrored here, in short: Ethernet (14 bytes) + IP; IPv4 needs
 //! 20 bytes, ihl >= 20, ihl <= total <= avail; IPv6 needs 40 bytes and
 //! 0 < payload, 40 + payload <= avail, then walks at most 6 extension headers
-//! (0/43/60: (len+1)*8, 51: (len+2)*4, 44: 8, a later fragment stops the walk);
-//! L4 ports/ICMP fields are read only for non-fragments, with minimum sizes
-//! TCP 20, UDP 8, SCTP 12, ICMP/ICMPv6 8; ICMP only in IPv4 and ICMPv6 only
-//! in IPv6 (the other combinations are protocols without fields).
+//! (0/43/60: (len+1)*8, 51: (len+2)*4, 44: 8, a fragment header stops the
+//! walk, and one with offset 0 followed by another extension header is
+//! malformed); L4 ports/ICMP fields are read for whole packets and first
+//! fragments alike, with minimum sizes TCP 20, UDP 8, SCTP 12, ICMP/ICMPv6
+//! 8; ICMP only in IPv4 and ICMPv6 only in IPv6 (the other combinations are
+//! protocols without fields). A later fragment starting inside its
+//! protocol's smallest header (TCP 20, SCTP 12 bytes) is malformed.
 
 use rand::Rng;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+pub use wgbpf::policy::reference::Fragment;
 
 /// What the data plane extracts from a well-formed packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +28,11 @@ pub struct Parsed {
     pub dst: IpAddr,
     /// Final L4 protocol (after IPv6 extension headers).
     pub proto: u8,
+    /// A later fragment (its ports are unknown).
     pub fragment: bool,
+    /// A first or later fragment: its datagram and place (None for whole
+    /// packets, IPv6 atomic fragments included).
+    pub frag: Option<Fragment>,
     /// TCP/UDP/SCTP only (and only for non-fragments), else 0.
     pub sport: u16,
     pub dport: u16,
@@ -100,6 +108,8 @@ struct Ext {
     more: bool,
     /// Routing header only: routing type and segments left.
     route: (u8, u8),
+    /// Fragment header only: the identification.
+    frag_id: u32,
 }
 
 impl Ext {
@@ -118,7 +128,7 @@ impl Ext {
             44 => {
                 let field = (self.frag_offset << 3) | u16::from(self.more);
                 b[2..4].copy_from_slice(&field.to_be_bytes());
-                b[4..8].copy_from_slice(&0x0bad_f00du32.to_be_bytes());
+                b[4..8].copy_from_slice(&self.frag_id.to_be_bytes());
             }
             51 => {
                 b[1] = self.len_byte;
@@ -170,6 +180,8 @@ pub struct Packet {
     option_bytes: Vec<u8>,
     exts: Vec<Ext>,
     frag_field: u16,
+    /// IPv4 identification; IPv6 fragment headers carry their own.
+    v4_id: u16,
     version: Option<u8>,
     ihl: Option<u8>,
     len_field: Option<u16>,
@@ -193,6 +205,7 @@ impl Packet {
             option_bytes: Vec::new(),
             exts: Vec::new(),
             frag_field: 0,
+            v4_id: 0x1234,
             version: None,
             ihl: None,
             len_field: None,
@@ -352,6 +365,7 @@ impl Packet {
             frag_offset: 0,
             more,
             route: (0, 0),
+            frag_id: V6_FRAG_ID,
         });
         self.note(format!("x{kind}/{len_byte}"))
     }
@@ -375,10 +389,23 @@ impl Packet {
                 frag_offset: offset,
                 more,
                 route: (0, 0),
+                frag_id: V6_FRAG_ID,
             };
             self.exts.push(e);
         }
         self.note(format!("frag@{offset}{}", if more { "+M" } else { "" }))
+    }
+
+    /// The datagram identification: the IPv4 header's (16 bits), or the
+    /// last IPv6 fragment header's.
+    pub fn with_frag_id(mut self, id: u32) -> Packet {
+        if self.is_v4() {
+            self.v4_id = u16::try_from(id).expect("IPv4 identifications are 16 bits");
+        } else {
+            let e = self.exts.iter_mut().rev().find(|e| e.kind == 44);
+            e.expect("no fragment header").frag_id = id;
+        }
+        self.note(format!("id={id:#x}"))
     }
 
     /// Raw IPv4 flags + fragment offset field (e.g. 0x4000 = DF only, which
@@ -526,7 +553,7 @@ impl Packet {
         let mut h = vec![0u8; V4_HDR];
         h[0] = (self.version_value() << 4) | (self.ihl_value() & 0xf);
         h[2..4].copy_from_slice(&(self.len_value() as u16).to_be_bytes());
-        h[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        h[4..6].copy_from_slice(&self.v4_id.to_be_bytes());
         h[6..8].copy_from_slice(&self.frag_field.to_be_bytes());
         h[8] = 64;
         h[9] = self.proto;
@@ -630,6 +657,7 @@ impl Packet {
             dst: self.dst,
             proto: self.proto,
             fragment: false,
+            frag: None,
             sport: 0,
             dport: 0,
             icmp_type: 0,
@@ -643,7 +671,7 @@ impl Packet {
         }
     }
 
-    fn expected_v4(&self, frame: &[u8], avail: usize, mut p: Parsed) -> Expected {
+    fn expected_v4(&self, frame: &[u8], avail: usize, p: Parsed) -> Expected {
         let ihl = self.ihl_value() as usize * 4;
         let total = self.len_value();
         if ihl < V4_HDR || total < ihl || total > avail {
@@ -652,11 +680,17 @@ impl Packet {
         if !v4_options_acceptable(&frame[ETH_LEN + V4_HDR..ETH_LEN + ihl.min(avail)]) {
             return Expected::Malformed;
         }
-        p.fragment = self.frag_field & 0x3fff != 0;
-        if p.fragment {
-            return Expected::Packet(p);
+        let (offset, more) = (self.frag_field & 0x1fff, self.frag_field & 0x2000 != 0);
+        let id = u32::from(self.v4_id);
+        if offset != 0 {
+            return later_fragment(p, id, usize::from(offset) * 8);
         }
-        l4_fields(frame, ihl, total - ihl, p)
+        let first = more.then_some(Fragment {
+            id,
+            first: true,
+            len: (total - ihl) as u32,
+        });
+        with_frag(l4_fields(frame, ihl, total - ihl, p), first)
     }
 
     fn expected_v6(&self, frame: &[u8], avail: usize, mut p: Parsed) -> Expected {
@@ -665,26 +699,41 @@ impl Packet {
             return Expected::Malformed;
         }
         let end = V6_HDR + payload;
-        let Some((off, consumed, fragment)) = self.walk_exts(avail, end) else {
+        let Some((off, consumed, frag)) = self.walk_exts(avail, end) else {
             return Expected::Malformed;
         };
         p.proto = self.exts.get(consumed).map_or(self.proto, |e| e.kind);
-        p.fragment = fragment;
-        if fragment {
-            return Expected::Packet(p);
+        match frag {
+            Some(f) if f.frag_offset != 0 => {
+                later_fragment(p, f.frag_id, usize::from(f.frag_offset) * 8)
+            }
+            Some(f) => {
+                // M clear: an atomic fragment, a whole packet (RFC 6946).
+                let first = f.more.then_some(Fragment {
+                    id: f.frag_id,
+                    first: true,
+                    len: (end - off) as u32,
+                });
+                with_frag(l4_fields(frame, off, end - off, p), first)
+            }
+            None => l4_fields(frame, off, end - off, p),
         }
-        l4_fields(frame, off, end - off, p)
     }
 
     /// Walks the model's extension chain like the program walks the bytes:
-    /// returns (L4 offset, headers consumed, fragment) or None if Malformed.
-    fn walk_exts(&self, avail: usize, end: usize) -> Option<(usize, usize, bool)> {
-        let (mut off, mut fragment) = (V6_HDR, false);
+    /// returns (L4 offset, headers consumed, the fragment header that ended
+    /// the walk) or None if Malformed.
+    fn walk_exts(&self, avail: usize, end: usize) -> Option<(usize, usize, Option<Ext>)> {
+        let mut off = V6_HDR;
         for i in 0..MAX_V6_EXT {
             let Some(e) = self.exts.get(i) else {
-                return Some((off, i, fragment)); // L4 proto: stop
+                return Some((off, i, None)); // L4 proto: stop
             };
-            let need = if e.kind == 44 || e.kind == 43 { 4 } else { 2 };
+            let need = match e.kind {
+                44 => 8,
+                43 => 4,
+                _ => 2,
+            };
             if off + need > avail {
                 return None;
             }
@@ -693,12 +742,15 @@ impl Packet {
                 return None;
             }
             off += e.size();
-            fragment |= e.kind == 44;
             if off > end {
                 return None;
             }
-            if e.kind == 44 && e.frag_offset != 0 {
-                return Some((off, i + 1, true)); // later fragment: stop
+            if e.kind == 44 {
+                let next_is_ext = self.exts.get(i + 1).is_some();
+                if e.frag_offset == 0 && next_is_ext {
+                    return None; // headers after a first fragment's
+                }
+                return Some((off, i + 1, Some(*e)));
             }
         }
         None // six headers consumed without reaching the end of the chain
@@ -764,6 +816,36 @@ fn random_v4_options(rng: &mut impl Rng) -> Vec<u8> {
 
 /// IPv4 options the program checks per header at most (ebpf/src/parse.rs).
 pub const V4_OPTION_ROUNDS: usize = 8;
+
+/// The identification the builder gives IPv6 fragment headers.
+const V6_FRAG_ID: u32 = 0x0bad_f00d;
+
+/// A later fragment at byte `offset`: malformed inside its protocol's
+/// smallest header (TCP 20, SCTP 12 bytes), else ports unknown.
+fn later_fragment(mut p: Parsed, id: u32, offset: usize) -> Expected {
+    let min = match p.proto {
+        PROTO_TCP => 20,
+        PROTO_SCTP => 12,
+        _ => 0,
+    };
+    if offset < min {
+        return Expected::Malformed;
+    }
+    p.fragment = true;
+    p.frag = Some(Fragment {
+        id,
+        first: false,
+        len: offset as u32,
+    });
+    Expected::Packet(p)
+}
+
+fn with_frag(e: Expected, frag: Option<Fragment>) -> Expected {
+    match e {
+        Expected::Packet(p) => Expected::Packet(Parsed { frag, ..p }),
+        m => m,
+    }
+}
 
 /// L4 fields at IP offset `off` with `room` bytes left of the IP packet.
 /// ICMP of the other family (1 in IPv6, 58 in IPv4) is not ICMP: no fields.

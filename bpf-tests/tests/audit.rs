@@ -172,8 +172,10 @@ fn plain_deny_wins_over_audited_deny() {
     }
 }
 
-/// A fragment matches a port-specific audited deny of its protocol (its
-/// port is unknown): it passes, audited, logged under port 0.
+/// A later fragment whose first fragment was not seen matches a
+/// port-specific audited deny of its protocol (its port is unknown): it
+/// passes, audited, logged under port 0. A first fragment is judged by its
+/// port (80 here: allowed).
 #[test]
 fn fragment_against_port_specific_audited_deny() {
     for f in FAMS {
@@ -184,20 +186,19 @@ fn fragment_against_port_specific_audited_deny() {
         let (p1, gw) = (f.peer(1), f.gw());
         let (_, l1) = b.send(
             IN,
-            severity::AUDIT,
+            severity::ALLOW,
             Packet::tcp(p1, gw, 40000, 80).as_fragment(true),
         );
         let (_, l2) = b.send(
             IN,
             severity::AUDIT,
-            Packet::tcp(p1, gw, 40000, 80).as_fragment(false),
+            Packet::tcp(p1, gw, 40000, 80)
+                .as_fragment(false)
+                .with_frag_id(0x4242),
         );
         let (_, l3) = b.send(IN, severity::ALLOW, Packet::tcp(p1, gw, 40000, 80));
-        assert_eq!(b.peer(1), ingress(totals((1, l3), (0, 0), (2, l1 + l2))));
-        assert_eq!(
-            b.denies(),
-            [((gw, 1, PROTO_TCP, 0, true), (2, l1 + l2))].into()
-        );
+        assert_eq!(b.peer(1), ingress(totals((2, l1 + l3), (0, 0), (1, l2))));
+        assert_eq!(b.denies(), [((gw, 1, PROTO_TCP, 0, true), (1, l2))].into());
         assert_eq!(b.h.dp.maps.stats().unwrap().fragments, 2);
     }
 }

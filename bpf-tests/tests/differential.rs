@@ -1,6 +1,7 @@
 //! The kernel against the reference evaluator: random policies, thousands
-//! of random, edge-case and malformed packets plus replies to earlier ones,
-//! through the real programs with BPF_PROG_TEST_RUN. Every verdict, every
+//! of random, edge-case and malformed packets plus replies to earlier ones
+//! and fragments of them (first fragments, later fragments after them,
+//! overlapping ones), through the real programs with BPF_PROG_TEST_RUN. Every verdict, every
 //! per-peer counter and every deny-map entry must agree with the model.
 
 use std::{collections::HashMap, net::IpAddr};
@@ -101,6 +102,39 @@ fn error_about(rng: &mut impl Rng, m: &PacketMeta, gw: &[IpAddr], pools: &Pools)
     Some(Packet::raw_l4(from, to, proto, l4).build())
 }
 
+/// The first fragment of a packet like `m`, as datagram `id`.
+fn first_fragment(m: &PacketMeta, id: u32) -> Option<Frame> {
+    Some(
+        rebuild(m)?
+            .with_payload(FRAG_PAYLOAD)
+            .as_fragment_at(0, true)
+            .with_frag_id(id)
+            .build(),
+    )
+}
+
+/// Payload of first fragments; their later fragments start at or after
+/// `LATER_AT` (8-byte units), or overlap them now and then.
+const FRAG_PAYLOAD: usize = 96;
+const LATER_AT: u16 = 15;
+
+/// A later fragment of datagram `id` of a packet like `m`: mostly right
+/// after its first fragment, sometimes further, sometimes overlapping it.
+fn later_fragment(rng: &mut impl Rng, m: &PacketMeta, id: u32) -> Option<Frame> {
+    let offset = match rng.gen_range(0..10) {
+        0 => rng.gen_range(1..LATER_AT),
+        1 => rng.gen_range(LATER_AT..8192),
+        _ => LATER_AT,
+    };
+    Some(
+        rebuild(m)?
+            .with_payload(32)
+            .as_fragment_at(offset, rng.gen())
+            .with_frag_id(id)
+            .build(),
+    )
+}
+
 fn random_frame_addr(rng: &mut impl Rng, pools: &Pools, v4: bool) -> IpAddr {
     if v4 {
         IpAddr::V4(pools.v4[rng.gen_range(0..pools.v4.len())])
@@ -139,8 +173,10 @@ fn kernel_agrees_with_reference_on_random_traffic() {
     // The model has no flow budget: none in the kernel either (the budget
     // is tested in flow_table.rs).
     let mut h = Harness::with_options(LoadOptions {
+        // Nor lifetimes for fragments: they must outlive the run.
         flows: FlowConfig {
             new_per_second: 0,
+            fragment_ns: 3600 * 1_000_000_000,
             ..FlowConfig::DEFAULT
         },
         ..Default::default()
@@ -155,6 +191,9 @@ fn kernel_agrees_with_reference_on_random_traffic() {
     let mut passed: Vec<PacketMeta> = Vec::new();
     let (mut total, mut malformed, mut flow_decided, mut denied) = (0, 0, 0, 0);
     let mut related = 0;
+    // First fragments sent (passed or not), with their identification.
+    let mut firsts: Vec<(PacketMeta, u32)> = Vec::new();
+    let (mut frag_matched, mut frag_overlaps) = (0, 0);
 
     for round in 0..10 {
         if round > 0 {
@@ -180,6 +219,19 @@ fn kernel_agrees_with_reference_on_random_traffic() {
                     match rng.gen_range(0..100) {
                         0..25 => reply_to(&mut rng, &m),
                         25..33 => error_about(&mut rng, &m, &gw, &pools),
+                        38..44 => {
+                            // Few ids, so that datagrams meet.
+                            let id = rng.gen_range(1..6);
+                            let f = first_fragment(&m, id);
+                            if f.is_some() {
+                                firsts.push((m.clone(), id));
+                            }
+                            f
+                        }
+                        44..52 if !firsts.is_empty() => {
+                            let (m, id) = firsts[rng.gen_range(0..firsts.len())].clone();
+                            later_fragment(&mut rng, &m, id)
+                        }
                         33..38 => rebuild(&m).map(|p| {
                             let p = match m.proto {
                                 PROTO_TCP => Packet::tcp_flags(
@@ -221,12 +273,23 @@ fn kernel_agrees_with_reference_on_random_traffic() {
                 continue;
             };
             let out = model.packet(&m);
+            if out.malformed {
+                // A later fragment overlapping its first fragment.
+                frag_overlaps += 1;
+                malformed += 1;
+                assert_eq!(got, DROP, "overlapping fragment: {} {m:?}", frame.label);
+                continue;
+            }
+            if out.from_flow && m.fragment {
+                frag_matched += 1;
+            }
             let want = if out.verdict.passes() { PASS } else { DROP };
             assert_eq!(
                 got,
                 want,
-                "round {round}, {}: {m:?}\nmodel: {out:?}\npolicy: {:#?}",
+                "round {round}, {}: {m:?}\nmodel: {out:?}\nkernel: {:?}\npolicy: {:#?}",
                 frame.label,
+                h.dp.maps.stats(),
                 model.policy()
             );
             let len = match &frame.expected {
@@ -275,11 +338,17 @@ fn kernel_agrees_with_reference_on_random_traffic() {
     }
     eprintln!(
         "{total} packets: {malformed} malformed, {denied} denied, {flow_decided} by the flow table, \
-         {related} ICMP errors related to a flow"
+         {related} ICMP errors related to a flow, {frag_matched} later fragments matched to \
+         their first, {frag_overlaps} overlapping it"
     );
     // The run must have exercised every path, or it proves little.
     assert!(
-        malformed > 500 && denied > 1000 && flow_decided > 500 && related > 50,
+        malformed > 500
+            && denied > 1000
+            && flow_decided > 500
+            && related > 50
+            && frag_matched > 100
+            && frag_overlaps > 10,
         "weak mix"
     );
 

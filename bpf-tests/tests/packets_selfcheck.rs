@@ -6,7 +6,7 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use rand::{rngs::StdRng, SeedableRng};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use wgbpf_bpf_tests::packets::{random_frame, Expected, Frame, Packet, Parsed, Pools};
+use wgbpf_bpf_tests::packets::{random_frame, Expected, Fragment, Frame, Packet, Parsed, Pools};
 
 fn v4(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
@@ -43,6 +43,7 @@ fn empty(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Parsed {
         dst,
         proto,
         fragment: false,
+        frag: None,
         sport: 0,
         dport: 0,
         icmp_type: 0,
@@ -65,10 +66,38 @@ fn ref_v4(ip: &[u8]) -> Option<Parsed> {
     }
     let a = |i: usize| IpAddr::V4(Ipv4Addr::new(ip[i], ip[i + 1], ip[i + 2], ip[i + 3]));
     let mut p = empty(a(12), a(16), ip[9], total);
-    p.fragment = be16(ip, 6) & 0x3fff != 0;
-    if !p.fragment {
-        ref_l4(ip, ihl, total - ihl, &mut p)?;
+    let (field, id) = (be16(ip, 6), be16(ip, 4) as u32);
+    if field & 0x1fff != 0 {
+        return ref_later(p, id, (field & 0x1fff) * 8);
     }
+    ref_l4(ip, ihl, total - ihl, &mut p)?;
+    if field & 0x2000 != 0 {
+        p.frag = Some(Fragment {
+            id,
+            first: true,
+            len: (total - ihl) as u32,
+        });
+    }
+    Some(p)
+}
+
+/// A later fragment: malformed if it starts inside the smallest TCP (20)
+/// or SCTP (12) header.
+fn ref_later(mut p: Parsed, id: u32, offset: usize) -> Option<Parsed> {
+    let min = match p.proto {
+        6 => 20,
+        132 => 12,
+        _ => 0,
+    };
+    if offset < min {
+        return None;
+    }
+    p.fragment = true;
+    p.frag = Some(Fragment {
+        id,
+        first: false,
+        len: offset as u32,
+    });
     Some(p)
 }
 
@@ -89,6 +118,8 @@ fn ref_v6(ip: &[u8]) -> Option<Parsed> {
     let mut p = empty(a(8), a(24), 0, end);
     let (mut off, mut nh) = (40, ip[6]);
     let mut stopped = false;
+    // The fragment header that ended the walk: (offset, M, id).
+    let mut frag = None;
     for _ in 0..6 {
         let later;
         match nh {
@@ -108,13 +139,23 @@ fn ref_v6(ip: &[u8]) -> Option<Parsed> {
                 later = false;
             }
             44 => {
-                if off + 4 > ip.len() {
+                if off + 8 > ip.len() {
                     return None;
                 }
-                later = be16(ip, off + 2) >> 3 != 0;
+                let field = be16(ip, off + 2);
+                let id = (be16(ip, off + 4) << 16 | be16(ip, off + 6)) as u32;
+                frag = Some((field >> 3, field & 1 != 0, id));
                 nh = ip[off];
                 off += 8;
-                p.fragment = true;
+                if off > end {
+                    return None;
+                }
+                // Headers after a first fragment's fragment header: malformed.
+                if field >> 3 == 0 && matches!(nh, 0 | 43 | 44 | 51 | 60) {
+                    return None;
+                }
+                stopped = true;
+                break;
             }
             _ => {
                 stopped = true;
@@ -133,10 +174,22 @@ fn ref_v6(ip: &[u8]) -> Option<Parsed> {
         return None;
     }
     p.proto = nh;
-    if !p.fragment {
-        ref_l4(ip, off, end - off, &mut p)?;
+    match frag {
+        Some((offset, _, id)) if offset != 0 => ref_later(p, id, offset * 8),
+        Some((_, more, id)) => {
+            ref_l4(ip, off, end - off, &mut p)?;
+            p.frag = more.then_some(Fragment {
+                id,
+                first: true,
+                len: (end - off) as u32,
+            });
+            Some(p)
+        }
+        None => {
+            ref_l4(ip, off, end - off, &mut p)?;
+            Some(p)
+        }
     }
-    Some(p)
 }
 
 fn ref_l4(ip: &[u8], off: usize, room: usize, p: &mut Parsed) -> Option<()> {
@@ -227,6 +280,17 @@ fn etherparse_view(frame: &[u8]) -> Parsed {
     p
 }
 
+/// What etherparse reads of a fragment: no L4 header (not even a first
+/// fragment's), no identification.
+fn etherparse_shape(p: &Parsed) -> Parsed {
+    let mut p = p.clone();
+    if p.frag.take().is_some() {
+        p.fragment = true;
+        (p.sport, p.dport, p.icmp_type, p.icmp_id) = (0, 0, 0, 0);
+    }
+    p
+}
+
 fn well_formed() -> Vec<Packet> {
     let mut out = Vec::new();
     for (s, d) in [(v4(1), v4(2)), (v6(1), v6(2))] {
@@ -274,7 +338,12 @@ fn well_formed_packets_match_etherparse() {
         let Expected::Packet(exp) = &f.expected else {
             panic!("{}: expected a parsed packet, got Malformed", f.label);
         };
-        assert_eq!(&etherparse_view(&f.bytes), exp, "{}", f.label);
+        assert_eq!(
+            etherparse_view(&f.bytes),
+            etherparse_shape(exp),
+            "{}",
+            f.label
+        );
         assert_eq!(reference(&f.bytes), f.expected, "{}", f.label);
     }
 }
@@ -346,22 +415,50 @@ fn edge_case_table() {
     m(Packet::raw_l4(a, b, 132, vec![0; 11]));
     m(Packet::raw_l4(a, b, 1, vec![8, 0, 0, 0, 0, 1, 0]));
     ok(Packet::raw_l4(a, b, 47, vec![]));
-    // Fragments: no L4 parsing, even when the L4 header is missing.
+    // Later fragments: no L4 parsing, even when the L4 header is missing.
     let later = ok(Packet::tcp(a, b, 1, 2).as_fragment(false));
     assert!(parsed(&later).fragment && parsed(&later).sport == 0);
     let later6 = ok(Packet::raw_l4(x, y, 6, vec![]).as_fragment(false));
     assert_eq!((parsed(&later6).proto, parsed(&later6).sport), (6, 0));
+    let later_at = |f: &Frame| parsed(f).frag.map(|f| (f.first, f.len, f.id));
+    assert_eq!(later_at(&later), Some((false, 1480, 0x1234)));
+    assert_eq!(later_at(&later6), Some((false, 1480, 0x0bad_f00d)));
+    // ... unless they start inside the smallest TCP or SCTP header
+    // (RFC 1858): a UDP one may start at 8 bytes.
+    m(Packet::tcp(a, b, 1, 2).as_fragment_at(2, false));
+    m(Packet::tcp(x, y, 1, 2).as_fragment_at(1, true));
+    m(Packet::sctp(a, b, 1, 2).as_fragment_at(1, false));
+    ok(Packet::tcp(a, b, 1, 2).as_fragment_at(3, false));
+    ok(Packet::udp(x, y, 1, 2).as_fragment_at(1, false));
+    // First fragments are parsed as whole packets, short L4 headers
+    // (a tiny first fragment) included.
     let first6 = ok(Packet::udp(x, y, 1, 2)
         .with_ipv6_ext_headers(&[0])
-        .as_fragment(true));
+        .as_fragment(true)
+        .with_frag_id(77));
     assert_eq!(
         (
             parsed(&first6).proto,
             parsed(&first6).fragment,
-            parsed(&first6).dport
+            parsed(&first6).dport,
+            later_at(&first6)
         ),
-        (17, true, 0)
+        (17, false, 2, Some((true, 8, 77)))
     );
+    let first4 = ok(Packet::tcp(a, b, 1, 2).with_payload(100).as_fragment(true));
+    assert_eq!(
+        (parsed(&first4).dport, later_at(&first4)),
+        (2, Some((true, 120, 0x1234)))
+    );
+    m(Packet::raw_l4(a, b, 6, vec![0, 1, 0, 2, 0, 0, 0, 0]).as_fragment(true));
+    m(Packet::raw_l4(x, y, 17, vec![0, 1, 0, 2]).as_fragment(true));
+    // An IPv6 first fragment with headers after its fragment header is
+    // malformed; an atomic fragment (offset 0, M clear) is a whole packet.
+    m(Packet::udp(x, y, 1, 2)
+        .as_fragment(true)
+        .with_ipv6_ext_headers(&[60]));
+    let atomic = ok(Packet::udp(x, y, 1, 2).as_fragment_at(0, false));
+    assert_eq!((parsed(&atomic).dport, parsed(&atomic).frag), (2, None));
     assert!(!parsed(&ok(Packet::tcp(a, b, 1, 2).with_ipv4_frag_field(0x4000))).fragment);
     // IPv6 payload length and extension chains.
     m(Packet::tcp(x, y, 1, 2).with_len_field(0));
@@ -507,12 +604,13 @@ fn cross_check_if_clean(f: &Frame) -> usize {
         return 0;
     }
     let got = etherparse_view(&f.bytes);
-    let mut exp = exp.clone();
+    let mut exp = etherparse_shape(exp);
     if exp.proto == 132 {
         (exp.sport, exp.dport) = (0, 0); // etherparse does not decode SCTP
     }
-    // etherparse treats an atomic v6 fragment header (offset 0, M=0) as no fragmentation.
-    if exp.fragment && !got.fragment && exp.src.is_ipv6() {
+    // An atomic v6 fragment header (offset 0, M=0) is no fragmentation to
+    // either, but etherparse reads no L4 header after it.
+    if got.fragment != exp.fragment {
         return 0;
     }
     assert_eq!(got, exp, "{}: {:02x?}", f.label, f.bytes);

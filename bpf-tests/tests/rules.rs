@@ -540,17 +540,20 @@ fn family_wildcard_prefixes_do_not_cross_families() {
     }
 }
 
-/// Fragments carry no trustworthy ports: they match port-wildcard rules
-/// only, and any port-specific deny of their protocol drops them.
+/// Later fragments whose first fragment was not seen carry no trustworthy
+/// ports: they match port-wildcard rules only, and any port-specific deny
+/// of their protocol drops them. A first fragment is judged by its ports,
+/// as a whole packet is (its datagram's later fragments then follow it:
+/// `fragments.rs`; here they never share its identification).
 #[test]
 fn fragments() {
+    let later = |p: Packet| p.as_fragment(false).with_frag_id(0x4242);
     let frags = |b: &Bench, s: IpAddr, d: IpAddr, want: Want| {
-        b.expect(want, b.tcp(s, d, 22).as_fragment(true));
-        b.expect(want, b.tcp(s, d, 22).as_fragment(false));
-        b.expect(want, b.tcp(s, d, 9999).as_fragment(false));
+        b.expect(want, later(b.tcp(s, d, 22)));
+        b.expect(want, later(b.tcp(s, d, 9999)));
     };
-    // A port-wildcard accept lets fragments through; a port-specific accept
-    // does not, though it lets the unfragmented packet through.
+    // A port-wildcard accept lets later fragments through; a port-specific
+    // accept does not, though it lets the first fragment through.
     let b = Bench::new(policy(vec![
         accept(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[]),
         accept(sel_peer(2), sel_gw(), Some(PROTO_TCP), &[(22, 22)]),
@@ -562,16 +565,19 @@ fn fragments() {
         b.expect(Pass, b.tcp(f.peer(1), gw, 22));
         frags(&b, f.peer(2), gw, Drop);
         b.expect(Pass, b.tcp(f.peer(2), gw, 22));
+        b.expect(Pass, b.tcp(f.peer(2), gw, 22).as_fragment(true));
+        b.expect(Drop, b.tcp(f.peer(2), gw, 23).as_fragment(true));
         frags(&b, f.peer(3), gw, Pass);
         b.expect(Pass, b.udp(f.peer(3), gw, 53).as_fragment(true));
-        b.expect(Pass, b.udp(f.peer(3), gw, 53).as_fragment(false));
+        b.expect(Pass, later(b.udp(f.peer(3), gw, 53)));
         // p1's accept is tcp only.
         b.expect(Drop, b.udp(f.peer(1), gw, 53).as_fragment(true));
         frags(&b, f.world(), gw, Drop);
     }
-    // A port-specific deny of the same protocol drops every fragment, even
-    // one whose (untrusted) port is another; a deny of another protocol
-    // does not.
+    // A port-specific deny of the same protocol drops every later
+    // fragment, even one whose (untrusted) port is another; a deny of
+    // another protocol does not. A first fragment meets only the rules of
+    // its port.
     let b = Bench::new(policy(vec![
         accept(sel_peer(1), sel_gw(), None, &[]),
         deny(sel_peer(1), sel_gw(), Some(PROTO_TCP), &[(23, 23)]),
@@ -583,9 +589,12 @@ fn fragments() {
         b.expect(Pass, b.tcp(f.peer(1), gw, 22));
         b.expect(Drop, b.tcp(f.peer(1), gw, 23));
         frags(&b, f.peer(1), gw, Drop);
+        b.expect(Pass, b.tcp(f.peer(1), gw, 22).as_fragment(true));
+        b.expect(Drop, b.tcp(f.peer(1), gw, 23).as_fragment(true));
         b.expect(Pass, b.udp(f.peer(1), gw, 23).as_fragment(true));
         frags(&b, f.peer(2), gw, Pass);
-        b.expect(Drop, b.udp(f.peer(2), gw, 9999).as_fragment(false));
+        b.expect(Drop, later(b.udp(f.peer(2), gw, 9999)));
+        b.expect(Pass, b.udp(f.peer(2), gw, 9999).as_fragment(true));
         b.expect(Pass, b.udp(f.peer(2), gw, 9999));
     }
 }

@@ -30,6 +30,8 @@ macro_rules! for_each_map {
             EVENT_BUCKET = "WGBPF_EVENT_BUCKET",
             EVENT_CONFIG = "WGBPF_EVENT_CONFIG",
             FLOW_BUDGET = "WGBPF_FLOW_BUDGET",
+            FRAGS = "WGBPF_FRAGS",
+            FRAG_PENDING = "WGBPF_FRAG_PENDING",
         }
     };
 }
@@ -75,6 +77,9 @@ pub mod capacity {
     pub const FLOWS: u32 = 1 << 18;
     /// Peers with counters; index 0 is "not a peer".
     pub const PEERS: u32 = 1 << 14;
+    /// Datagrams whose first fragment was seen (LRU: a flood of first
+    /// fragments evicts the oldest entries; see `FlowConfig::fragment_ns`).
+    pub const FRAGS: u32 = 1 << 14;
     /// Distinct (source peer, destination, protocol, port) deny keys (LRU).
     pub const DENIES: u32 = 1 << 16;
     /// Deny event ring buffer, bytes.
@@ -376,6 +381,9 @@ pub struct FlowConfig {
     /// UDP, SCTP, ICMP echo: opened, not yet answered; and answered.
     pub other_opening_ns: u64,
     pub other_established_ns: u64,
+    /// How long a first fragment's verdict waits for the rest of its
+    /// datagram (fragments of one datagram travel back to back).
+    pub fragment_ns: u64,
     /// New flows each peer may open per second (0: no budget) and the
     /// largest burst.
     pub new_per_second: u32,
@@ -384,8 +392,8 @@ pub struct FlowConfig {
 
 impl FlowConfig {
     /// Defaults: TCP 30 s unanswered, 6 h established, 10 s after FIN or
-    /// RST; others 30 s unanswered, 120 s answered; 1,000 new flows per peer
-    /// per second, bursts of 2,000.
+    /// RST; others 30 s unanswered, 120 s answered; a first fragment's
+    /// verdict 2 s; 1,000 new flows per peer per second, bursts of 2,000.
     pub const DEFAULT: FlowConfig = {
         const S: u64 = 1_000_000_000;
         FlowConfig {
@@ -394,6 +402,7 @@ impl FlowConfig {
             tcp_closing_ns: 10 * S,
             other_opening_ns: 30 * S,
             other_established_ns: 120 * S,
+            fragment_ns: 2 * S,
             new_per_second: 1000,
             new_burst: 2000,
         }
@@ -404,6 +413,63 @@ impl Default for FlowConfig {
     fn default() -> Self {
         Self::DEFAULT
     }
+}
+
+/// Key of the fragment table: a datagram as its receiver reassembles it
+/// (RFC 791, RFC 8200): addresses, identification, protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// IPv4 identification (16 bits) or IPv6 fragment identification.
+    pub id: u32,
+    pub proto: u8,
+    // Integers, not an array: the programs write them one by one (an
+    // array of 3 becomes a memset call, a BPF function of its own).
+    pub _pad: u8,
+    pub _pad2: u16,
+}
+
+/// The verdict of a datagram's first fragment, for its later fragments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub expires_ns: u64,
+    /// Policy version of the verdict: another version's is not used.
+    pub version: u32,
+    pub rule: u32,
+    /// Counter slots of the source's and the destination's peers.
+    pub src_peer: u32,
+    pub dst_peer: u32,
+    /// Bytes of the datagram the first fragment carries: a later fragment
+    /// starting before their end overlaps it (and could rewrite its ports).
+    pub first_len: u16,
+    pub severity: u8,
+    pub _pad: u8,
+    pub _pad2: u32,
+}
+
+/// The fragment facts of the packet being judged (per CPU, one entry):
+/// the parser writes them, the verdict's recording and a later fragment's
+/// lookup read them. Kept in a map rather than in the program's state so
+/// that first fragments and whole packets are one path to the verifier;
+/// the table's key and value are built here too, not on the BPF stack
+/// (the deepest call chain is at Linux 6.1's 512 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragPending {
+    /// The datagram's key; the parser writes the identification (IPv4: 16
+    /// bits), the rest is filled where the table is used.
+    pub key: FragKey,
+    /// The verdict being recorded.
+    pub value: FragValue,
+    /// Non-zero for a first fragment (IPv4 MF, IPv6 M, offset 0).
+    pub more: u32,
+    /// A first fragment: the bytes of the datagram it carries (from the
+    /// end of the IP header, or of the IPv6 fragment header, on); a later
+    /// fragment: its offset in bytes.
+    pub len: u32,
 }
 
 /// A peer's budget of new flows (token bucket, in thousandths of a flow).
@@ -477,7 +543,11 @@ pub mod stat {
     /// entry was lost (evicted, expired, or older than the table). The
     /// table-pressure signal: evictions seen.
     pub const FLOW_PICKUPS: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// First fragments whose verdict was recorded for their datagram.
+    pub const FRAGMENTS_TRACKED: u32 = 12;
+    /// Later fragments given their first fragment's verdict.
+    pub const FRAGMENTS_MATCHED: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 /// A deny (or audit) event, sent to userspace through the ring buffer.
@@ -578,6 +648,9 @@ mod pod {
     unsafe impl aya::Pod for FlowConfig {}
     unsafe impl aya::Pod for FlowBucket {}
     unsafe impl aya::Pod for AclProbeKey {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for FragPending {}
 }
 
 #[cfg(test)]
@@ -614,7 +687,10 @@ mod tests {
         assert_eq!(size_of::<PolicyValue>(), 8);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowValue>(), 32);
-        assert_eq!(size_of::<FlowConfig>(), 48);
+        assert_eq!(size_of::<FlowConfig>(), 56);
+        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(size_of::<FragValue>(), 32);
+        assert_eq!(size_of::<FragPending>(), 80);
         assert_eq!(size_of::<DenyKey>(), 24);
         assert_eq!(size_of::<DenyEvent>(), 8 + 32 + 8 + 4 + 4);
         assert_eq!(size_of::<PeerCounters>(), 2 * 6 * 8);

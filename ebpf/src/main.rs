@@ -121,6 +121,17 @@ macro_rules! declare_maps {
         #[map(name = $n)]
         static FLOW_BUDGET: Array<FlowBucket> = Array::with_max_entries(capacity::PEERS, 0);
     };
+    // Shared by both directions: a datagram's fragments are judged alike
+    // on either hook (the key is the datagram's, as its receiver knows it).
+    (@map FRAGS $n:tt) => {
+        #[map(name = $n)]
+        static FRAGS: LruHashMap<FragKey, FragValue> =
+            LruHashMap::with_max_entries(capacity::FRAGS, 0);
+    };
+    (@map FRAG_PENDING $n:tt) => {
+        #[map(name = $n)]
+        static FRAG_PENDING: PerCpuArray<FragPending> = PerCpuArray::with_max_entries(1, 0);
+    };
     ($($id:ident = $name:tt),* $(,)?) => {
         $(declare_maps!(@map $id $name);)*
     };
@@ -148,16 +159,16 @@ pub struct Verdict {
 fn handle(ctx: &TcContext, dir: usize) -> i32 {
     let l2 = unsafe { core::ptr::read_volatile(&WGBPF_L2_HDR_LEN) } as usize;
     let mut slot_for_pkt = core::mem::MaybeUninit::<Packet>::uninit();
+    let Some(frag) = FRAG_PENDING.get_ptr_mut(0) else {
+        return TC_ACT_SHOT; // never: a one-entry array
+    };
     // IPv4 source routes first (malformed, like headers that do not parse).
-    if !parse::v4_options_ok(ctx, l2) || !parse::parse(ctx, l2, &mut slot_for_pkt) {
+    if !parse::v4_options_ok(ctx, l2) || !parse::parse(ctx, l2, &mut slot_for_pkt, frag) {
         bump_stat(stat::MALFORMED);
         return TC_ACT_SHOT;
     }
     // SAFETY: parse() wrote the whole packet when it returned true.
     let pkt = unsafe { slot_for_pkt.assume_init_ref() };
-    if pkt.fragment {
-        bump_stat(stat::FRAGMENTS);
-    }
     let slot = match ACTIVE.get(0) {
         Some(s) => *s & 1,
         None => 0,
@@ -166,6 +177,12 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
         Some(c) => *c,
         None => SlotConfig::default(),
     };
+    if pkt.fragment {
+        let ret = later_fragment(pkt, frag, dir, cfg.version);
+        if ret != FIRST_NOT_SEEN {
+            return ret;
+        }
+    }
     // Fast path: a packet of a live flow allowed under the current policy
     // needs neither identities nor policy.
     let (tracked, key, from_a) = flow_key(pkt);
@@ -190,6 +207,20 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
                     entry.peer_b
                 };
                 count_peer(peer, dir, entry.severity, pkt.len);
+                if unsafe { (*frag).more } != 0 {
+                    let peers = if from_a {
+                        (entry.peer_a, entry.peer_b)
+                    } else {
+                        (entry.peer_b, entry.peer_a)
+                    };
+                    first_fragment(
+                        frag,
+                        pkt,
+                        cfg.version,
+                        verdict_bits(entry.severity, entry.rule),
+                        pair(peers),
+                    );
+                }
                 return TC_ACT_UNSPEC;
             } else {
                 // The policy changed since the flow began: the flow lives
@@ -222,6 +253,15 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
         dst_ep.peer
     };
     count_peer(peer, dir, verdict.severity, pkt.len);
+    if unsafe { (*frag).more } != 0 {
+        first_fragment(
+            frag,
+            pkt,
+            cfg.version,
+            verdict_bits(verdict.severity, verdict.rule),
+            pair((src_ep.peer, dst_ep.peer)),
+        );
+    }
     if verdict.severity >= severity::AUDIT && !from_flow {
         report_deny(pkt, src_ep.peer, &verdict, dir);
     }
@@ -504,7 +544,7 @@ fn reversed_policy_port(pkt: &Packet) -> u16 {
     }
 }
 
-/// The packet's flow-table key, whether it has one (fragments, portless
+/// The packet's flow-table key, whether it has one (later fragments, portless
 /// protocols and ICMP other than echo belong to no flow; their key is
 /// never looked up), and whether its source is the key's side `a`.
 #[inline(always)]
@@ -554,6 +594,99 @@ fn track(key: &FlowKey, value: &FlowValue, pkt: &Packet) {
             }
         }
         Err(_) => bump_stat(stat::FLOW_INSERT_FAILED),
+    }
+}
+
+/// `later_fragment`'s answer for a fragment whose first fragment was not
+/// seen (or not lately, or under another policy): the policy judges it.
+const FIRST_NOT_SEEN: i32 = -2;
+
+/// A severity and a rule in one argument (BPF functions take five).
+#[inline(always)]
+fn verdict_bits(severity: u8, rule: u32) -> u64 {
+    ((severity as u64) << 32) | rule as u64
+}
+
+/// Two peers' counter slots in one argument.
+#[inline(always)]
+fn pair((src, dst): (u32, u32)) -> u64 {
+    ((src as u64) << 32) | dst as u64
+}
+
+/// Records a first fragment's verdict for the rest of its datagram, if it
+/// passes. A denied one records nothing (the rest of its datagram meets
+/// the policy as if it could be any port, which denies it too), so a peer
+/// allowed nothing cannot fill the table. Another first fragment of the
+/// same datagram that passes (a duplicate, or one with other ports) was
+/// judged by its own ports and replaces the entry.
+#[inline(never)]
+fn first_fragment(frag: *mut FragPending, pkt: &Packet, version: u32, verdict: u64, peers: u64) {
+    bump_stat(stat::FRAGMENTS);
+    let frag = unsafe { &mut *frag };
+    // Tested as read back from the map: a test of the argument would make
+    // the verifier track the verdict exactly on every path to here, and
+    // explore about a third more of the program.
+    let v = &mut frag.value;
+    v.severity = (verdict >> 32) as u8;
+    if unsafe { core::ptr::read_volatile(&v.severity) } == severity::DENY {
+        return;
+    }
+    v.expires_ns = unsafe { bpf_ktime_get_ns() } + flow_config!(fragment_ns);
+    v.version = version;
+    v.rule = verdict as u32;
+    v.src_peer = (peers >> 32) as u32;
+    v.dst_peer = peers as u32;
+    v.first_len = frag.len as u16;
+    v._pad = 0;
+    v._pad2 = 0;
+    fill_key(&mut frag.key, pkt);
+    if FRAGS.insert(&frag.key, &frag.value, 0).is_ok() {
+        bump_stat(stat::FRAGMENTS_TRACKED);
+    }
+}
+
+/// The datagram's key, its identification written by the parser.
+#[inline(always)]
+fn fill_key(key: &mut FragKey, pkt: &Packet) {
+    key.src = pkt.src;
+    key.dst = pkt.dst;
+    key.proto = pkt.proto;
+    key._pad = 0;
+    key._pad2 = 0;
+}
+
+/// A later fragment: its first fragment's verdict, if that was seen lately
+/// under the current policy (counted like it, never logged), or
+/// `FIRST_NOT_SEEN`. One that overlaps its first fragment is malformed:
+/// it could rewrite the ports that were judged.
+#[inline(never)]
+fn later_fragment(pkt: &Packet, frag: *mut FragPending, dir: usize, version: u32) -> i32 {
+    bump_stat(stat::FRAGMENTS);
+    let frag = unsafe { &mut *frag };
+    // A middle fragment's MF (IPv4): it is no first fragment.
+    frag.more = 0;
+    fill_key(&mut frag.key, pkt);
+    let Some(entry) = (unsafe { FRAGS.get(&frag.key) }) else {
+        return FIRST_NOT_SEEN;
+    };
+    if entry.version != version || unsafe { bpf_ktime_get_ns() } > entry.expires_ns {
+        return FIRST_NOT_SEEN;
+    }
+    if frag.len < entry.first_len as u32 {
+        bump_stat(stat::MALFORMED);
+        return TC_ACT_SHOT;
+    }
+    bump_stat(stat::FRAGMENTS_MATCHED);
+    let peer = if dir == DIR_INGRESS {
+        entry.src_peer
+    } else {
+        entry.dst_peer
+    };
+    count_peer(peer, dir, entry.severity, pkt.len);
+    if entry.severity == severity::DENY {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_UNSPEC
     }
 }
 

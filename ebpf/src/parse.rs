@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use wgbpf_common::{
-    Addr, FlowKey, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP,
-    PROTO_TCP, PROTO_UDP,
+    Addr, FlowKey, FragPending, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::view::View;
@@ -20,13 +20,15 @@ pub struct Packet {
     pub src: Addr,
     pub dst: Addr,
     pub proto: u8,
-    /// Any fragment (first or later): its ports are not trusted.
+    /// A fragment other than the first: its ports are unknown. (A first
+    /// fragment is parsed and judged as a whole packet is; what makes it
+    /// one is in `FragPending`, out of the verifier's sight.)
     pub fragment: bool,
     pub sport: u16,
     pub dport: u16,
     /// The policy's "port" is known: TCP, UDP or SCTP ports, or the type of
     /// ICMP in IPv4 or ICMPv6 in IPv6 (the other combinations are not ICMP),
-    /// in a packet that is no fragment.
+    /// in a packet that is no later fragment.
     pub ported: bool,
     /// ICMP/ICMPv6 message type (0 for other protocols).
     pub icmp_type: u8,
@@ -90,7 +92,12 @@ impl Bytes {
 /// `out` is left as it was. A separate BPF function writing into the
 /// caller's frame keeps its locals off the caller's stack.
 #[inline(always)]
-pub fn parse(ctx: &TcContext, l2: usize, out: &mut core::mem::MaybeUninit<Packet>) -> bool {
+pub fn parse(
+    ctx: &TcContext,
+    l2: usize,
+    out: &mut core::mem::MaybeUninit<Packet>,
+    frag: *mut FragPending,
+) -> bool {
     let len = ctx.len() as usize;
     let want = if len < PULL { len } else { PULL };
     if ctx.data_end() - ctx.data() < want {
@@ -109,8 +116,8 @@ pub fn parse(ctx: &TcContext, l2: usize, out: &mut core::mem::MaybeUninit<Packet
     };
     let first = first.u8(0);
     let parsed = match first >> 4 {
-        4 => parse_v4(ctx, &b, l2, avail),
-        6 => parse_v6(&b, l2, avail),
+        4 => parse_v4(ctx, &b, l2, avail, frag),
+        6 => parse_v6(&b, l2, avail, frag),
         _ => Err(Malformed),
     };
     match parsed {
@@ -123,19 +130,31 @@ pub fn parse(ctx: &TcContext, l2: usize, out: &mut core::mem::MaybeUninit<Packet
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &TcContext, b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
+fn parse_v4(
+    ctx: &TcContext,
+    b: &Bytes,
+    l2: usize,
+    avail: usize,
+    frag: *mut FragPending,
+) -> Result<Packet, Malformed> {
     let h = b.view::<20>(l2)?;
     let ihl = ((h.u8(0) & 0x0f) as usize) * 4;
     let total = h.be16(2) as usize;
     if ihl < 20 || total < ihl || total > avail {
         return Err(Malformed);
     }
+    let field = h.be16(6);
+    // Stored whatever they are: no branch on them here (see FragPending).
+    unsafe {
+        (*frag).more = (field & 0x2000) as u32;
+        (*frag).key.id = h.be16(4) as u32;
+        (*frag).len = (total - ihl) as u32;
+    }
     let mut p = Packet {
         src: h.v4_addr(12),
         dst: h.v4_addr(16),
         proto: h.u8(9),
-        // MF set or offset non-zero.
-        fragment: h.be16(6) & 0x3fff != 0,
+        fragment: false,
         sport: 0,
         dport: 0,
         ported: false,
@@ -151,9 +170,12 @@ fn parse_v4(ctx: &TcContext, b: &Bytes, l2: usize, avail: usize) -> Result<Packe
     };
     // Options were checked before parsing (`v4_options_ok`); here they are
     // skipped by the header length.
-    if !p.fragment {
-        parse_l4(b, l2 + ihl, total - ihl, PROTO_ICMP, &mut p)?;
+    let offset = field & 0x1fff;
+    if offset != 0 {
+        // A later fragment: what follows is payload, not headers.
+        return later_fragment(p, (offset as u32) << 3, frag);
     }
+    parse_l4(b, l2 + ihl, total - ihl, PROTO_ICMP, &mut p)?;
     Ok(p)
 }
 
@@ -248,7 +270,12 @@ const SSRR: u8 = 0x89;
 const ROUTING_TYPE_MOBILE: u8 = 2;
 
 #[inline(always)]
-fn parse_v6(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
+fn parse_v6(
+    b: &Bytes,
+    l2: usize,
+    avail: usize,
+    frag: *mut FragPending,
+) -> Result<Packet, Malformed> {
     let h = b.view::<40>(l2)?;
     let payload = h.be16(4) as usize;
     // A zero payload length means a jumbogram: never valid on a tunnel.
@@ -282,6 +309,7 @@ fn parse_v6(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
     let mut off = l2 + 40;
     let mut nh = h.u8(6);
     let mut done = false;
+    unsafe { (*frag).more = 0 };
     for _ in 0..MAX_EXT_HEADERS {
         match nh {
             43 => {
@@ -304,19 +332,38 @@ fn parse_v6(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
                 off += (e.u8(1) as usize + 2) * 4;
             }
             44 => {
-                let e = b.view::<4>(off)?;
-                let frag = e.be16(2);
+                let e = b.view::<8>(off)?;
+                let field = e.be16(2);
                 nh = e.u8(0);
                 off += 8;
-                p.fragment = true;
                 if off > end {
                     return Err(Malformed);
                 }
-                if frag >> 3 != 0 {
+                unsafe {
+                    (*frag).key.id = ((e.be16(4) as u32) << 16) | e.be16(6) as u32;
+                    (*frag).len = (end - off) as u32;
+                }
+                if field >> 3 != 0 {
                     // A later fragment: what follows is payload, not headers.
+                    p.fragment = true;
+                    unsafe { (*frag).len = (field & 0xfff8) as u32 };
                     done = true;
                     break;
                 }
+                if !matches!(nh, 0 | 43 | 44 | 51 | 60) {
+                    // The upper-layer header follows: judged by its ports
+                    // as a whole packet is. M set: a first fragment; else
+                    // an atomic fragment (RFC 6946), a whole packet.
+                    unsafe { (*frag).more = (field & 1) as u32 };
+                    done = true;
+                    break;
+                }
+                // More extension headers after a first fragment's fragment
+                // header (RFC 8200 allows destination options and AH
+                // there): malformed. Walking them would give first
+                // fragments paths of their own through the rest of the
+                // program, beyond what the verifier allows on Linux 6.1.
+                return Err(Malformed);
             }
             _ => {
                 done = true;
@@ -331,9 +378,31 @@ fn parse_v6(b: &Bytes, l2: usize, avail: usize) -> Result<Packet, Malformed> {
         return Err(Malformed);
     }
     p.proto = nh;
-    if !p.fragment {
-        parse_l4(b, off, end - off, PROTO_ICMPV6, &mut p)?;
+    if p.fragment {
+        let at = unsafe { (*frag).len };
+        return later_fragment(p, at, frag);
     }
+    parse_l4(b, off, end - off, PROTO_ICMPV6, &mut p)?;
+    Ok(p)
+}
+
+/// A later fragment at byte `offset` of its datagram. One that starts
+/// inside the smallest header its protocol can have (TCP 20 bytes, SCTP
+/// 12) is malformed: it could only rewrite a header that was already
+/// judged (RFC 1858's overlapping fragment attack); later fragments of
+/// other protocols start at 8 bytes or more, past every port.
+#[inline(always)]
+fn later_fragment(mut p: Packet, offset: u32, frag: *mut FragPending) -> Result<Packet, Malformed> {
+    let min = match p.proto {
+        PROTO_TCP => 20,
+        PROTO_SCTP => 12,
+        _ => 0,
+    };
+    if offset < min {
+        return Err(Malformed);
+    }
+    p.fragment = true;
+    unsafe { (*frag).len = offset };
     Ok(p)
 }
 

@@ -141,6 +141,7 @@ mod tests {
             icmp_type: 0,
             icmp_id: 0,
             tcp_flags: 0,
+            frag: None,
             quoted: None,
         }
     }

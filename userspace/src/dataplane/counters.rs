@@ -76,6 +76,10 @@ pub struct Stats {
     pub flow_over_budget: u64,
     pub flow_expired: u64,
     pub flow_pickups: u64,
+    /// First fragments whose verdict was recorded for their datagram, and
+    /// later fragments that got it.
+    pub fragments_tracked: u64,
+    pub fragments_matched: u64,
 }
 
 /// Turns a mapped kernel address back into an IPv4 or IPv6 address.
@@ -160,6 +164,8 @@ impl Maps {
             flow_over_budget: read(stat::FLOW_OVER_BUDGET).unwrap_or(0),
             flow_expired: read(stat::FLOW_EXPIRED).unwrap_or(0),
             flow_pickups: read(stat::FLOW_PICKUPS).unwrap_or(0),
+            fragments_tracked: read(stat::FRAGMENTS_TRACKED).unwrap_or(0),
+            fragments_matched: read(stat::FRAGMENTS_MATCHED).unwrap_or(0),
         })
     }
 }

@@ -765,8 +765,17 @@ fn encode_snapshot(enc: &mut DescriptorEncoder, s: &Snapshot, dropped: u64) -> f
     counter(
         enc,
         "wgbpf_fragments",
-        "IP fragments seen (judged as if they could be any port)",
+        "IP fragments seen (a first fragment is judged by its ports; a later one gets its first fragment's verdict when that was seen lately, else is judged as if it could be any port)",
         [(NONE, st.fragments)],
+    )?;
+    counter(
+        enc,
+        "wgbpf_fragment_datagrams",
+        "Fragmented datagrams: first fragments whose verdict was recorded, later fragments that got it",
+        [
+            ([("event", "tracked")], st.fragments_tracked),
+            ([("event", "matched")], st.fragments_matched),
+        ],
     )?;
     counter(
         enc,

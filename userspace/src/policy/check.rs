@@ -40,6 +40,7 @@ pub fn explain(policy: &Policy, src: IpAddr, dst: IpAddr, proto: u8, port: u16) 
         icmp_type: if icmp { port as u8 } else { 0 },
         icmp_id: 0,
         tcp_flags: if proto == PROTO_TCP { TCP_SYN } else { 0 },
+        frag: None,
         quoted: None,
     };
     describe(policy, &pkt, evaluate(policy, &pkt))

@@ -18,6 +18,8 @@ pub struct PacketMeta {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub proto: u8,
+    /// A later fragment: its ports are unknown. (A first fragment is
+    /// judged by its ports, as a whole packet is.)
     pub fragment: bool,
     pub sport: u16,
     pub dport: u16,
@@ -25,6 +27,9 @@ pub struct PacketMeta {
     pub icmp_id: u16,
     /// TCP flags (0 for other protocols).
     pub tcp_flags: u8,
+    /// A fragment: its datagram and its place in it (None for a whole
+    /// packet, IPv6 atomic fragments included).
+    pub frag: Option<Fragment>,
     /// For an ICMP error: the flow tuple of the packet it quotes, as that
     /// packet travelled (echo requests as (id, 0)).
     pub quoted: Option<FlowTuple>,
@@ -59,6 +64,18 @@ impl PacketMeta {
             _ => self.dport,
         }
     }
+}
+
+/// A fragment's datagram identification and place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fragment {
+    /// IPv4 identification (16 bits) or IPv6 fragment identification.
+    pub id: u32,
+    /// The first fragment (offset 0, more to come), or a later one.
+    pub first: bool,
+    /// A first fragment: the bytes of the datagram it carries; a later
+    /// one: its offset in bytes.
+    pub len: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,8 +231,30 @@ struct FlowState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
     pub verdict: Verdict,
-    /// The flow table decided (an established flow or a reply).
+    /// The flow table decided (an established flow or a reply), or the
+    /// fragment table (a later fragment got its first fragment's verdict).
     pub from_flow: bool,
+    /// Dropped as malformed (a later fragment overlapping its first
+    /// fragment): no verdict, counted as malformed only.
+    pub malformed: bool,
+}
+
+impl Outcome {
+    fn judged(verdict: Verdict, from_flow: bool) -> Outcome {
+        Outcome {
+            verdict,
+            from_flow,
+            malformed: false,
+        }
+    }
+}
+
+/// A first fragment's verdict, kept for its datagram's later fragments.
+#[derive(Clone, Copy, Debug)]
+struct FragState {
+    version: u32,
+    verdict: Verdict,
+    first_len: u32,
 }
 
 /// The data plane as a state machine: a policy (with a version) and a flow
@@ -227,6 +266,9 @@ pub struct Model {
     version: u32,
     /// One entry per connection, found from both directions.
     flows: HashMap<FlowTuple, FlowState>,
+    /// Passing first fragments' verdicts by datagram (source, destination,
+    /// identification, protocol); the latest such first fragment's counts.
+    frags: HashMap<(IpAddr, IpAddr, u32, u8), FragState>,
 }
 
 impl FlowTuple {
@@ -257,6 +299,7 @@ impl Model {
             policy,
             version,
             flows: HashMap::new(),
+            frags: HashMap::new(),
         }
     }
 
@@ -280,7 +323,47 @@ impl Model {
                 .any(|p| p.allowed_ips.iter().any(|n| n.contains(&a)))
     }
 
+    /// A packet through the model. A later fragment whose first fragment
+    /// passed under the current policy gets that verdict (one that
+    /// overlaps it is malformed); a passing first fragment's verdict is
+    /// kept for the rest of its datagram (no lifetime, no capacity here).
     pub fn packet(&mut self, pkt: &PacketMeta) -> Outcome {
+        let key = pkt.frag.map(|f| (pkt.src, pkt.dst, f.id, pkt.proto));
+        match (pkt.frag, key) {
+            (Some(f), Some(key)) if !f.first => {
+                if let Some(st) = self.frags.get(&key).filter(|s| s.version == self.version) {
+                    if f.len < st.first_len {
+                        return Outcome {
+                            verdict: Verdict {
+                                severity: severity::DENY,
+                                rule: rule_id::MALFORMED,
+                            },
+                            from_flow: false,
+                            malformed: true,
+                        };
+                    }
+                    return Outcome::judged(st.verdict, true);
+                }
+                self.judge(pkt)
+            }
+            (Some(f), Some(key)) => {
+                let out = self.judge(pkt);
+                if out.verdict.passes() {
+                    let st = FragState {
+                        version: self.version,
+                        verdict: out.verdict,
+                        first_len: f.len,
+                    };
+                    self.frags.insert(key, st);
+                }
+                out
+            }
+            _ => self.judge(pkt),
+        }
+    }
+
+    /// A packet no fragment entry decided.
+    fn judge(&mut self, pkt: &PacketMeta) -> Outcome {
         // An error about a packet of a live flow, back to its sender, from
         // the flow's far end or from the gateway, is part of that flow
         // (path MTU discovery needs it).
@@ -294,10 +377,7 @@ impl Model {
                 .get(&q.normalised())
                 .filter(|s| s.version == self.version)
             {
-                return Outcome {
-                    verdict: state.verdict,
-                    from_flow: true,
-                };
+                return Outcome::judged(state.verdict, true);
             }
         }
         let tuple = flow_tuple(pkt);
@@ -305,10 +385,7 @@ impl Model {
             let key = t.normalised();
             if let Some(state) = self.flows.get(&key).copied() {
                 if state.version == self.version {
-                    return Outcome {
-                        verdict: state.verdict,
-                        from_flow: true,
-                    };
+                    return Outcome::judged(state.verdict, true);
                 }
                 // The policy changed: the flow survives if its opening
                 // direction is still allowed.
@@ -326,10 +403,7 @@ impl Model {
                             ..state
                         },
                     );
-                    return Outcome {
-                        verdict: origin,
-                        from_flow: true,
-                    };
+                    return Outcome::judged(origin, true);
                 }
                 self.flows.remove(&key);
             }
@@ -347,10 +421,7 @@ impl Model {
                 );
             }
         }
-        Outcome {
-            verdict: v,
-            from_flow: false,
-        }
+        Outcome::judged(v, false)
     }
 }
 
