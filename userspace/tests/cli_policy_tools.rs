@@ -259,6 +259,7 @@ fn sample(rng: &mut StdRng, from: &Named, to: &Named, ports: &[u16]) -> Option<P
         icmp_type: if icmp { port as u8 } else { 0 },
         icmp_id: 0,
         tcp_flags: 2,
+        frag: None,
         quoted: None,
     })
 }

@@ -32,8 +32,9 @@ fn decode(s: &str) -> Option<FlowConfig> {
     for (i, b) in bytes.iter_mut().enumerate() {
         *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
-    // SAFETY: every bit pattern is a valid FlowConfig (integers only).
-    Some(unsafe { std::mem::transmute::<[u8; 48], FlowConfig>(bytes) })
+    // SAFETY: every bit pattern is a valid FlowConfig (integers only), and
+    // `bytes` is exactly its size.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowConfig>()) })
 }
 
 /// The flow settings `iface`'s pinned programs run with. A data plane
@@ -99,6 +100,7 @@ mod tests {
             other_established_ns: 5,
             new_per_second: 6,
             new_burst: u32::MAX,
+            fragment_ns: 7,
         };
         let name = encode(&c);
         assert!(MARK.len() + name.len() < 255, "fits a file name");

@@ -147,6 +147,7 @@ mod tests {
                     other_established_ns: 60 * S,
                     new_per_second: 50,
                     new_burst: 100,
+                    fragment_ns: FlowConfig::DEFAULT.fragment_ns,
                 },
                 sweep_interval: None,
             }

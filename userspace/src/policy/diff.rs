@@ -206,6 +206,7 @@ mod tests {
                 icmp_type: 0,
                 icmp_id: 0,
                 tcp_flags: 2,
+                frag: None,
                 quoted: None,
             };
             let (o, n) = (evaluate(&old, &pkt).severity, evaluate(&new, &pkt).severity);

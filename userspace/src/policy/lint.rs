@@ -444,6 +444,7 @@ mod tests {
                                     icmp_type: 0,
                                     icmp_id: 0,
                                     tcp_flags: 2,
+                                    frag: None,
                                     quoted: None,
                                 };
                                 let w = evaluate_rules(&p, &pkt).rule;

@@ -411,6 +411,7 @@ mod tests {
                         icmp_type: if icmp { port as u8 } else { 0 },
                         icmp_id: 0,
                         tcp_flags: 2,
+                        frag: None,
                         quoted: None,
                     };
                     let v = evaluate(&p, &pkt);

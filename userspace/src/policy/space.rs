@@ -263,6 +263,8 @@ pub fn packet(src: IpAddr, dst: IpAddr, cell: &Cell, fragment: bool) -> PacketMe
         icmp_type: if icmp { port as u8 } else { 0 },
         icmp_id: 0,
         tcp_flags: if cell.number == PROTO_TCP { TCP_SYN } else { 0 },
+        // A later fragment of no datagram seen: the any-port rule.
+        frag: None,
         quoted: None,
     }
 }
