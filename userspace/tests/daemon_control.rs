@@ -20,7 +20,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::{
@@ -62,15 +62,8 @@ const WATCHDOG_USEC: u64 = 400_000;
 /// The daemon's default metrics port (docs/metrics.md, "Why 10586").
 const DEFAULT_METRICS_PORT: u16 = 10586;
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(POLL);
-    }
-    panic!("{what}: not within {WAIT:?}");
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    common::wait_until(what, WAIT, f)
 }
 
 /// The datagrams a daemon sends to `$NOTIFY_SOCKET`, as systemd gets them.

@@ -59,15 +59,8 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------- helpers
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(POLL);
-    }
-    panic!("{what}: not within {WAIT:?}");
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    common::wait_until(what, WAIT, f)
 }
 
 /// Bob sends denied datagrams to alice (udp/5001) every 50 ms until

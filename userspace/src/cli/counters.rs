@@ -74,16 +74,8 @@ fn show_counters(iface: &str, json: bool) -> Result<()> {
         "peer", "in:allow", "in:deny", "in:audit", "out:allow", "out:deny", "out:audit"
     );
     for (name, t) in &peers {
-        println!(
-            "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-            name,
-            t.ingress.allowed_packets,
-            t.ingress.denied_packets,
-            t.ingress.audited_packets,
-            t.egress.allowed_packets,
-            t.egress.denied_packets,
-            t.egress.audited_packets
-        );
+        let [ia, id, iu, ea, ed, eu] = t.packets();
+        println!("{name:<16} {ia:>10} {id:>10} {iu:>10} {ea:>10} {ed:>10} {eu:>10}");
     }
     println!("denies (source peer -> destination proto/port: packets)");
     for d in denies.iter().take(20) {

@@ -248,16 +248,7 @@ fn dump_of(v: &View, prefix: bool) -> String {
     for (p, name, totals) in &v.peers {
         let ips: Vec<String> = p.config.allowed_ips.iter().map(|n| n.to_string()).collect();
         let acl = match totals {
-            Some(t) => [
-                t.ingress.allowed_packets,
-                t.ingress.denied_packets,
-                t.ingress.audited_packets,
-                t.egress.allowed_packets,
-                t.egress.denied_packets,
-                t.egress.audited_packets,
-            ]
-            .map(|n| n.to_string())
-            .join("\t"),
+            Some(t) => t.packets().map(|n| n.to_string()).join("\t"),
             None => ["-"; 6].join("\t"),
         };
         out.push_str(&format!(
@@ -430,16 +421,11 @@ fn text_of(v: &View, st: &Style) -> String {
             out += &st.field("persistent keepalive", format!("every {k} seconds"));
         }
         if let Some(t) = totals {
+            let [ia, id, iu, ea, ed, eu] = t.packets();
             out += &st.field(
                 "acl",
                 format!(
-                    "in {} allowed, {} denied, {} audited; out {} allowed, {} denied, {} audited (packets)",
-                    t.ingress.allowed_packets,
-                    t.ingress.denied_packets,
-                    t.ingress.audited_packets,
-                    t.egress.allowed_packets,
-                    t.egress.denied_packets,
-                    t.egress.audited_packets
+                    "in {ia} allowed, {id} denied, {iu} audited; out {ea} allowed, {ed} denied, {eu} audited (packets)"
                 ),
             );
         }

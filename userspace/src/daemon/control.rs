@@ -256,14 +256,20 @@ async fn stream_decisions(
     }
 }
 
-/// Opens a decision stream from `iface`'s daemon, if one serves it.
-pub fn monitor(iface: &str) -> Result<BufReader<UnixStream>, ControlError> {
+/// A connection to `iface`'s daemon, if one serves it.
+fn connect(iface: &str) -> Result<(PathBuf, UnixStream), ControlError> {
     let path = socket_path(iface);
-    let mut stream = UnixStream::connect(&path).map_err(|source| ControlError::NoDaemon {
+    let stream = UnixStream::connect(&path).map_err(|source| ControlError::NoDaemon {
         iface: iface.to_string(),
         path: path.clone(),
         source,
     })?;
+    Ok((path, stream))
+}
+
+/// Opens a decision stream from `iface`'s daemon, if one serves it.
+pub fn monitor(iface: &str) -> Result<BufReader<UnixStream>, ControlError> {
+    let (path, mut stream) = connect(iface)?;
     stream
         .write_all(b"monitor\n")
         .map_err(|source| ControlError::Io {
@@ -304,17 +310,12 @@ pub fn find_daemon(iface: Option<&str>) -> Result<String, ControlError> {
 
 /// Asks `iface`'s daemon and waits up to `timeout` for its reply.
 pub fn ask(iface: &str, request: Request, timeout: Duration) -> Result<Reply, ControlError> {
-    let path = socket_path(iface);
+    let (path, mut stream) = connect(iface)?;
     let io = |what, source| ControlError::Io {
         path: path.clone(),
         what,
         source,
     };
-    let mut stream = UnixStream::connect(&path).map_err(|source| ControlError::NoDaemon {
-        iface: iface.to_string(),
-        path: path.clone(),
-        source,
-    })?;
     stream
         .set_read_timeout(Some(timeout))
         .map_err(|e| io("configuring", e))?;

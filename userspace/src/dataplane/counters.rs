@@ -36,6 +36,20 @@ pub struct PeerTotals {
 }
 
 impl PeerTotals {
+    /// Allowed, denied and audited packets in, then out: the order `wgbpf
+    /// counters` and `wgbpf show` print them in.
+    pub fn packets(&self) -> [u64; 6] {
+        let (i, e) = (&self.ingress, &self.egress);
+        [
+            i.allowed_packets,
+            i.denied_packets,
+            i.audited_packets,
+            e.allowed_packets,
+            e.denied_packets,
+            e.audited_packets,
+        ]
+    }
+
     /// The sum of a peer's per-CPU counters.
     pub fn sum(per_cpu: impl IntoIterator<Item = PeerCounters>) -> Self {
         let mut t = PeerTotals::default();

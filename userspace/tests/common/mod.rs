@@ -46,6 +46,19 @@ pub fn code_out_err(out: &Output) -> (i32, String, String) {
     )
 }
 
+/// Polls `f` every 100 ms until it holds; panics naming `what` after
+/// `within`.
+pub fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not within {within:?}");
+}
+
 /// `nsenter --net=/var/run/netns/NS -- wgbpf`: add the arguments.
 pub fn wgbpf_command(host: &Host) -> Command {
     let mut c = Command::new("nsenter");
