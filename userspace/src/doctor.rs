@@ -70,6 +70,8 @@ pub struct Facts {
     pub flows: Option<(u64, u64)>,
     /// Deny-map keys in use, and its size.
     pub denies: Option<(u64, u64)>,
+    /// Each peer's endpoint on the device now, by name.
+    pub endpoints: std::collections::BTreeMap<String, std::net::SocketAddr>,
 }
 
 fn finding(
@@ -161,6 +163,32 @@ pub fn judge(mesh: &Mesh, facts: &Facts) -> Vec<Finding> {
                 Info,
                 format!("peer `{}` has no endpoint: it is behind NAT or roams, and only it can start a session", p.name),
                 Some(format!("give `{}` PersistentKeepalive = 25 on its side (wgbpf export wg-quick writes it)", p.name)),
+            ));
+        }
+    }
+
+    // Peers whose endpoint moved from the file's: they roam or sit behind a
+    // NAT that rewrote their port; the mapping expires unless kept open.
+    for p in &mesh.wg.peers {
+        let (Some(file), Some(now)) = (&p.endpoint, facts.endpoints.get(&p.name)) else {
+            continue;
+        };
+        if file.is_dns_name() || p.persistent_keepalive.unwrap_or(0) != 0 {
+            continue;
+        }
+        if file.as_str().parse::<std::net::SocketAddr>().ok() != Some(*now) {
+            out.push(finding(
+                "keepalive",
+                Info,
+                format!(
+                    "peer `{}`'s endpoint is {now}, not the file's {}: it roams or sits behind NAT",
+                    p.name,
+                    file.as_str()
+                ),
+                Some(format!(
+                    "persistent_keepalive = 25 for `{}` (and on its side), so its NAT mapping stays open",
+                    p.name
+                )),
             ));
         }
     }
@@ -429,7 +457,31 @@ pub fn gather(mesh: &Mesh, underlays: &[String]) -> Facts {
             .map(|d| (d.len() as u64, u64::from(wgbpf_common::capacity::DENIES))),
         _ => None,
     };
+    let peer_names: std::collections::BTreeMap<_, _> = mesh
+        .wg
+        .peers
+        .iter()
+        .filter_map(|p| Some((p.public_key.clone()?, p.name.clone())))
+        .collect();
+    let endpoints = crate::wg::BackendChoice::from_env()
+        .ok()
+        .and_then(|c| crate::wg::open_backend(iface, c).ok())
+        .and_then(|b| b.get().ok())
+        .map(|state| {
+            state
+                .peers
+                .iter()
+                .filter_map(|p| {
+                    Some((
+                        peer_names.get(&p.config.public_key)?.clone(),
+                        p.config.endpoint?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Facts {
+        endpoints,
         tunnel_mtu: link_mtu(iface),
         underlays: names
             .into_iter()
@@ -489,6 +541,7 @@ mod tests {
             ])),
             flows: Some((10, 4096)),
             denies: Some((3, 65536)),
+            endpoints: Default::default(),
         }
     }
 
@@ -574,6 +627,32 @@ mod tests {
         let nat: Vec<_> = all.iter().filter(|f| f.check == "keepalive").collect();
         assert_eq!(nat.len(), 1);
         assert!(nat[0].message.contains("`alice`"));
+        // bob's endpoint moved (NAT rewrote his port): keepalive advised.
+        let mut moved = healthy();
+        moved
+            .endpoints
+            .insert("bob".into(), "192.0.2.3:40123".parse().unwrap());
+        let nat: Vec<_> = judge(&mesh, &moved)
+            .into_iter()
+            .filter(|f| f.check == "keepalive")
+            .collect();
+        assert_eq!(nat.len(), 2);
+        assert!(
+            nat[1]
+                .message
+                .contains("`bob`'s endpoint is 192.0.2.3:40123"),
+            "{nat:?}"
+        );
+        let mut same = healthy();
+        same.endpoints
+            .insert("bob".into(), "192.0.2.3:51820".parse().unwrap());
+        assert_eq!(
+            judge(&mesh, &same)
+                .iter()
+                .filter(|f| f.check == "keepalive")
+                .count(),
+            1
+        );
         // Forwarding does not matter when the policy only reaches the gateway.
         let to_gw = crate::source::parse(
             "m.toml",

@@ -23,7 +23,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("plan", &["source", "mesh", "policy", "dataplane", "wg"]),
     ("enforce", &["plan", "dataplane", "wg"]),
     // The host's tuning against the mesh file.
-    ("doctor", &["mesh", "policy", "dataplane", "source"]),
+    ("doctor", &["mesh", "policy", "dataplane", "source", "wg"]),
     // Peer-side configs written from the mesh file.
     ("export", &["mesh", "policy", "wg", "source"]),
     (
