@@ -60,6 +60,8 @@ pub enum Detached {
 /// callers that keep running.
 pub fn enforce(plan: &EnforcementPlan, detached: Detached) -> Result<(Maps, Enforced)> {
     let iface = plan.interface();
+    // A process that could not load the programs stops before anything.
+    crate::dataplane::caps::check()?;
     // One controller at a time, from reading the device to attaching.
     let _lock = InterfaceLock::acquire(iface, plan.settings.lock_wait)?;
     let wg_update = wireguard_update(plan)?;

@@ -5,6 +5,7 @@
 pub mod applied;
 pub mod attach;
 pub mod batch;
+pub mod caps;
 pub mod counters;
 pub mod flow_settings;
 pub mod flows;
@@ -79,6 +80,12 @@ pub fn open_maps(iface: &str) -> Result<Maps, DataplaneError> {
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {
+    #[error(
+        "this process lacks {0}: wgbpf needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN to load \
+         and attach its programs (without CAP_PERFMON the verifier refuses them as untrusted; \
+         deploy/wgbpf@.service grants exactly these); nothing was changed"
+    )]
+    Capabilities(String),
     #[error("loading the eBPF object: {0}")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("the kernel refused program {name}: {source}")]
