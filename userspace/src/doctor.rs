@@ -5,7 +5,10 @@
 //! ([`judge`]), so each rule is tested on facts as well as on namespaces
 //! made to fail it.
 
-use std::{ffi::CString, os::fd::AsRawFd};
+use std::{
+    ffi::CString,
+    os::fd::{AsRawFd, FromRawFd},
+};
 
 use serde::Serialize;
 
@@ -347,35 +350,34 @@ fn read_sysctl(path: &str) -> Option<u64> {
         .ok()
 }
 
-/// An `ifreq` for `iface` on a throwaway socket, passed to `ioctl(req)`.
-fn ifreq_ioctl(
-    iface: &str,
-    req: libc::c_ulong,
-    fill: impl FnOnce(&mut libc::ifreq),
-) -> Option<libc::ifreq> {
+/// `ioctl(req)` with an `ifreq` for `iface` on a throwaway datagram
+/// socket (unbound: it works whatever addresses the namespace has).
+fn ifreq_ioctl(iface: &str, req: libc::c_ulong, fill: impl FnOnce(&mut libc::ifreq)) -> Option<()> {
     let name = CString::new(iface).ok()?;
     if name.as_bytes().len() >= libc::IFNAMSIZ {
         return None;
     }
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
-        .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
-        .ok()?;
+    // SAFETY: plain socket(2); the descriptor is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh descriptor no one else owns.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     // SAFETY: a zeroed ifreq is valid; the name fits with its NUL.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in ifr.ifr_name.iter_mut().zip(name.as_bytes_with_nul()) {
         *d = *s as libc::c_char;
     }
     fill(&mut ifr);
-    // SAFETY: the request and the ifreq match (SIOCGIFMTU, SIOCETHTOOL).
+    // SAFETY: the request and the ifreq match (SIOCETHTOOL).
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), req, &mut ifr) };
-    (rc == 0).then_some(ifr)
+    (rc == 0).then_some(())
 }
 
-/// A link's MTU (SIOCGIFMTU: this network namespace's link).
-pub fn link_mtu(iface: &str) -> Option<u32> {
-    let ifr = ifreq_ioctl(iface, libc::SIOCGIFMTU, |_| {})?;
-    // SAFETY: SIOCGIFMTU filled the mtu member.
-    Some(unsafe { ifr.ifr_ifru.ifru_mtu } as u32)
+/// A link's MTU, over rtnetlink as the WireGuard library reads links.
+fn link_mtu(iface: &str) -> Option<u32> {
+    crate::wg::kernel::link::link_mtu(iface).ok().flatten()
 }
 
 /// ETHTOOL_GGRO and ETHTOOL_GGSO (legacy ethtool value commands).

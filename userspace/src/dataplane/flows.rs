@@ -75,22 +75,13 @@ impl Maps {
         let io = |e: std::io::Error| DataplaneError::Layout(format!("{}: {e}", names::FLOWS));
         let mut dead = Vec::new();
         let mut live = 0;
-        super::batch::for_each(
-            self.flows.map(),
-            std::mem::size_of::<FlowKey>(),
-            std::mem::size_of::<FlowValue>(),
-            |k, v| {
-                // SAFETY: the kernel wrote whole keys and values of these types.
-                let key: FlowKey = unsafe { std::ptr::read_unaligned(k.as_ptr().cast()) };
-                let value: FlowValue = unsafe { std::ptr::read_unaligned(v.as_ptr().cast()) };
-                if value.expires_ns < now_ns {
-                    dead.push(key);
-                } else {
-                    live += 1;
-                }
-            },
-        )
-        .map_err(io)?;
+        self.for_each_flow(|key, value| {
+            if value.expires_ns < now_ns {
+                dead.push(*key);
+            } else {
+                live += 1;
+            }
+        })?;
         hook(SweepPoint::Read);
         let fd = self.flows.map().fd().as_fd().as_raw_fd();
         let mut sweep = Sweep {
@@ -179,39 +170,40 @@ fn elem(
 }
 
 impl Maps {
-    /// Entries in the flow table now, live or not yet swept.
-    pub fn flow_entries(&self) -> Result<usize, DataplaneError> {
-        let mut n = 0;
-        super::batch::for_each(
-            self.flows.map(),
-            std::mem::size_of::<FlowKey>(),
-            std::mem::size_of::<FlowValue>(),
-            |_, _| n += 1,
-        )
-        .map_err(|e| DataplaneError::Layout(format!("{}: {e}", names::FLOWS)))?;
-        Ok(n)
-    }
-}
-
-impl Maps {
-    /// Every entry of the flow table now (one batch read).
-    pub fn flow_entries_all(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
-        let mut out = Vec::new();
+    /// Calls `each` with every entry of the flow table (one batch read).
+    pub fn for_each_flow(
+        &self,
+        mut each: impl FnMut(&FlowKey, &FlowValue),
+    ) -> Result<(), DataplaneError> {
         super::batch::for_each(
             self.flows.map(),
             std::mem::size_of::<FlowKey>(),
             std::mem::size_of::<FlowValue>(),
             |k, v| {
                 // SAFETY: the kernel wrote whole keys and values of these types.
-                out.push(unsafe {
+                let (key, value): (FlowKey, FlowValue) = unsafe {
                     (
-                        std::ptr::read_unaligned(k.as_ptr().cast::<FlowKey>()),
-                        std::ptr::read_unaligned(v.as_ptr().cast::<FlowValue>()),
+                        std::ptr::read_unaligned(k.as_ptr().cast()),
+                        std::ptr::read_unaligned(v.as_ptr().cast()),
                     )
-                });
+                };
+                each(&key, &value)
             },
         )
-        .map_err(|e| DataplaneError::Layout(format!("{}: {e}", names::FLOWS)))?;
+        .map_err(|e| DataplaneError::Layout(format!("{}: {e}", names::FLOWS)))
+    }
+
+    /// Entries in the flow table now, live or not yet swept.
+    pub fn flow_entries(&self) -> Result<usize, DataplaneError> {
+        let mut n = 0;
+        self.for_each_flow(|_, _| n += 1)?;
+        Ok(n)
+    }
+
+    /// Every entry of the flow table now.
+    pub fn flow_entries_all(&self) -> Result<Vec<(FlowKey, FlowValue)>, DataplaneError> {
+        let mut out = Vec::new();
+        self.for_each_flow(|k, v| out.push((*k, *v)))?;
         Ok(out)
     }
 }

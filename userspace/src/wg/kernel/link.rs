@@ -330,6 +330,16 @@ pub fn wireguard_links() -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// A link's MTU (any link of this network namespace); `None` when the
+/// kernel does not say.
+pub fn link_mtu(iface: &str) -> io::Result<Option<u32>> {
+    let mut s = NlSocket::route()?;
+    match get_link(&mut s, iface)? {
+        Some(l) => Ok(l.mtu),
+        None => Err(io::Error::from_raw_os_error(libc::ENODEV)),
+    }
+}
+
 /// Up or not (`IFF_UP`): any link, not only WireGuard ones.
 pub fn link_is_up(iface: &str) -> io::Result<bool> {
     let mut s = NlSocket::route()?;
