@@ -312,6 +312,38 @@ fn reload_waits_for_the_outcome_and_systemd_hears_each_step() {
     let status = json(&wgbpf_code(&gw, &["reload", "--status", "--json"]).1);
     assert_eq!(status["policy_version"], v2_version, "{status}");
 
+    // --- A hostile client: an unknown request is refused with a reason; a
+    // request without end, and one that says nothing, are cut off; the
+    // daemon answers the next client as before.
+    {
+        use std::io::{Read, Write};
+        let sock = format!("/run/wgbpf/{iface}.sock");
+        let ask_raw = |bytes: &[u8]| {
+            let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = c.write_all(bytes);
+            let mut reply = String::new();
+            let _ = c.read_to_string(&mut reply);
+            reply
+        };
+        let reply = json(&ask_raw(b"reboot\n"));
+        assert_eq!(reply["ok"], false, "{reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("unknown request"),
+            "{reply}"
+        );
+        let flood = vec![b'x'; 1 << 20];
+        let reply = ask_raw(&flood);
+        assert!(
+            reply.is_empty() || reply.contains("unknown request"),
+            "an endless request: {reply}"
+        );
+        let silent = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let status = json(&wgbpf_code(&gw, &["reload", "--status", "--json"]).1);
+        assert_eq!(status["policy_version"], v2_version, "{status}");
+        drop(silent);
+    }
+
     // --- No daemon for an interface: a clear error, as JSON with --json.
     let (code, out, err) = wgbpf_code(&gw, &["reload", "-i", "nosuch0", "--json"]);
     assert_eq!(code, 1, "{err}");
