@@ -62,6 +62,11 @@ pub mod names {
     pub const ACL_PROBE_PORTS: &str = "ACL_PROBE_PORTS";
     /// Global (in .rodata) set by the loader: flow lifetimes and budget.
     pub const FLOW_CONFIG: &str = "WGBPF_FLOW_CONFIG";
+    /// aya-log's global (in .rodata) set by the loader: the programs' own
+    /// log level, 0 = off (the verifier then drops the log calls as dead
+    /// code), 1 error ... 5 trace; and the ring buffer the log goes to.
+    pub const PROGRAM_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+    pub const PROGRAM_LOG_RING: &str = "AYA_LOGS";
 }
 
 /// Default capacities, overridable by the loader.

@@ -5,6 +5,12 @@ fn main() -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     let dp = wgbpf::dataplane::Dataplane::load(&wgbpf::dataplane::LoadOptions {
         l2_hdr_len: 14,
+        // SMOKE_PROGRAM_LOG=trace: the programs' own log on, to count its
+        // cost in the verifier.
+        program_log: std::env::var("SMOKE_PROGRAM_LOG")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
         ..Default::default()
     })?;
     println!("load: {:?}", t.elapsed());

@@ -74,6 +74,7 @@ pub fn enforce(plan: &EnforcementPlan, detached: Detached) -> Result<(Maps, Enfo
             ..Default::default()
         },
         flows: plan.mesh.flows.config,
+        program_log: plan.mesh.program_log,
         ..Default::default()
     };
     let prepared = attach::prepare(iface, &opts, plan.settings.attach)

@@ -183,6 +183,12 @@ fn load(config: &std::path::Path, settings: Settings, json: bool) -> Result<()> 
             e.interface
         );
     }
+    if e.attach.program_log_changed {
+        println!(
+            "{}: the pinned programs ran with another log level: replaced by programs logging at the file's ({}) without a gap, maps kept",
+            e.interface, e.attach.program_log
+        );
+    }
     if !e.attach.reordered.is_empty() {
         println!(
             "{}: another tcx program ran before {}: attached first again (same maps, policy and counters)",

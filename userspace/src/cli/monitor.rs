@@ -19,7 +19,7 @@ use wgbpf::{
         control::{self, MonitorLine},
         denylog::{self, Decision, LogContext},
     },
-    dataplane::{self, counters::unmap, peers::peer_label},
+    dataplane::{self, counters::unmap, peers::peer_label, program_log},
     policy::model::proto_name,
     source,
 };
@@ -63,6 +63,13 @@ pub struct MonitorArgs {
     /// connection opened and gone in between is missed: a sample).
     #[arg(long)]
     allows: bool,
+    /// Show the programs' own log instead of decisions (aya-log: malformed
+    /// packets, overlapping fragments, flows over budget), read from the
+    /// programs' log buffer. Off unless the mesh file sets `program_log`
+    /// in [interface] (then loaded programs log at that level; off, the
+    /// log costs nothing per packet). --count and --duration apply.
+    #[arg(long, conflicts_with_all = ["allows", "peer", "port", "action", "config"])]
+    program_log: bool,
 }
 
 impl MonitorArgs {
@@ -221,6 +228,9 @@ pub fn run(a: MonitorArgs) -> Result<()> {
             .filter(|d| d.is_finite() && *d >= 0.0)
             .map(|d| Instant::now() + Duration::from_secs_f64(d)),
     };
+    if a.program_log {
+        return program_log(&a, &mut until);
+    }
     let mut allows = Allows::new(&a)?;
     match control::monitor(&a.interface) {
         Ok(stream) => from_daemon(&a, stream, &mut until, &mut allows),
@@ -330,6 +340,57 @@ fn from_ring(a: &MonitorArgs, until: &mut Until, allows: &mut Option<Allows>) ->
         };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, 200) };
+    }
+    Ok(())
+}
+
+/// `--program-log`: the programs' own log lines as they come.
+fn program_log(a: &MonitorArgs, until: &mut Until) -> Result<()> {
+    let level = program_log::pinned(&a.interface);
+    if !dataplane::attach::programs_pinned(&a.interface) {
+        bail!("{}: no data plane loaded (wgbpf load)", a.interface);
+    }
+    let mut reader = program_log::Reader::open(&a.interface)?;
+    if level == program_log::ProgramLog::Off {
+        eprintln!(
+            "{}: the programs' log is off: set program_log = \"debug\" (or error, warn, info, \
+             trace) in the mesh file's [interface] and load it",
+            a.interface
+        );
+    } else {
+        eprintln!("{}: the programs' log, at level {level}", a.interface);
+    }
+    while !until.done() {
+        for line in reader.read() {
+            // The time it was read (aya-log records carry none).
+            let time = wgbpf::utc::format_millis(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i128),
+            );
+            if a.json {
+                let mut v = serde_json::to_value(&line)?;
+                v["time"] = serde_json::Value::String(time);
+                println!("{v}");
+            } else {
+                println!("{time} {:<5} {}", line.level, line.message);
+            }
+            until.shown += 1;
+            if until.done() {
+                return Ok(());
+            }
+        }
+        let mut pfds: Vec<libc::pollfd> = reader
+            .fds()
+            .into_iter()
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: valid pollfds, their count given.
+        unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 200) };
     }
     Ok(())
 }

@@ -307,6 +307,7 @@ impl Daemon {
             },
             adopted = e.attach.adopted,
             flow_settings_changed = e.attach.flow_settings_changed,
+            program_log_changed = e.attach.program_log_changed,
             policy_version = e.policy.version,
             changed = e.policy.changed,
             rules = e.rules,

@@ -13,14 +13,12 @@ use aya::programs::{
 };
 use serde::Serialize;
 
-use wgbpf_common::FlowConfig;
-
 use super::{
     flow_settings,
     hooks::{remove_clsact_filters, Hook, HOOKS},
     pin_dir,
     reattach::Reattached,
-    replace, Dataplane, DataplaneError, LoadOptions, Maps,
+    replace, Dataplane, DataplaneError, LoadOptions, Maps, ProgramSettings,
 };
 
 pub use super::hooks::AttachMode;
@@ -41,6 +39,11 @@ pub struct Installed {
     /// budget than the file's and were replaced, gap-free, by programs
     /// with the file's ([`super::flow_settings`]).
     pub flow_settings_changed: bool,
+    /// Set when the adopted programs ran with another log level than the
+    /// file's `program_log` and were replaced likewise.
+    pub program_log_changed: bool,
+    /// The programs' log level now in force.
+    pub program_log: super::program_log::ProgramLog,
     /// The build of the programs now enforcing ([`super::replace::build_id`]).
     pub build: String,
     /// Set when the adopted programs came from another build and were
@@ -81,8 +84,8 @@ pub struct Prepared {
     ebpf: Option<aya::Ebpf>,
     iface: String,
     mode: AttachMode,
-    /// The flow lifetimes and budget wanted.
-    flows: FlowConfig,
+    /// The flow lifetimes and budget, and the log level, wanted.
+    settings: ProgramSettings,
 }
 
 /// Loads the data plane for `iface` without attaching it, or adopts the one
@@ -103,7 +106,7 @@ pub fn prepare(
             ebpf: None,
             iface: iface.to_string(),
             mode,
-            flows: opts.flows,
+            settings: ProgramSettings::of(opts),
         });
     }
     let opts = LoadOptions {
@@ -119,7 +122,7 @@ pub fn prepare(
         ebpf: Some(dp.ebpf),
         iface: iface.to_string(),
         mode,
-        flows: opts.flows,
+        settings: ProgramSettings::of(&opts),
     })
 }
 
@@ -144,23 +147,29 @@ impl Prepared {
                 iface: self.iface.clone(),
                 message: format!("{what}: {e:#}"),
             };
-            // Programs from another build, or with other flow settings,
-            // are replaced first, whatever else.
+            // Programs from another build, or with other flow settings or
+            // log level, are replaced first, whatever else.
             let build = replace::build_id();
             let pinned = replace::pinned_build(&self.iface);
             let other_build = pinned.as_deref() != Some(build.as_str());
-            let pinned_flows = flow_settings::pinned(&self.iface);
-            let flow_settings_changed = pinned_flows != self.flows;
-            let upgraded_from = if other_build || flow_settings_changed {
+            let pinned_settings = ProgramSettings::pinned(&self.iface);
+            let flow_settings_changed = pinned_settings.flows != self.settings.flows;
+            let program_log_changed = pinned_settings.log != self.settings.log;
+            let upgraded_from = if other_build || flow_settings_changed || program_log_changed {
                 let why = if other_build {
                     format!(
                         "replacing the programs of another build ({}) by this one's ({build})",
                         pinned.as_deref().unwrap_or("not recorded")
                     )
-                } else {
+                } else if flow_settings_changed {
                     "replacing the programs to apply the file's flow lifetimes and budget".into()
+                } else {
+                    format!(
+                        "replacing the programs to set their log to {} (was {})",
+                        self.settings.log, pinned_settings.log
+                    )
                 };
-                replace::replace(&self.iface, &HOOKS, self.mode, &self.flows).map_err(|e| {
+                replace::replace(&self.iface, &HOOKS, self.mode, &self.settings).map_err(|e| {
                     attach_err(
                         &format!(
                             "{why}; the old ones still enforce. If this build's maps \
@@ -194,6 +203,8 @@ impl Prepared {
                     reattached: which(Reattached::Detached),
                     reordered: which(Reattached::NotFirst),
                     flow_settings_changed,
+                    program_log_changed,
+                    program_log: self.settings.log,
                     build,
                     upgraded_from,
                 },
@@ -203,7 +214,7 @@ impl Prepared {
         let build = replace::build_id();
         let attached = attach_all(&mut ebpf, &self.iface, &dir, self.mode).and_then(|()| {
             replace::mark_build(&dir, &build)
-                .and_then(|()| flow_settings::mark(&dir, &self.flows))
+                .and_then(|()| self.settings.mark(&dir))
                 .map_err(|e| DataplaneError::Attach {
                     iface: self.iface.clone(),
                     message: format!("{e:#}"),
@@ -222,6 +233,8 @@ impl Prepared {
                 reattached: Vec::new(),
                 reordered: Vec::new(),
                 flow_settings_changed: false,
+                program_log_changed: false,
+                program_log: self.settings.log,
                 build,
                 upgraded_from: None,
             },

@@ -119,7 +119,7 @@ pub fn attachment(iface: &str) -> Result<[HookState; 2]> {
 }
 
 /// The id of the program pinned at `path`.
-fn pinned_prog_id(path: &Path) -> Result<u32> {
+pub(crate) fn pinned_prog_id(path: &Path) -> Result<u32> {
     Ok(ProgramInfo::from_pin(path)
         .with_context(|| format!("opening {}", path.display()))?
         .id())

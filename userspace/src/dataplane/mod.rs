@@ -14,6 +14,7 @@ pub mod lock;
 pub mod maps;
 pub mod mmap;
 pub mod peers;
+pub mod program_log;
 pub mod reattach;
 pub mod repin;
 pub mod replace;
@@ -177,6 +178,39 @@ pub struct LoadOptions {
     pub events: Option<EventConfig>,
     /// Flow lifetimes and the budget of new flows per peer.
     pub flows: FlowConfig,
+    /// The programs' own log level (aya-log; [`program_log`]).
+    pub program_log: program_log::ProgramLog,
+}
+
+/// The programs' load-time settings a pinned data plane runs with and a
+/// mesh file may change (read-only globals, recorded beside the pins):
+/// adopted programs with others are replaced gap-free ([`replace`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgramSettings {
+    pub flows: FlowConfig,
+    pub log: program_log::ProgramLog,
+}
+
+impl ProgramSettings {
+    pub fn of(opts: &LoadOptions) -> Self {
+        Self {
+            flows: opts.flows,
+            log: opts.program_log,
+        }
+    }
+
+    /// What `iface`'s pinned programs were loaded with.
+    pub fn pinned(iface: &str) -> Self {
+        Self {
+            flows: flow_settings::pinned(iface),
+            log: program_log::pinned(iface),
+        }
+    }
+
+    pub(crate) fn mark(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        flow_settings::mark(dir, &self.flows)?;
+        program_log::mark(dir, self.log)
+    }
 }
 
 /// A loaded object: its programs and its maps.
@@ -190,10 +224,12 @@ impl Dataplane {
     /// directory, maps already pinned there are reused, counters and all.
     pub fn load(opts: &LoadOptions) -> Result<Self, DataplaneError> {
         let caps = opts.capacities;
+        let log_level = opts.program_log.as_global();
         let mut loader = EbpfLoader::new();
         loader
             .override_global(names::L2_HDR_LEN, &opts.l2_hdr_len, true)
             .override_global(names::FLOW_CONFIG, &opts.flows, true)
+            .override_global(names::PROGRAM_LOG_LEVEL, &log_level, true)
             .map_max_entries(names::FLOW_BUDGET, caps.peers)
             .map_max_entries(names::POLICY, caps.policy)
             .map_max_entries(names::IPCACHE, caps.ipcache)

@@ -77,8 +77,8 @@ pub fn reattach_missing_with(
             // goes first, then the old one is released.
             Reattached::NotFirst => {
                 // With the settings the pinned programs run with.
-                let flows = super::flow_settings::pinned(iface);
-                super::replace::replace(iface, std::slice::from_ref(hook), mode, &flows)?
+                let settings = super::ProgramSettings::pinned(iface);
+                super::replace::replace(iface, std::slice::from_ref(hook), mode, &settings)?
             }
         }
         each(hook.prog, mode, why);

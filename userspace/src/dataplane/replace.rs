@@ -23,11 +23,9 @@ use aya::programs::{
     LinkOrder, ProgramInfo,
 };
 
-use wgbpf_common::FlowConfig;
-
 use super::{
     hooks::{remove_clsact_filter_of, AttachMode, Hook},
-    pin_dir, Dataplane, LoadOptions, OBJECT,
+    pin_dir, Dataplane, LoadOptions, ProgramSettings, OBJECT,
 };
 
 /// This binary's eBPF build: FNV-1a over the embedded object, in hex.
@@ -65,13 +63,19 @@ pub(crate) fn mark_build(dir: &Path, build: &str) -> Result<()> {
 }
 
 /// Replaces the pinned programs of `hooks` on `iface` by new instances from
-/// this binary with the flow settings `flows`, sharing the pinned maps (see
-/// the module's comment), and records this build and those settings.
-pub fn replace(iface: &str, hooks: &[Hook], mode: AttachMode, flows: &FlowConfig) -> Result<()> {
+/// this binary with `settings`, sharing the pinned maps (see the module's
+/// comment), and records this build and those settings.
+pub fn replace(
+    iface: &str,
+    hooks: &[Hook],
+    mode: AttachMode,
+    settings: &ProgramSettings,
+) -> Result<()> {
     let dir = pin_dir(iface);
     let opts = LoadOptions {
         pin_dir: Some(dir.clone()),
-        flows: *flows,
+        flows: settings.flows,
+        program_log: settings.log,
         ..Default::default()
     };
     // Reuses the pinned maps; refuses if this build's maps do not fit them.
@@ -81,7 +85,7 @@ pub fn replace(iface: &str, hooks: &[Hook], mode: AttachMode, flows: &FlowConfig
         replace_hook(&mut dp.ebpf, iface, &dir, hook, mode)?;
     }
     mark_build(&dir, &build_id())?;
-    super::flow_settings::mark(&dir, flows)
+    settings.mark(&dir)
 }
 
 fn replace_hook(

@@ -41,6 +41,7 @@ use toml::Spanned;
 use raw::MeshFile;
 
 use crate::{
+    dataplane::program_log::ProgramLog,
     policy::model::{Action, Expectation, Peer, Policy, PolicyTest, PortRange, Rule, Selector},
     wg::{Endpoint, Key},
 };
@@ -72,6 +73,9 @@ pub struct Mesh {
     /// `[interface.flows]`: the flow table's size, lifetimes, budget and
     /// sweep (defaults when absent).
     pub flows: FlowSpec,
+    /// `[interface] program_log`: the level the programs log at through
+    /// aya-log (`wgbpf monitor --program-log`); off by default.
+    pub program_log: ProgramLog,
     /// Where each rule of `policy.rules` is written and the names it uses,
     /// index for index (for `policy check`'s warnings and the matrix).
     pub rule_sources: Vec<RuleSource>,
@@ -326,6 +330,13 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
         .map_err(|e| ctx.err(raw.interface.name.span(), format!("name: {e}")))?;
     let guard = guard(ctx, &raw.interface)?;
     let flows = flows::flows(ctx, raw.interface.flows.as_ref())?;
+    let program_log = match &raw.interface.program_log {
+        Some(v) => v
+            .get_ref()
+            .parse()
+            .map_err(|e| ctx.err(v.span(), format!("program_log: {e}")))?,
+        None => ProgramLog::Off,
+    };
     let local = raw
         .interface
         .addresses
@@ -539,6 +550,7 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
         wg,
         guard,
         flows,
+        program_log,
         rule_sources,
         includes: Vec::new(),
     })
