@@ -271,6 +271,16 @@ if [ -x /usr/local/bin/wgbpf-smoke ]; then
 		echo "WGBPF-VM-INFO smoke_load=failed"
 		sed 's/^/smoke: /' /tmp/smoke.out | head -n 20
 	fi
+	# With the programs' own log on at its most verbose level, the
+	# programs must still pass this kernel's verifier (its budget is 1M).
+	SMOKE_PROGRAM_LOG=trace wgbpf-smoke >/tmp/smoke-log.out 2>&1
+	log_rc=$?
+	check program-log-trace-loads test "$log_rc" -eq 0
+	if [ "$log_rc" -eq 0 ]; then
+		sed -n 's/^\(wgbpf_[a-z]*\): verifier processed Some(\([0-9]*\)).*/WGBPF-VM-INFO verified_insns_log_\1=\2/p' /tmp/smoke-log.out
+	else
+		grep -v '^  ' /tmp/smoke-log.out | tail -n 8 | sed 's/^/smoke (log trace): /'
+	fi
 fi
 
 # --- the policy, enforced by the pinned programs (wgbpf has exited) ---

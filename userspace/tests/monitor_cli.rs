@@ -187,3 +187,89 @@ fn monitor_shows_denies_with_and_without_the_daemon() {
         );
     }
 }
+
+/// The programs' own log: off by default (the monitor says so and shows
+/// nothing while alice opens flows past her budget); `program_log = "info"`
+/// in the file and a `load` replace the programs without a gap, after which
+/// `monitor --program-log` shows the data plane refusing her flows a place
+/// in the table.
+#[test]
+fn program_log_follows_the_file() {
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice", "bob"])).expect("mesh");
+    let (gw, alice, bob) = (&mesh.gateway, mesh.host("alice"), mesh.host("bob"));
+    let dir =
+        TempDir::create(std::env::temp_dir().join(format!("wgbpf-monitor-log-{}", mesh.run_id())));
+    let cfg = dir.0.join("mesh.toml");
+    // One new flow a second per peer: alice's datagrams, each from a new
+    // source port, soon go over it (they still pass, untracked).
+    let flows = "[interface.flows]\nnew_per_second = 1\nnew_burst = 1\n\n";
+    let file = |level: Option<&str>| {
+        let base = gateway_mesh_file(&mesh, &format!("{flows}{POLICY}"));
+        match level {
+            Some(l) => base.replacen(
+                "[interface]\n",
+                &format!("[interface]\nprogram_log = \"{l}\"\n"),
+                1,
+            ),
+            None => base,
+        }
+    };
+    std::fs::write(&cfg, file(None)).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let _unload = Unload(gw);
+    let (ok, _, err) = wgbpf(gw, &["load", "-c", cfg]);
+    assert!(ok, "{err}");
+    let iface = gw.wg_if.as_str();
+
+    let watch = |secs: &str, count: Option<&str>| {
+        let mut args = vec!["-i", iface, "--program-log", "--json", "--duration", secs];
+        if let Some(c) = count {
+            args.extend(["--count", c]);
+        }
+        let mut child = monitor(gw, &args);
+        std::thread::sleep(Duration::from_millis(500));
+        while child.try_wait().unwrap().is_none() {
+            let _ = udp_send(alice, IpAddr::V4(bob.tunnel_v4), 5003, 1, 32);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        (lines, stderr)
+    };
+    let (lines, stderr) = watch("3", None);
+    assert!(lines.is_empty(), "the log is off: {lines:?}");
+    assert!(stderr.contains("the programs' log is off"), "{stderr}");
+
+    std::fs::write(cfg, file(Some("info"))).unwrap();
+    let (ok, out, err) = wgbpf(gw, &["load", "-c", cfg, "--json"]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["attach"]["program_log_changed"], true, "{report}");
+    assert_eq!(report["attach"]["program_log"], "info", "{report}");
+    assert_eq!(report["attach"]["adopted"], true, "{report}");
+
+    let (lines, stderr) = watch("30", Some("3"));
+    assert!(stderr.contains("at level info"), "{stderr}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for l in &lines {
+        assert_eq!(l["level"], "info", "{l}");
+        assert!(
+            l["message"]
+                .as_str()
+                .unwrap()
+                .contains("over its new-flow budget"),
+            "{l}"
+        );
+        assert!(l["time"].as_str().unwrap().ends_with('Z'), "{l}");
+    }
+    // Loading the same file again replaces nothing.
+    let (ok, out, err) = wgbpf(gw, &["load", "-c", cfg, "--json"]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["attach"]["program_log_changed"], false, "{report}");
+}

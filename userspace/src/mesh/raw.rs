@@ -40,7 +40,7 @@ pub struct InterfaceSection {
     /// DNS servers (or search domains) for exported peer configs.
     #[serde(default)]
     pub dns: Vec<Spanned<String>>,
-    /// The eBPF programs' own log level (docs/monitor.md), "off" by default.
+    /// The eBPF programs' own log level (docs/metrics.md), "off" by default.
     #[serde(default)]
     pub program_log: Option<Spanned<String>>,
 }

@@ -252,7 +252,7 @@ fn one(
     let info = |k: &str| r.info.get(k).map(String::as_str).unwrap_or("n/a");
     lines.push(format!(
         "guest checks: {}/{} ok{}; attach {}; wgbpf load {} s; verifier: {} instructions \
-         (ingress), {} (egress), smoke load {}",
+         (ingress), {} (egress), smoke load {}; with the programs' log at trace: {} / {}",
         total - failed.len(),
         total,
         if failed.is_empty() {
@@ -265,6 +265,8 @@ fn one(
         info("verified_insns_wgbpf_ingress"),
         info("verified_insns_wgbpf_egress"),
         info("smoke_load"),
+        info("verified_insns_log_wgbpf_ingress"),
+        info("verified_insns_log_wgbpf_egress"),
     ));
     lines.push(format!(
         "boot to power-off {:.0} s under TCG ({:.0} s with download and initramfs)",
