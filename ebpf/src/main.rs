@@ -165,7 +165,7 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
     // IPv4 source routes first (malformed, like headers that do not parse).
     if !parse::v4_options_ok(ctx, l2) || !parse::parse(ctx, l2, &mut slot_for_pkt, frag) {
         bump_stat(stat::MALFORMED);
-        log_malformed(ctx, dir);
+        wgbpf_log_malformed(dir as u32, ctx.len());
         return TC_ACT_SHOT;
     }
     // SAFETY: parse() wrote the whole packet when it returned true.
@@ -179,7 +179,7 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
         None => SlotConfig::default(),
     };
     if pkt.fragment {
-        let ret = later_fragment(ctx, pkt, frag, dir, cfg.version);
+        let ret = later_fragment(pkt, frag, dir, cfg.version);
         if ret != FIRST_NOT_SEEN {
             return ret;
         }
@@ -239,7 +239,6 @@ fn handle(ctx: &TcContext, dir: usize) -> i32 {
     let src_ep = lookup_ep(slot, &pkt.src);
     let dst_ep = lookup_ep(slot, &pkt.dst);
     let flow = FlowCtx {
-        ctx,
         key: &key,
         tracked,
         from_a,
@@ -306,7 +305,6 @@ enum Stale {
 
 /// The packet's flow key, and what the fast path learnt of its entry.
 struct FlowCtx<'a> {
-    ctx: &'a TcContext,
     key: &'a FlowKey,
     tracked: bool,
     /// The packet's source is the key's side `a`.
@@ -419,7 +417,7 @@ fn decide(
             track(flow.key, &value, pkt);
         } else {
             bump_stat(stat::FLOW_OVER_BUDGET);
-            log_over_budget(flow.ctx, payer);
+            wgbpf_log_over_budget(payer);
         }
     }
     (v, false)
@@ -664,13 +662,7 @@ fn fill_key(key: &mut FragKey, pkt: &Packet) {
 /// `FIRST_NOT_SEEN`. One that overlaps its first fragment is malformed:
 /// it could rewrite the ports that were judged.
 #[inline(never)]
-fn later_fragment(
-    ctx: &TcContext,
-    pkt: &Packet,
-    frag: *mut FragPending,
-    dir: usize,
-    version: u32,
-) -> i32 {
+fn later_fragment(pkt: &Packet, frag: *mut FragPending, dir: usize, version: u32) -> i32 {
     bump_stat(stat::FRAGMENTS);
     let frag = unsafe { &mut *frag };
     // A middle fragment's MF (IPv4): it is no first fragment.
@@ -684,7 +676,7 @@ fn later_fragment(
     }
     if frag.len < entry.first_len as u32 {
         bump_stat(stat::MALFORMED);
-        log_overlap(ctx, frag.len, entry.first_len as u32);
+        wgbpf_log_overlap(frag.len, entry.first_len as u32);
         return TC_ACT_SHOT;
     }
     bump_stat(stat::FRAGMENTS_MATCHED);
@@ -701,39 +693,43 @@ fn later_fragment(
     }
 }
 
-/// The programs' own log (aya-log, `[interface] program_log`): each call
-/// site is a function of its own so that, with the log off (a constant
-/// the verifier sees), the caller's code is what it would be without it.
+/// The programs' own log (aya-log, `[interface] program_log`). Each call
+/// site is a global function with scalar arguments: the kernel verifies it
+/// once, on its own, rather than again from every state of the caller that
+/// reaches it (that took 6.1 past its budget), and with the log off (a
+/// constant the verifier sees) its body is dead code. aya-log writes to its
+/// ring buffer without the context, so none is passed.
+#[no_mangle]
 #[inline(never)]
-fn log_malformed(ctx: &TcContext, dir: usize) {
-    aya_log_ebpf::warn!(
-        ctx,
-        "malformed packet dropped: dir {}, {} bytes",
-        dir,
-        ctx.len()
-    );
+pub extern "C" fn wgbpf_log_malformed(dir: u32, len: u32) -> i32 {
+    aya_log_ebpf::warn!(&(), "malformed packet dropped: dir {}, {} bytes", dir, len);
+    0
 }
 
 /// A new flow refused a place in the table: its opener's peer is over its
 /// budget (`[interface.flows] new_per_second`).
+#[no_mangle]
 #[inline(never)]
-fn log_over_budget(ctx: &TcContext, peer: u32) {
+pub extern "C" fn wgbpf_log_over_budget(peer: u32) -> i32 {
     aya_log_ebpf::info!(
-        ctx,
+        &(),
         "flow not tracked: peer slot {} over its new-flow budget",
         peer
     );
+    0
 }
 
 /// A later fragment that reaches into its first fragment's bytes.
+#[no_mangle]
 #[inline(never)]
-fn log_overlap(ctx: &TcContext, offset: u32, first_len: u32) {
+pub extern "C" fn wgbpf_log_overlap(offset: u32, first_len: u32) -> i32 {
     aya_log_ebpf::warn!(
-        ctx,
+        &(),
         "fragment dropped: offset {} overlaps its first fragment's {} bytes",
         offset,
         first_len
     );
+    0
 }
 
 #[inline(always)]
