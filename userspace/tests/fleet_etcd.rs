@@ -83,15 +83,23 @@ struct Etcd {
     dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// With TLS: the directory of `ca.pem`, `server.pem`, `server-key.pem`,
+    /// `client.pem`, `client-key.pem`; clients must show a certificate.
+    tls: Option<PathBuf>,
 }
 
 impl Etcd {
     fn start(dir: &Path) -> Etcd {
+        Self::start_with(dir, None)
+    }
+
+    fn start_with(dir: &Path, tls: Option<PathBuf>) -> Etcd {
         let mut e = Etcd {
             child: None,
             dir: dir.to_path_buf(),
             client_port: free_local_port(),
             peer_port: free_local_port(),
+            tls,
         };
         e.restart();
         e
@@ -105,7 +113,20 @@ impl Etcd {
     /// answers.
     fn restart(&mut self) {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let client = format!("http://{}", self.endpoint());
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://{}", self.endpoint());
+        let mut tls_args = Vec::new();
+        if let Some(t) = &self.tls {
+            for (flag, file) in [
+                ("--cert-file", "server.pem"),
+                ("--key-file", "server-key.pem"),
+                ("--trusted-ca-file", "ca.pem"),
+            ] {
+                tls_args.push(flag.to_string());
+                tls_args.push(t.join(file).display().to_string());
+            }
+            tls_args.push("--client-cert-auth".into());
+        }
         let log = File::options()
             .create(true)
             .append(true)
@@ -120,6 +141,7 @@ impl Etcd {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("fleet-test={peer}")])
+            .args(&tls_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -137,7 +159,13 @@ impl Etcd {
     }
 
     fn etcdctl(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("etcdctl")
+        let mut c = Command::new("etcdctl");
+        if let Some(t) = &self.tls {
+            c.arg(format!("--cacert={}", t.join("ca.pem").display()))
+                .arg(format!("--cert={}", t.join("client.pem").display()))
+                .arg(format!("--key={}", t.join("client-key.pem").display()));
+        }
+        let out = c
             .arg(format!("--endpoints={}", self.endpoint()))
             .args(["--dial-timeout", "1s", "--command-timeout", "2s"])
             .args(args)
@@ -691,4 +719,197 @@ fn three_gateways_converge_refuse_a_broken_revision_and_ride_out_etcd_loss() {
             .iter()
             .any(|(n, rev, _)| n == "gw1" && rev.is_none())
     });
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate
+/// (CN `wgbpf-test`, no etcd user of that name), made with openssl.
+fn certificates(dir: &Path) -> PathBuf {
+    let t = dir.join("tls");
+    std::fs::create_dir_all(&t).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&t)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ext = t.join("ext.cnf");
+    std::fs::write(
+        &ext,
+        "[server]\nsubjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n\
+         [client]\nextendedKeyUsage = clientAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=wgbpf test CA",
+    ]);
+    for (name, cn) in [("server", "127.0.0.1"), ("client", "wgbpf-test")] {
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}-key.pem"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-extensions",
+            name,
+        ]);
+    }
+    t
+}
+
+#[test]
+fn tls_client_certificates_and_etcd_users_with_a_password_never_shown() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("fleet-tls");
+    let d = &dir.0;
+    let tls = certificates(d);
+    let etcd = Etcd::start_with(d, Some(tls.clone()));
+    let ep = etcd.endpoint();
+    let f = |n: &str| tls.join(n).display().to_string();
+    let (ca, cert, key) = (f("ca.pem"), f("client.pem"), f("client-key.pem"));
+    let gw = d.join("eu.toml");
+    std::fs::write(&gw, GW_PART).unwrap();
+    let shared = d.join("shared.toml");
+    std::fs::write(&shared, SHARED_V1).unwrap();
+    let (gw, shared) = (gw.to_str().unwrap(), shared.to_str().unwrap());
+    let push = |extra: &[&str]| {
+        let mut a = vec![
+            "push", "--etcd", &ep, "--prefix", PREFIX, "--shared", shared, gw,
+        ];
+        a.extend_from_slice(extra);
+        wgbpf_root(&a)
+    };
+
+    // Plain text to a TLS server, and TLS without a client certificate:
+    // refused by the server.
+    let (code, out, err) = push(&[]);
+    assert_eq!(code, 1, "{out}{err}");
+    let (code, out, err) = push(&["--cacert", &ca]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(etcd.get(&format!("{PREFIX}/revision")), "");
+    // With the client certificate: pushed.
+    let (code, out, err) = push(&["--cacert", &ca, "--cert", &cert, "--key", &key]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(etcd.get(&format!("{PREFIX}/revision")), "1");
+
+    // etcd's authentication on: the certificate's CN is no user, so a
+    // user and password are needed.
+    let password = "correct-horse-battery-9";
+    for a in [
+        vec![
+            "user",
+            "add",
+            "root",
+            &format!("--new-user-password={password}"),
+        ],
+        vec!["auth", "enable"],
+    ] {
+        let (ok, out) = etcd.etcdctl(&a);
+        assert!(ok, "{out}");
+    }
+    let tls_flags = [
+        "--cacert",
+        ca.as_str(),
+        "--cert",
+        cert.as_str(),
+        "--key",
+        key.as_str(),
+    ];
+    let (code, out, err) = push(&tls_flags);
+    assert_eq!(code, 1, "no user: {out}{err}");
+    let pw = d.join("password");
+    std::fs::write(&pw, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let pw_s = pw.to_str().unwrap();
+    let with_user = |extra: &[&str]| {
+        let mut a = tls_flags.to_vec();
+        a.extend_from_slice(&["--user", "root"]);
+        a.extend_from_slice(extra);
+        push(&a)
+    };
+    let (code, _, err) = with_user(&["--password-file", pw_s]);
+    assert!(code == 1 && err.contains("others may read it"), "{err}");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out, err) = with_user(&["--password-file", pw_s]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains(password) && !err.contains(password));
+    // A wrong password: refused, and not echoed either.
+    std::fs::write(&pw, "not-the-password\n").unwrap();
+    let (code, out, err) = with_user(&["--password-file", pw_s]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        !format!("{out}{err}").contains("not-the-password"),
+        "{out}{err}"
+    );
+    // user:password on the command line is refused before any use.
+    let mut a = tls_flags.to_vec();
+    let inline = format!("root:{password}");
+    a.extend_from_slice(&["--user", &inline]);
+    let (code, out, err) = push(&a);
+    assert!(
+        code == 1 && err.contains("not on the command line"),
+        "{err}"
+    );
+    assert!(!format!("{out}{err}").contains(password), "{out}{err}");
+    // Status with the same credentials, from the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_wgbpf"))
+        .args([
+            "fleet", "status", "--etcd", &ep, "--prefix", PREFIX, "--user", "root",
+        ])
+        .args(tls_flags)
+        .env("WGBPF_ETCD_PASSWORD", password)
+        .output()
+        .unwrap();
+    let (_, out, err) = common::code_out_err(&out);
+    assert!(out.contains("fleet revision 2"), "{out}{err}");
+    let (ok, text) = etcd.etcdctl(&[
+        "--user",
+        &format!("root:{password}"),
+        "get",
+        &format!("{PREFIX}/revision"),
+    ]);
+    assert!(ok && text.contains('2'), "{text}");
 }

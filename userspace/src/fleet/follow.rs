@@ -107,20 +107,12 @@ pub async fn follow(
             }
         }
         let Some(c) = client.as_mut() else { continue };
-        match follow_once(c, &layout, &name, &mut last, &out).await {
-            Ok(()) => {}
-            Err(e) => {
-                if !lost {
-                    tracing::warn!(error = %e, "etcd: lost; enforcing the last good revision meanwhile, catching up when it is back");
-                    lost = true;
-                }
-                tokio::time::sleep(RETRY).await;
-                continue;
+        if let Err(e) = follow_once(c, &layout, &name, &mut last, &out, &mut lost).await {
+            if !lost {
+                tracing::warn!(error = %e, "etcd: lost; enforcing the last good revision meanwhile, catching up when it is back");
+                lost = true;
             }
-        }
-        if lost {
-            tracing::info!("etcd: back; caught up");
-            lost = false;
+            tokio::time::sleep(RETRY).await;
         }
     }
 }
@@ -133,8 +125,16 @@ async fn follow_once(
     name: &str,
     last: &mut Option<GatewayDocument>,
     out: &mpsc::Sender<GatewayDocument>,
+    lost: &mut bool,
 ) -> Result<(), FleetError> {
     let (doc, at) = read(client, layout, name).await?;
+    if *lost {
+        tracing::info!(
+            revision = doc.revision,
+            "etcd: back; read the document whole"
+        );
+        *lost = false;
+    }
     send(doc, last, out).await;
     let (from, to) = layout.watched();
     let mut stream = client
