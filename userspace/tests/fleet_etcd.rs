@@ -30,8 +30,16 @@ use wgbpf::fleet::{
 const WAIT: Duration = Duration::from_secs(60);
 const PREFIX: &str = "/test-fleet";
 
-/// The shared part: alice may send bob UDP 5000-5010; its test holds.
+/// The shared part: alice may ping bob and send him UDP 5000-5010; its
+/// test holds.
 const SHARED_V1: &str = r#"[policy]
+
+[[policy.rule]]
+name = "alice-pings-bob"
+action = "accept"
+from = ["alice"]
+to = ["bob"]
+proto = "icmp"
 
 [[policy.rule]]
 name = "alice-to-bob-udp"
@@ -693,7 +701,15 @@ fn three_gateways_converge_refuse_a_broken_revision_and_ride_out_etcd_loss() {
     });
 
     // --- etcd itself stopped: nothing changes in the kernels; restarted,
-    // the gateways reconnect and take the next revision.
+    // the gateways reconnect and take the next revision. Pings through gw0
+    // all along: no gap, neither while etcd is away nor at the apply.
+    let (alice0, bob0) = (gws[0].mesh.host("alice"), gws[0].mesh.host("bob"));
+    let pinger = common::Pinger::start(
+        alice0,
+        IpAddr::V4(bob0.tunnel_v4),
+        100_000,
+        Duration::from_millis(100),
+    );
     etcd.kill();
     std::thread::sleep(Duration::from_secs(3));
     for (g, sink) in gws.iter().zip(&sinks) {
@@ -709,6 +725,11 @@ fn three_gateways_converge_refuse_a_broken_revision_and_ride_out_etcd_loss() {
     for g in &gws {
         audited(g, &d, SHARED_V1);
     }
+    let (sent, failed) = pinger.finish();
+    assert!(
+        sent >= 20 && failed == 0,
+        "{failed} of {sent} pings lost through gw0"
+    );
 
     // --- A gateway that stops: its report goes with its lease.
     if let Some(mut c) = gws[1].daemon.take() {
