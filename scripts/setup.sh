@@ -16,6 +16,9 @@ APT_PACKAGES=(
   systemd strace
   # Metrics tests: a real Prometheus server scraping `wgbpf run`, and promtool.
   prometheus
+  # Fleet tests (wgbpf push / run --etcd): a real etcd server and etcdctl;
+  # protoc builds the etcd-client crate's gRPC definitions.
+  etcd-server etcd-client protobuf-compiler
   # VM tests (cargo xtask vm test): QEMU, the guest's busybox, module
   # dependency resolution and decompression for Debian's kernel packages.
   qemu-system-x86 busybox-static kmod xz-utils

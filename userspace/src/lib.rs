@@ -4,6 +4,7 @@ pub mod dataplane;
 pub mod doctor;
 pub mod enforce;
 pub mod export;
+pub mod fleet;
 /// The fuzz targets' bodies (fuzz/), only with the `fuzzing` feature.
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

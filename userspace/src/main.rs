@@ -35,6 +35,9 @@ enum Command {
     /// Write a peer's own WireGuard configuration from the mesh file.
     Export(cli::export::ExportArgs),
     Run(cli::run::RunArgs),
+    Push(cli::push::PushArgs),
+    /// A fleet of gateways from etcd: what each enforces (docs/fleet.md).
+    Fleet(cli::fleet::FleetArgs),
     Reload(cli::reload::ReloadArgs),
     /// Key management: rotate a peer's key with a transition window.
     Keys(cli::keys::KeysArgs),
@@ -61,6 +64,8 @@ fn main() {
         Command::Import(a) => cli::import::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Run(a) => cli::run::run(a),
+        Command::Push(a) => cli::push::run(a),
+        Command::Fleet(a) => cli::fleet::run(a),
         Command::Reload(a) => cli::reload::run(a),
         Command::Keys(a) => cli::keys::run(a),
         Command::Genkey(a) => cli::genkey::genkey(a),

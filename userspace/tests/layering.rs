@@ -19,6 +19,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("mesh", &["policy", "wg", "ifname", "utc"]),
     ("import", &["mesh", "policy", "wg", "ifname"]),
     ("source", &["mesh", "import"]),
+    // The fleet's store: the parts of a gateway's mesh, from etcd.
+    ("fleet", &["mesh"]),
     // The application: a plan, applied; the daemon around it.
     ("plan", &["source", "mesh", "policy", "dataplane", "wg"]),
     ("enforce", &["plan", "dataplane", "wg"]),
@@ -40,6 +42,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "mesh",
             "wg",
             "utc",
+            "fleet",
         ],
     ),
 ];

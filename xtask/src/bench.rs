@@ -2,6 +2,7 @@
 //! that owns the code under test; xtask only builds and runs it.
 
 mod dataplane;
+mod fleet;
 mod xdp;
 
 use anyhow::Result;
@@ -41,12 +42,16 @@ pub enum Bench {
     /// The XDP guard's packet rate on a veth against a bare XDP_DROP
     /// program (garbage, handshake flood, valid data).
     Xdp(xdp::XdpArgs),
+    /// From a push to the last of N gateways enforcing it (a real etcd,
+    /// real gateways), and M followers in one process for the fan-out.
+    Fleet(fleet::FleetArgs),
 }
 
 pub fn run(which: Bench) -> Result<()> {
     match which {
         Bench::Dataplane(a) => dataplane::run(a),
         Bench::Xdp(args) => xdp::run(args),
+        Bench::Fleet(args) => fleet::run(args),
         Bench::Scrape { samples } => release(
             &["-p", "wgbpf", "--example", "bench_scrape"],
             &[

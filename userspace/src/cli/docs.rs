@@ -134,6 +134,17 @@ mod files {
         "The UAPI socket of a userspace WireGuard (wireguard-go); the kernel's is reached \
          over netlink.",
     );
+    pub const ETCD: (&str, &str) = (
+        "--cacert, --cert, --key, --password-file",
+        "PEM files for TLS to etcd (the CA, this client's certificate and key) and the etcd \
+         user's password (first line, mode 0600; or $WGBPF_ETCD_PASSWORD). The password is \
+         never printed.",
+    );
+    pub const PARTS: (&str, &str) = (
+        "FILE, --shared FILE",
+        "A gateway's own part of the fleet's mesh ([interface], [[peer]]s) and the shared \
+         part ([policy]); see docs/fleet.md.",
+    );
     pub const WG_QUICK: (&str, &str) = (
         "/etc/wireguard/IFACE.conf",
         "A wg-quick configuration, the usual input of wgbpf import wg-quick.",
@@ -214,6 +225,31 @@ fn extra_sections(name: &str) -> String {
             ),
             USAGE,
         ],
+        "push" => vec![
+            (
+                "0",
+                "The revision was written (or, with --dry-run, the diff shown).",
+            ),
+            (
+                "1",
+                "A part is invalid (named with its file, line and column), does not compile, \
+                 or a policy test fails: nothing was written. Or another push landed first, or \
+                 etcd did not answer.",
+            ),
+            USAGE,
+        ],
+        "fleet" | "fleet-status" => vec![
+            (
+                "0",
+                "Every gateway of the fleet enforces its latest revision.",
+            ),
+            (
+                "1",
+                "A gateway is behind, refused the revision or has no report (each is \
+                 named), or etcd did not answer.",
+            ),
+            USAGE,
+        ],
         s if s == "import" || s.starts_with("import-") => vec![
             OK,
             (
@@ -229,7 +265,9 @@ fn extra_sections(name: &str) -> String {
         "" => vec![MESH, ENV, KEYS, PINS, LOCK, SOCK, UAPI],
         "load" => vec![MESH, KEYS, PINS, LOCK, UAPI],
         "unload" => vec![PINS, LOCK],
-        "run" => vec![MESH, ENV, KEYS, PINS, LOCK, SOCK, UAPI],
+        "run" => vec![MESH, ENV, KEYS, PINS, LOCK, SOCK, UAPI, ETCD],
+        "push" => vec![PARTS, ETCD],
+        s if s == "fleet" || s.starts_with("fleet-") => vec![ETCD],
         "reload" => vec![SOCK, MESH],
         "audit" => vec![MESH, KEYS, PINS, UAPI],
         "show" | "counters" => vec![PINS, UAPI],

@@ -115,8 +115,48 @@ enum By {
 
 fn check_file(file: &std::path::Path, json: bool, strict: bool) -> Result<()> {
     let mesh = source::load(file)?;
-    let compiled = compile(&mesh.policy, capacity::PEERS)
-        .with_context(|| format!("{}: policy", file.display()))?;
+    let checked = check_mesh(&file.display().to_string(), &mesh)?;
+    checked.print(json);
+    checked.verdict(strict)
+}
+
+/// What `policy check` finds in one mesh: the JSON it prints with
+/// `--json`, the lines it prints otherwise, and the counts that fail it.
+pub struct Checked {
+    pub json: serde_json::Value,
+    pub lines: Vec<String>,
+    pub failures: usize,
+    pub warnings: usize,
+}
+
+impl Checked {
+    pub fn print(&self, json: bool) {
+        if json {
+            println!("{}", self.json);
+        } else {
+            for l in &self.lines {
+                println!("{l}");
+            }
+        }
+    }
+
+    /// Failed tests fail the check; warnings too with `strict`.
+    pub fn verdict(&self, strict: bool) -> Result<()> {
+        if self.failures > 0 {
+            bail!("{} policy test(s) failed", self.failures);
+        }
+        if strict && self.warnings > 0 {
+            bail!("{} warning(s) and --strict", self.warnings);
+        }
+        Ok(())
+    }
+}
+
+/// `policy check` of a mesh already read (a file, or a fleet gateway's
+/// parts joined): compile (an error is returned), run the tests, lint.
+pub fn check_mesh(label: &str, mesh: &Mesh) -> Result<Checked> {
+    let compiled =
+        compile(&mesh.policy, capacity::PEERS).with_context(|| format!("{label}: policy"))?;
     let (checked, failures) = check::run_tests(&mesh.policy, &mesh.tests);
     let warnings: Vec<serde_json::Value> = lint::lint(&mesh.policy)
         .iter()
@@ -124,52 +164,44 @@ fn check_file(file: &std::path::Path, json: bool, strict: bool) -> Result<()> {
             let src = &mesh.rule_sources[w.rule];
             json!({
                 "at": src.at, "rule": mesh.policy.rules[w.rule].name,
-                "text": rule_text(&mesh, w.rule), "kind": w.kind,
+                "text": rule_text(mesh, w.rule), "kind": w.kind,
                 "by": w.by.iter().map(|b| json!({
                     "rule": mesh.policy.rules[*b].name, "at": mesh.rule_sources[*b].at,
                 })).collect::<Vec<_>>(),
-                "why": why(&mesh, w),
+                "why": why(mesh, w),
             })
         })
         .collect();
-    if json {
-        println!(
-            "{}",
-            json!({
-                "file": file, "rules": mesh.policy.rules.len(),
-                "identities": compiled.identities, "policy_entries": compiled.policy.len(),
-                "tests": mesh.tests.len(), "checks": checked, "failures": failures,
-                "warnings": warnings,
-            })
-        );
-    } else {
-        for w in &warnings {
-            println!(
-                "{}: warning: {} ({}): {}",
-                w["at"].as_str().unwrap_or_default(),
-                w["rule"].as_str().unwrap_or_default(),
-                w["text"].as_str().unwrap_or_default(),
-                w["why"].as_str().unwrap_or_default()
-            );
-        }
-        for f in &failures {
-            println!("{f}");
-        }
-        println!(
-            "{}: {} rules, {} tests ({checked} checks), {} failed",
-            file.display(),
-            mesh.policy.rules.len(),
-            mesh.tests.len(),
-            failures.len()
-        );
+    let mut lines = Vec::new();
+    for w in &warnings {
+        lines.push(format!(
+            "{}: warning: {} ({}): {}",
+            w["at"].as_str().unwrap_or_default(),
+            w["rule"].as_str().unwrap_or_default(),
+            w["text"].as_str().unwrap_or_default(),
+            w["why"].as_str().unwrap_or_default()
+        ));
     }
-    if !failures.is_empty() {
-        bail!("{} policy test(s) failed", failures.len());
+    for f in &failures {
+        lines.push(f.to_string());
     }
-    if strict && !warnings.is_empty() {
-        bail!("{} warning(s) and --strict", warnings.len());
-    }
-    Ok(())
+    lines.push(format!(
+        "{label}: {} rules, {} tests ({checked} checks), {} failed",
+        mesh.policy.rules.len(),
+        mesh.tests.len(),
+        failures.len()
+    ));
+    Ok(Checked {
+        json: json!({
+            "file": label, "rules": mesh.policy.rules.len(),
+            "identities": compiled.identities, "policy_entries": compiled.policy.len(),
+            "tests": mesh.tests.len(), "checks": checked, "failures": failures,
+            "warnings": warnings,
+        }),
+        lines,
+        failures: failures.len(),
+        warnings: warnings.len(),
+    })
 }
 
 /// The warning's reason, the deciding rules named with their position.

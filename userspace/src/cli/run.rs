@@ -24,11 +24,26 @@ use wgbpf::{
 /// which. Under systemd (`Type=notify`) it reports readiness once the
 /// policy is enforced and pings the watchdog. SIGTERM/SIGINT exit and
 /// leave the data plane enforcing.
+///
+/// With --etcd and --gateway instead of -c, the mesh is this gateway's
+/// document in the fleet's store (`wgbpf push`, docs/fleet.md): each new
+/// revision is applied as a reload is (refused: the running one stays),
+/// and the daemon reports under a lease which revision it enforces and
+/// what it refused (`wgbpf fleet status`). Losing etcd changes nothing in
+/// the kernel; the daemon reconnects and catches up.
 #[derive(Args)]
 pub struct RunArgs {
     /// The mesh file (TOML).
-    #[arg(short, long)]
-    config: PathBuf,
+    #[arg(short, long, required_unless_present = "etcd", conflicts_with = "etcd")]
+    config: Option<PathBuf>,
+    /// Follow a fleet in etcd instead of a file: its endpoints, comma-separated.
+    #[arg(long, value_name = "ENDPOINTS", requires = "gateway")]
+    etcd: Option<String>,
+    /// This gateway's name in the fleet (with --etcd).
+    #[arg(long, value_name = "NAME", requires = "etcd")]
+    gateway: Option<String>,
+    #[command(flatten)]
+    store: super::store::StoreArgs,
     /// Refuse to start unless the file names this interface (the template
     /// unit `wgbpf@IFACE` passes its instance).
     #[arg(short, long, value_name = "IFACE", value_parser = wgbpf::ifname::parse)]
@@ -64,8 +79,20 @@ pub struct RunArgs {
 
 pub fn run(a: RunArgs) -> Result<()> {
     daemon::logging::init(a.log_format)?;
+    let source = match (a.config, &a.etcd, &a.gateway) {
+        (Some(file), _, _) => daemon::MeshSource::File(file),
+        (None, Some(etcd), Some(gateway)) => {
+            wgbpf::fleet::layout::check_gateway_name(gateway)?;
+            daemon::MeshSource::Fleet {
+                connection: a.store.connection(etcd)?,
+                layout: a.store.layout()?,
+                gateway: gateway.clone(),
+            }
+        }
+        _ => anyhow::bail!("-c FILE, or --etcd ENDPOINTS --gateway NAME"),
+    };
     let config = daemon::Config {
-        mesh_file: a.config,
+        source,
         interface: a.interface,
         metrics_addr: (!a.no_metrics).then_some(a.metrics_addr),
         settings: Settings::new(

@@ -10,6 +10,11 @@
 //! fails is refused with its reason logged, and the running policy stays.
 //! Drift repair ([`drift`]) works from the plan last enforced.
 //!
+//! With `--etcd` ([`MeshSource::Fleet`]) the mesh comes from the fleet's
+//! store instead of a file ([`crate::fleet`]): each new document the
+//! gateway's follower sees goes through the same reload (refused: the
+//! running policy stays), and the outcome is reported under a lease.
+//!
 //! One tokio runtime (current thread): signals, the metrics server and the
 //! deny-log reader are tasks; enforcing and scraping (syscalls on the maps)
 //! run on the blocking pool.
@@ -42,6 +47,11 @@ use tokio::{
 use crate::{
     dataplane::{attach::AttachMode, flows::monotonic_ns, Maps},
     enforce::{enforce, Detached, Enforced},
+    fleet::{
+        self,
+        report::{Refusal, Report},
+        GatewayDocument,
+    },
     metrics::{self, Collector, DaemonCounters, Tunnels},
     plan::{EnforcementPlan, Settings},
 };
@@ -53,9 +63,40 @@ pub use hook::{Pass, Reconciler, Repair, RepairKind, Unmanaged};
 /// common WireGuard exporters (see docs/metrics.md, "Why 10586").
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:10586";
 
+/// Where the daemon's mesh comes from.
+#[derive(Debug, Clone)]
+pub enum MeshSource {
+    /// A mesh file (with its includes), read again on each reload.
+    File(PathBuf),
+    /// Gateway `gateway`'s document in a fleet's store, followed.
+    Fleet {
+        connection: fleet::Connection,
+        layout: fleet::Layout,
+        gateway: String,
+    },
+}
+
+impl MeshSource {
+    /// For logs and replies: the file, or `etcd ENDPOINTS PREFIX gateway NAME`.
+    pub fn describe(&self) -> String {
+        match self {
+            MeshSource::File(p) => p.display().to_string(),
+            MeshSource::Fleet {
+                connection,
+                layout,
+                gateway,
+            } => format!(
+                "etcd {} {} gateway {gateway}",
+                connection.describe(),
+                layout.prefix()
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub mesh_file: PathBuf,
+    pub source: MeshSource,
     /// The interface the file must name (`wgbpf run -i`, the template
     /// unit's instance); `None`: whatever the file names.
     pub interface: Option<String>,
@@ -98,6 +139,10 @@ struct Daemon {
     sweep_interval: tokio::sync::watch::Sender<Option<Duration>>,
     /// Decisions for `wgbpf monitor` clients of the control socket.
     monitors: tokio::sync::broadcast::Sender<Arc<denylog::Decision>>,
+    /// With a fleet: the latest document seen (what a reload plans from).
+    wanted: Mutex<Option<GatewayDocument>>,
+    /// With a fleet: the report the reporter task keeps in the store.
+    report: tokio::sync::watch::Sender<Report>,
 }
 
 /// The result of one enforce, as the main loop uses it.
@@ -118,6 +163,8 @@ impl Daemon {
             last_errors: Mutex::new(Vec::new()),
             sweep_interval: tokio::sync::watch::Sender::new(None),
             monitors: tokio::sync::broadcast::Sender::new(MONITOR_BACKLOG),
+            wanted: Mutex::new(None),
+            report: tokio::sync::watch::Sender::new(Report::default()),
         })
     }
 
@@ -125,16 +172,25 @@ impl Daemon {
     /// is applied). `interface`: the interface the daemon guards (a reload
     /// must not move; `-i` must match).
     async fn plan(&self, interface: Option<String>, starting: bool) -> Result<EnforcementPlan> {
-        let path = self.config.mesh_file.clone();
+        let source = self.config.source.clone();
+        let wanted = self.wanted.lock().ok().and_then(|w| w.clone());
         let settings = self.config.settings;
         tokio::task::spawn_blocking(move || -> Result<EnforcementPlan> {
-            let plan = EnforcementPlan::from_file(&path, settings)?;
+            let plan = match (&source, wanted) {
+                (MeshSource::File(path), _) => EnforcementPlan::from_file(path, settings)?,
+                (MeshSource::Fleet { .. }, Some(doc)) => {
+                    let mesh = doc.mesh()?;
+                    EnforcementPlan::build(mesh, settings)
+                        .with_context(|| format!("revision {}", doc.revision))?
+                }
+                (MeshSource::Fleet { .. }, None) => bail!("no document from the store yet"),
+            };
             if let Some(iface) = interface {
                 if plan.interface() != iface {
                     if starting {
                         bail!(
                             "{}: the file names interface {}, but this daemon is for {iface} (-i); nothing was applied",
-                            path.display(),
+                            source.describe(),
                             plan.interface()
                         );
                     }
@@ -152,11 +208,10 @@ impl Daemon {
 
     /// Enforces a checked plan on the blocking pool.
     async fn enforce(&self, plan: EnforcementPlan) -> Result<Applied> {
-        let path = self.config.mesh_file.clone();
+        let source = self.config.source.describe();
         tokio::task::spawn_blocking(move || -> Result<Applied> {
             // The plan's errors name the file already; enforce's do not.
-            let (maps, enforced) =
-                enforce(&plan, Detached::Leave).with_context(|| path.display().to_string())?;
+            let (maps, enforced) = enforce(&plan, Detached::Leave).with_context(|| source)?;
             Ok(Applied {
                 plan: Arc::new(plan),
                 maps,
@@ -186,8 +241,8 @@ impl Daemon {
     ) -> control::Reply {
         self.counters.reloads.fetch_add(1, Ordering::Relaxed);
         notifier.reloading();
-        tracing::info!(file = %self.config.mesh_file.display(), why, "reloading");
-        let file = self.config.mesh_file.display().to_string();
+        let file = self.config.source.describe();
+        tracing::info!(file = %file, why, "reloading");
         match self.apply(iface).await {
             Ok(applied) => {
                 self.log_enforced(&applied.enforced, "reloaded");
@@ -235,11 +290,45 @@ impl Daemon {
         }
     }
 
+    fn set_wanted(&self, doc: GatewayDocument) {
+        if let Ok(mut w) = self.wanted.lock() {
+            *w = Some(doc);
+        }
+    }
+
+    /// With a fleet: the outcome of applying the wanted document, into the
+    /// report (enforced: its revision, the refusal cleared; refused: the
+    /// refusal, the enforced revision kept).
+    fn note_fleet(&self, iface: &str, ok: bool, error: Option<String>) {
+        let Some(doc) = self.wanted.lock().ok().and_then(|w| w.clone()) else {
+            return;
+        };
+        let version = self.counters.policy_version.load(Ordering::Relaxed);
+        self.report.send_modify(|r| {
+            r.interface = iface.to_string();
+            r.policy_version = version;
+            if ok {
+                r.revision = Some(doc.revision);
+                r.etcd_revision = doc.etcd_revision;
+                r.refused = None;
+            } else {
+                r.refused = Some(Refusal {
+                    revision: doc.revision,
+                    etcd_revision: doc.etcd_revision,
+                    error: error.unwrap_or_default(),
+                });
+            }
+        });
+        if ok {
+            tracing::info!(revision = doc.revision, "enforcing the fleet's revision");
+        }
+    }
+
     fn status(&self, iface: &str) -> control::Reply {
         control::Reply {
             ok: self.counters.last_reload_ok.load(Ordering::Relaxed) == 1,
             interface: iface.to_string(),
-            file: self.config.mesh_file.display().to_string(),
+            file: self.config.source.describe(),
             policy_version: Some(self.counters.policy_version.load(Ordering::Relaxed)),
             enforced: None,
             error: (self.counters.last_reload_ok.load(Ordering::Relaxed) != 1)
@@ -300,7 +389,7 @@ impl Daemon {
     fn log_enforced(&self, e: &Enforced, what: &str) {
         tracing::info!(
             interface = %e.interface,
-            file = %self.config.mesh_file.display(),
+            file = %self.config.source.describe(),
             mode = match e.attach.mode {
                 AttachMode::Tcx => "tcx",
                 AttachMode::Clsact => "clsact",
@@ -401,7 +490,60 @@ impl Daemon {
             ),
             None => None,
         };
-        let first = self.plan(self.config.interface.clone(), true).await?;
+        // With a fleet: follow the store, report under a lease, and plan
+        // from the first document that passes (a refused one is reported;
+        // the kernel keeps whatever it enforced).
+        let mut docs = None;
+        let mut fleet_tasks = Vec::new();
+        let first = if let MeshSource::Fleet {
+            connection,
+            layout,
+            gateway,
+        } = &self.config.source
+        {
+            let (tx, mut rx) = mpsc::channel(4);
+            fleet_tasks.push(tokio::spawn(fleet::follow::follow(
+                connection.clone(),
+                layout.clone(),
+                gateway.clone(),
+                tx,
+            )));
+            self.report.send_modify(|r| r.gateway = gateway.clone());
+            fleet_tasks.push(tokio::spawn(fleet::report::keep(
+                connection.clone(),
+                layout.clone(),
+                gateway.clone(),
+                self.report.subscribe(),
+            )));
+            tracing::info!(source = %self.config.source.describe(), "waiting for this gateway's document");
+            let first = loop {
+                let doc = tokio::select! {
+                    d = rx.recv() => d.context("the etcd follower stopped")?,
+                    _ = term.recv() => return Ok(()),
+                    _ = int.recv() => return Ok(()),
+                };
+                let (revision, etcd_revision) = (doc.revision, doc.etcd_revision);
+                self.set_wanted(doc);
+                match self.plan(self.config.interface.clone(), true).await {
+                    Ok(p) => break p,
+                    Err(e) => {
+                        let error = format!("{e:#}");
+                        tracing::error!(revision, error = %error, "revision refused; waiting for the next one");
+                        self.report.send_modify(|r| {
+                            r.refused = Some(Refusal {
+                                revision,
+                                etcd_revision,
+                                error,
+                            })
+                        });
+                    }
+                }
+            };
+            docs = Some(rx);
+            first
+        } else {
+            self.plan(self.config.interface.clone(), true).await?
+        };
         let iface = first.interface().to_string();
         // Also before anything is applied: a second daemon for the same
         // interface stops here.
@@ -417,6 +559,7 @@ impl Daemon {
             },
         );
         let mut plan = self.adopt_reload(applied, &mut reader);
+        self.note_fleet(&iface, true, None);
         self.reconcile(&mut plan, "start", &mut reader).await;
         let sweeper = tokio::spawn(sweep::run(
             iface.clone(),
@@ -463,13 +606,23 @@ impl Daemon {
             tokio::select! {
                 _ = hup.recv() => {
                     let _busy = Busy::mark(&busy);
-                    self.reload(&iface, "SIGHUP", &mut plan, &mut reader, &notifier).await;
+                    let r = self.reload(&iface, "SIGHUP", &mut plan, &mut reader, &notifier).await;
+                    self.note_fleet(&iface, r.ok, r.error);
+                }
+                Some(doc) = next_document(&mut docs) => {
+                    let _busy = Busy::mark(&busy);
+                    tracing::info!(revision = doc.revision, etcd_revision = doc.etcd_revision, "a new document from etcd");
+                    self.set_wanted(doc);
+                    let r = self.reload(&iface, "etcd", &mut plan, &mut reader, &notifier).await;
+                    self.note_fleet(&iface, r.ok, r.error);
                 }
                 Some((request, reply)) = requests.recv() => {
                     let _busy = Busy::mark(&busy);
                     let answer = match request {
                         control::Request::Reload => {
-                            self.reload(&iface, "control socket", &mut plan, &mut reader, &notifier).await
+                            let r = self.reload(&iface, "control socket", &mut plan, &mut reader, &notifier).await;
+                            self.note_fleet(&iface, r.ok, r.error.clone());
+                            r
                         }
                         control::Request::Status => self.status(&iface),
                         // Answered by the connection itself.
@@ -490,6 +643,7 @@ impl Daemon {
         for task in [server, reader, watchdog, Some(control_task)]
             .into_iter()
             .flatten()
+            .chain(fleet_tasks)
         {
             task.abort();
         }
@@ -501,6 +655,16 @@ impl Daemon {
             "exiting; the data plane stays pinned and enforcing (the next start adopts it)"
         );
         Ok(())
+    }
+}
+
+/// The next document from the fleet's follower; never, without a fleet.
+async fn next_document(
+    docs: &mut Option<mpsc::Receiver<GatewayDocument>>,
+) -> Option<GatewayDocument> {
+    match docs {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

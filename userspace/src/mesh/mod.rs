@@ -237,29 +237,53 @@ fn datetime_to_system_time(d: &toml::value::Datetime) -> Result<std::time::Syste
 struct Ctx<'a> {
     file: &'a str,
     text: &'a str,
+    /// For a document joined from parts ([`parse_joined`]): where each
+    /// part starts in `text` and its own name, so that positions name the
+    /// part and its own line. Empty: `text` is all of `file`.
+    parts: &'a [(usize, &'a str)],
 }
 
 impl Ctx<'_> {
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> MeshError {
-        let (line, column) = self.position(span);
+        let (file, line, column) = self.locate(span);
         MeshError {
-            file: self.file.to_string(),
+            file: file.to_string(),
             line,
             column,
             message: message.into(),
         }
     }
 
-    fn position(&self, span: Range<usize>) -> (usize, usize) {
-        let before = &self.text[..span.start.min(self.text.len())];
+    /// The file (or part) an offset lies in, and its line and column there.
+    fn locate(&self, span: Range<usize>) -> (&str, usize, usize) {
+        let at = span.start.min(self.text.len());
+        let (start, file) = self
+            .parts
+            .iter()
+            .rev()
+            .find(|(start, _)| *start <= at)
+            .copied()
+            .unwrap_or((0, self.file));
+        let before = &self.text[start..at];
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (file, line, column)
+    }
+
+    fn position(&self, span: Range<usize>) -> (usize, usize) {
+        let (_, line, column) = self.locate(span);
         (line, column)
     }
 
+    /// `file:line`, for the rule and test positions.
+    fn line_at(&self, span: Range<usize>) -> String {
+        let (file, line, _) = self.locate(span);
+        format!("{file}:{line}")
+    }
+
     fn at(&self, span: Range<usize>) -> String {
-        let (line, column) = self.position(span);
-        format!("{}:{line}:{column}", self.file)
+        let (file, line, column) = self.locate(span);
+        format!("{file}:{line}:{column}")
     }
 }
 
@@ -277,8 +301,71 @@ pub fn load(path: &Path) -> Result<Mesh, MeshError> {
 
 /// Parses and resolves a mesh file's text; includes recorded, not applied.
 pub fn parse(file: &str, text: &str) -> Result<Mesh, MeshError> {
-    let ctx = Ctx { file, text };
-    let raw: MeshFile = toml::from_str(text).map_err(|e| {
+    parse_ctx(&Ctx {
+        file,
+        text,
+        parts: &[],
+    })
+}
+
+/// One mesh from parts, each a TOML document of its own (a fleet's
+/// gateway part and its shared part): their top-level tables must be
+/// distinct (`[interface]` and `[[peer]]` in one, `[policy]` in the other,
+/// say), and the parts are read as one document. Errors name the part
+/// (`file`) and its own line.
+pub fn parse_joined(parts: &[(&str, &str)]) -> Result<Mesh, MeshError> {
+    let mut text = String::new();
+    let mut starts = Vec::new();
+    let mut union = toml::Table::new();
+    for (file, part) in parts {
+        let single = Ctx {
+            file,
+            text: part,
+            parts: &[],
+        };
+        let table: toml::Table = toml::from_str(part)
+            .map_err(|e| single.err(e.span().unwrap_or(0..0), e.message().to_string()))?;
+        for (key, value) in table {
+            if union.contains_key(&key) {
+                let at = part.find(&format!("[{key}")).unwrap_or(0);
+                return Err(single.err(
+                    at..at,
+                    format!(
+                        "`{key}` is in another part too: each top-level table belongs to one part \
+                         (the gateway's [interface] and [[peer]]s, or the shared [policy])"
+                    ),
+                ));
+            }
+            union.insert(key, value);
+        }
+        starts.push((text.len(), *file));
+        text.push_str(part);
+        text.push('\n');
+    }
+    // Joined as text so that every span keeps its part; a part whose top
+    // holds bare keys would slip them into the previous part's last table.
+    let joined: toml::Table = toml::from_str(&text).unwrap_or_default();
+    if joined != union {
+        let (file, _) = parts.last().copied().unwrap_or(("", ""));
+        return Err(MeshError {
+            file: file.to_string(),
+            line: 1,
+            column: 1,
+            message: "the parts do not join into one document: a part may hold \
+                      [tables] only, no bare keys before its first [table]"
+                .into(),
+        });
+    }
+    let file = parts.first().map_or("", |(f, _)| *f);
+    parse_ctx(&Ctx {
+        file,
+        text: &text,
+        parts: &starts,
+    })
+}
+
+fn parse_ctx(ctx: &Ctx) -> Result<Mesh, MeshError> {
+    let raw: MeshFile = toml::from_str(ctx.text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         // A [policy] alone is a fragment of some other file, not a mesh.
         if e.message() == "missing field `interface`" {
@@ -307,7 +394,7 @@ pub fn parse(file: &str, text: &str) -> Result<Mesh, MeshError> {
         })
     })
     .collect();
-    let mut mesh = resolve(&ctx, raw)?;
+    let mut mesh = resolve(ctx, raw)?;
     mesh.includes = includes;
     Ok(mesh)
 }
@@ -490,7 +577,7 @@ fn resolve(ctx: &Ctx, raw: MeshFile) -> Result<Mesh, MeshError> {
             .rfind("[[policy.rule]]")
             .unwrap_or(action_at);
         rule_sources.push(RuleSource {
-            at: format!("{}:{}", ctx.file, ctx.position(header..header).0),
+            at: ctx.line_at(header..header),
             from: r.from.iter().map(|f| f.get_ref().clone()).collect(),
             to: r.to.iter().map(|t| t.get_ref().clone()).collect(),
         });
@@ -698,9 +785,8 @@ fn tests(ctx: &Ctx, raw: &MeshFile, d: &Directory) -> Result<Vec<PolicyTest>, Me
                 });
             }
         }
-        let (line, _) = ctx.position(t.src.span());
         out.push(PolicyTest {
-            at: format!("{}:{line}", ctx.file),
+            at: ctx.line_at(t.src.span()),
             src: t.src.get_ref().clone(),
             src_addrs,
             proto,
