@@ -405,4 +405,173 @@ check_not unload-no-filter sh -c '/usr/sbin/tc filter show dev wg0 ingress | gre
 check after-unload-bob-tcp-gw-22 retry 2 tcp bob 10.77.0.1 22
 check after-unload-alice-tcp-gw-2222 retry 2 tcp alice 10.77.0.1 2222
 
+# --- the kernel WireGuard backend at scale (docs/reliability.md): 10,000
+# peers (/etc/wgbpf-vm/peers-10k.txt, "NAME KEY ADDRESS", made by the host)
+# applied by `wgbpf load` to the real module; an unchanged re-apply; one
+# changed peer; and `wg setconf` of the same peers, for the times. What the
+# module really received is counted by kprobes on its own functions (hit
+# counts in kprobe_profile; the top trace buffer records nothing):
+# wg_set_device, once per WG_CMD_SET_DEVICE message; set_peer, once per peer
+# in a message; wg_peer_create, wg_peer_remove, wg_allowedips_insert_v4.
+# The trace instance "span" records wg_set_device's entries and returns
+# only: the span from the first message's arrival to the last one's end. ---
+TR=/sys/kernel/tracing
+PEERS=/etc/wgbpf-vm/peers-10k.txt
+setup_probes() {
+	[ -e $TR/kprobe_events ] || mount -t tracefs tracefs $TR || return 1
+	for p in 'p:wgbpf/set_device wireguard:wg_set_device' \
+		'r:wgbpf/set_device_end wireguard:wg_set_device' \
+		'p:wgbpf/set_peer wireguard:set_peer' \
+		'p:wgbpf/peer_create wireguard:wg_peer_create' \
+		'p:wgbpf/peer_remove wireguard:wg_peer_remove' \
+		'p:wgbpf/aips_insert_v4 wireguard:wg_allowedips_insert_v4'; do
+		echo "$p" >>$TR/kprobe_events || return 1
+	done
+	echo 0 >$TR/tracing_on &&
+		for e in set_peer peer_create peer_remove aips_insert_v4; do
+			echo 1 >$TR/events/wgbpf/$e/enable || return 1
+		done &&
+		mkdir -p $TR/instances/span &&
+		echo 1 >$TR/instances/span/events/wgbpf/set_device/enable &&
+		echo 1 >$TR/instances/span/events/wgbpf/set_device_end/enable
+}
+# hits PROFILE NAME: a probe's hit count in a copy of kprobe_profile.
+hits() { awk -v e="$2" '$1 == e || $1 == "wgbpf/" e { print $2 }' "$1"; }
+# since NAME: its hits since the last measure began.
+since() {
+	cat $TR/kprobe_profile >/tmp/kp.now
+	echo $(($(hits /tmp/kp.now "$1") - $(hits /tmp/kp.mark "$1")))
+}
+# span: seconds from the first wg_set_device entry to the last return.
+span() {
+	awk '{
+		for (i = 2; i <= NF; i++) {
+			if ($i != "set_device:" && $i != "set_device_end:") continue
+			t = $(i - 1); sub(/:$/, "", t)
+			if ($i == "set_device:" && f == "") f = t
+			if ($i == "set_device_end:") l = t
+		}
+	} END { if (f == "" || l == "") print "none"; else printf "%.3f\n", l - f }' $TR/instances/span/trace
+}
+# measure NAME CMD...: runs CMD; its seconds, the SET messages, the peers in
+# them and the span, as WGBPF-VM-INFO scale_NAME_*. CMD's status.
+measure() {
+	mname=$1
+	shift
+	cat $TR/kprobe_profile >/tmp/kp.mark
+	echo >$TR/instances/span/trace
+	m0=$(now)
+	"$@"
+	rc=$?
+	m1=$(now)
+	echo "WGBPF-VM-INFO scale_${mname}_seconds=$(awk "BEGIN{print $m1-$m0}")"
+	echo "WGBPF-VM-INFO scale_${mname}_messages=$(since set_device)"
+	echo "WGBPF-VM-INFO scale_${mname}_peers=$(since set_peer)"
+	echo "WGBPF-VM-INFO scale_${mname}_span=$(span)"
+	return $rc
+}
+# expect NAME PROBE N: the probe was hit N times in the last measure.
+expect() {
+	got=$(since "$2")
+	if [ "$got" = "$3" ]; then ok "$1" "$2=$got"; else fail "$1" "$2: $got, want $3"; fi
+}
+# json_count KEY FILE: how many names the report's list KEY holds.
+json_count() { sed -n "s/.*\"$1\":\[\([^]]*\)\].*/\1/p" "$2" | tr ',' '\n' | grep -c '"'; }
+# peers_of IFACE: "KEY<tab>ALLOWED-IPS" per peer, sorted.
+peers_of() { wg show "$1" allowed-ips | sort; }
+# wload FILE OUT: wgbpf load FILE, its report in OUT, its stderr in OUT.err.
+wload() { wgbpf load -c "$1" --json >"$2" 2>"$2.err"; }
+# only_in A B: the lines of B that A lacks.
+only_in() { awk 'NR == FNR { seen[$0] = 1; next } !($0 in seen)' "$1" "$2"; }
+
+# teardown IFACE: deletes a device that held 10,000 peers. Deleting it
+# with its peers took 170-180 s here (6.12, TCG); emptying it first (one
+# message), then deleting it, takes about a second.
+teardown() {
+	d0=$(now)
+	wg setconf "$1" /tmp/wg-no-peers.conf
+	ip link del "$1"
+	echo "WGBPF-VM-INFO scale_teardown_$1_seconds=$(awk "BEGIN{print $(now)-$d0}")"
+}
+scale() {
+	check scale-probes setup_probes || return
+	t0=$(now)
+	(umask 077 && wg genkey >/tmp/wg2.key)
+	awk '{ print $2 "\t" $3 }' $PEERS | sort >/tmp/peers-10k.want
+	{
+		printf '[interface]\nname = "wg2"\nprivate_key_file = "/tmp/wg2.key"\n'
+		printf 'listen_port = 51822\naddresses = ["10.100.0.1/16"]\n\n'
+		awk '{ printf "[[peer]]\nname = \"%s\"\npublic_key = \"%s\"\nallowed_ips = [\"%s\"]\n\n", $1, $2, $3 }' $PEERS
+		printf '[policy]\n\n[[policy.rule]]\naction = "accept"\nfrom = ["*"]\nto = ["gateway"]\nproto = "icmp"\n'
+	} >/tmp/mesh-10k.toml
+	{
+		printf '[Interface]\nPrivateKey = %s\nListenPort = 51823\n\n' "$(cat /tmp/wg2.key)"
+		awk '{ printf "[Peer]\nPublicKey = %s\nAllowedIPs = %s\n\n", $2, $3 }' $PEERS
+	} >/tmp/wg-10k.conf
+	printf '[Interface]\nPrivateKey = %s\nListenPort = 51822\n' "$(cat /tmp/wg2.key)" >/tmp/wg-empty.conf
+	printf '[Interface]\nPrivateKey = %s\n' "$(cat /tmp/wg2.key)" >/tmp/wg-no-peers.conf
+	echo "WGBPF-VM-INFO scale_files_seconds=$(awk "BEGIN{print $(now)-$t0}")"
+
+	# wg(8) on a fresh device: the yardstick.
+	ip link add wg3 type wireguard
+	check scale-setconf-10k measure setconf wg setconf wg3 /tmp/wg-10k.conf
+	check scale-setconf-10k-peers sh -c "[ \$(wg show wg3 peers | wc -l) -eq 10000 ]"
+	teardown wg3
+
+	# wgbpf load on an interface that does not exist yet: the link made, the
+	# data plane loaded (the verifier), 10,000 peers sent.
+	check scale-load-10k measure load wload /tmp/mesh-10k.toml /tmp/load-10k.json
+	peers_of wg2 >/tmp/peers-10k.got
+	check scale-load-10k-device-equal cmp -s /tmp/peers-10k.want /tmp/peers-10k.got
+	expect scale-load-10k-created peer_create 10000
+	expect scale-load-10k-each-once set_peer 10000
+	n=$(json_count peers_added /tmp/load-10k.json)
+	if [ "$n" = 10000 ]; then ok scale-load-10k-reported; else fail scale-load-10k-reported "peers_added: $n"; fi
+
+	# The same file again: nothing sent.
+	check scale-reapply-unchanged measure noop wload /tmp/mesh-10k.toml /tmp/load-noop.json
+	expect scale-reapply-no-message set_device 0
+	expect scale-reapply-no-peer set_peer 0
+	check scale-reapply-reported-unchanged grep -q '"wireguard":{[^}]*"changed":false' /tmp/load-noop.json
+
+	# The device emptied behind wgbpf's back, then the 10,000 peers again:
+	# the same sending as the first load, over the data plane already there.
+	check scale-wipe sh -c 'wg setconf wg2 /tmp/wg-empty.conf && [ -z "$(wg show wg2 peers)" ]'
+	check scale-readd-10k measure readd wload /tmp/mesh-10k.toml /tmp/load-readd.json
+	expect scale-readd-created peer_create 10000
+	peers_of wg2 >/tmp/peers-10k.got
+	check scale-readd-device-equal cmp -s /tmp/peers-10k.want /tmp/peers-10k.got
+
+	# One peer changed (s5000's address): one message, one peer, one
+	# address, nothing created or removed; in `wg show dump` only its line
+	# differs.
+	S5000=$(awk '$1 == "s5000" { print $2 }' $PEERS)
+	OLD=$(awk '$1 == "s5000" { print $3 }' $PEERS)
+	sed "s|\"$OLD\"|\"10.100.200.1/32\"|" /tmp/mesh-10k.toml >/tmp/mesh-10k-one.toml
+	wg show wg2 dump | tail -n +2 >/tmp/dump-before
+	check scale-one-changed measure one wload /tmp/mesh-10k-one.toml /tmp/load-one.json
+	expect scale-one-message set_device 1
+	expect scale-one-peer set_peer 1
+	expect scale-one-address aips_insert_v4 1
+	expect scale-one-none-created peer_create 0
+	expect scale-one-none-removed peer_remove 0
+	wg show wg2 dump | tail -n +2 >/tmp/dump-after
+	only_in /tmp/dump-after /tmp/dump-before >/tmp/dump-gone
+	only_in /tmp/dump-before /tmp/dump-after >/tmp/dump-new
+	if [ "$(wc -l </tmp/dump-gone)" -eq 1 ] && [ "$(wc -l </tmp/dump-new)" -eq 1 ] &&
+		awk -v k="$S5000" -v a="$OLD" '$1 == k && $4 == a { f = 1 } END { exit !f }' /tmp/dump-gone &&
+		awk -v k="$S5000" '$1 == k && $4 == "10.100.200.1/32" { f = 1 } END { exit !f }' /tmp/dump-new; then
+		ok scale-one-dump-one-line
+	else
+		fail scale-one-dump-one-line "$(cut -f1,4 /tmp/dump-gone /tmp/dump-new | head -n 6 | tr '\n' ' ')"
+	fi
+	check scale-one-reported sh -c 'grep -q "\"peers_updated\":\[{\"peer\":\"s5000\",\"fields\":\[\"allowed_ips\"\]}\]" /tmp/load-one.json &&
+		grep -q "\"peers_added\":\[\]" /tmp/load-one.json && grep -q "\"peers_removed\":\[\]" /tmp/load-one.json'
+
+	check scale-unload wgbpf unload -i wg2
+	teardown wg2
+	echo "WGBPF-VM-INFO scale_seconds=$(awk "BEGIN{print $(now)-$t0}")"
+}
+scale
+
 finish

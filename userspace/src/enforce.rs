@@ -23,6 +23,7 @@ use crate::{
         attach::{self, Installed},
         lock::InterfaceLock,
         slot::ApplyReport,
+        version,
         xdp_guard::{self, GuardInstalled},
         Capacities, LoadOptions, Maps,
     },
@@ -115,9 +116,19 @@ pub fn enforce(plan: &EnforcementPlan, detached: Detached) -> Result<(Maps, Enfo
     };
     let mut prepared = prepared;
     prepared.maps.commit_counter_indexes(&slots)?;
+    // Past every version given on this interface, even by a data plane
+    // since unloaded; reserved before the slot is written with it.
     let report = prepared
         .maps
-        .apply(&compiled)
+        .apply_after(&compiled, version::last(iface), |v| {
+            if let Err(e) = version::reserve(iface, v) {
+                tracing::warn!(
+                    iface = %iface,
+                    "recording policy version {v} in {}: {e}",
+                    version::path(iface).display()
+                );
+            }
+        })
         .context("writing the policy")?;
     prepared.maps.release_counter_indexes(&slots)?;
     // For `load --dry-run`'s diff; a reader checks it against the maps, so

@@ -216,6 +216,7 @@ fn manpage_dir_writes_a_page_per_command_with_its_flags_exit_status_and_files() 
     for f in [
         "/run/wgbpf/IFACE.sock",
         "/run/wgbpf/IFACE.lock",
+        "/var/lib/wgbpf/IFACE.version",
         "/sys/fs/bpf/wgbpf/IFACE/",
         "/etc/wgbpf/IFACE.toml",
     ] {

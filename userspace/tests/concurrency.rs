@@ -1,7 +1,8 @@
 //! Two controllers on one interface: `wgbpf load`s started together are
 //! serialised by the interface lock (each policy gets its own version, the
 //! last one applied is the one enforced), and a controller that cannot get
-//! the lock in time refuses, naming the holder, and changes nothing.
+//! the lock in time refuses, naming the holder, and changes nothing. The
+//! version only grows, even across `wgbpf unload` and a fresh load.
 
 mod common;
 
@@ -88,4 +89,37 @@ fn loads_at_once_are_serialised_and_a_held_lock_refuses() {
     drop(held);
     let (code, _, err) = wgbpf(gw, &["load", "-c", other]);
     assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_data_plane_loaded_afresh_continues_the_versions() {
+    let mesh = Testbed::up(&TestbedSpec::new(&["alice"])).expect("mesh");
+    let gw = &mesh.gateway;
+    let dir = std::env::temp_dir().join(format!("wgbpf-conc-fresh-{}", mesh.run_id()));
+    let _dir = TempDir::create(dir.clone());
+    let _unload = Unload(gw);
+    let key = mesh.private_key_file(gw);
+    let icmp = dir.join("icmp.toml");
+    std::fs::write(&icmp, managed_mesh_file(&mesh, ICMP, &key)).unwrap();
+    let tcp = dir.join("tcp.toml");
+    let tcp_policy = ICMP.replace("\"icmp\"", "\"tcp\"\nports = [\"22\"]");
+    std::fs::write(&tcp, managed_mesh_file(&mesh, &tcp_policy, &key)).unwrap();
+    let load = |file: &std::path::Path| -> u64 {
+        let (code, out, err) = wgbpf(gw, &["load", "-c", file.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["policy"]["version"].as_u64().unwrap()
+    };
+    let first = load(&icmp);
+    let second = load(&tcp);
+    assert!(second > first, "{first} then {second}");
+    // Everything pinned goes; nothing holds the old data plane.
+    let (code, _, err) = wgbpf(gw, &["unload", "-i", &gw.wg_if]);
+    assert_eq!(code, 0, "{err}");
+    let afresh = load(&icmp);
+    assert!(
+        afresh > second,
+        "the data plane loaded afresh is at version {afresh}, after {second}: \
+         wgbpf_policy_version went back"
+    );
 }

@@ -125,6 +125,11 @@ mod files {
         "/run/wgbpf/IFACE.lock",
         "Held while a command changes the interface's data plane: one writer at a time.",
     );
+    pub const VERSION: (&str, &str) = (
+        "/var/lib/wgbpf/IFACE.version",
+        "The last policy version given on the interface, so that versions only grow, \
+         across wgbpf unload and reboots too. Kept by unload.",
+    );
     pub const SOCK: (&str, &str) = (
         "/run/wgbpf/IFACE.sock",
         "The daemon's control socket (wgbpf reload, status).",
@@ -262,10 +267,10 @@ fn extra_sections(name: &str) -> String {
         _ => vec![OK, FAILED, USAGE],
     };
     let files: Vec<(&str, &str)> = match sub {
-        "" => vec![MESH, ENV, KEYS, PINS, LOCK, SOCK, UAPI],
-        "load" => vec![MESH, KEYS, PINS, LOCK, UAPI],
-        "unload" => vec![PINS, LOCK],
-        "run" => vec![MESH, ENV, KEYS, PINS, LOCK, SOCK, UAPI, ETCD],
+        "" => vec![MESH, ENV, KEYS, PINS, LOCK, VERSION, SOCK, UAPI],
+        "load" => vec![MESH, KEYS, PINS, LOCK, VERSION, UAPI],
+        "unload" => vec![PINS, LOCK, VERSION],
+        "run" => vec![MESH, ENV, KEYS, PINS, LOCK, VERSION, SOCK, UAPI, ETCD],
         "push" => vec![PARTS, ETCD],
         s if s == "fleet" || s.starts_with("fleet-") => vec![ETCD],
         "reload" => vec![SOCK, MESH],

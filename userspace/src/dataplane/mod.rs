@@ -19,6 +19,7 @@ pub mod reattach;
 pub mod repin;
 pub mod replace;
 pub mod slot;
+pub mod version;
 pub mod xdp_guard;
 
 use std::path::PathBuf;

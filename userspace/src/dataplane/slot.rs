@@ -158,6 +158,19 @@ impl Maps {
     /// Writes `c` into the inactive slot and makes it active. On any error
     /// the active slot, and so enforcement, is untouched.
     pub fn apply(&mut self, c: &Compiled) -> Result<ApplyReport, DataplaneError> {
+        self.apply_after(c, 0, |_| {})
+    }
+
+    /// As [`Maps::apply`], with the new version past `floor` too (the last
+    /// one given on the interface, [`super::version`]: a data plane loaded
+    /// afresh starts at 0), and `reserve` told the version before the slot
+    /// is written with it.
+    pub fn apply_after(
+        &mut self,
+        c: &Compiled,
+        floor: u32,
+        reserve: impl FnOnce(u32),
+    ) -> Result<ApplyReport, DataplaneError> {
         let (active, active_cfg) = self.active_slot()?;
         let valid = active_cfg.flags & SLOT_VALID != 0;
         if valid && self.slot_holds(active, &active_cfg, c)? {
@@ -179,7 +192,8 @@ impl Maps {
             .slot_config
             .get(&next, 0)
             .map_err(map_err(names::SLOT_CONFIG))?;
-        let version = active_cfg.version.max(other.version) + 1;
+        let version = active_cfg.version.max(other.version).max(floor) + 1;
+        reserve(version);
         // Invalidate first: if we stop half way, the slot says so (and keeps
         // the version it was being written with).
         self.slot_config

@@ -104,6 +104,9 @@ pub fn unload(host: &Host) {
     let _ = wgbpf_command(host)
         .args(["unload", "-i", &host.wg_if])
         .output();
+    // The last version outlives unload (on purpose); the test's interface
+    // name is not used again.
+    let _ = std::fs::remove_file(wgbpf::dataplane::version::path(&host.wg_if));
 }
 
 /// Unloads even when an assertion fails half way.

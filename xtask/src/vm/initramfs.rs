@@ -213,6 +213,11 @@ pub fn build(c: &Contents) -> Result<Vec<u8>> {
     ] {
         a.binary(&which(tool)?, guest)?;
     }
+    a.file(
+        "etc/wgbpf-vm/peers-10k.txt",
+        scale_peers(SCALE_PEERS).into_bytes(),
+        0o644,
+    );
     a.stripped_binary(c.wgbpf, "/usr/local/bin/wgbpf")?;
     if let Some(smoke) = c.smoke {
         a.stripped_binary(smoke, "/usr/local/bin/wgbpf-smoke")?;
@@ -232,6 +237,46 @@ pub fn build(c: &Contents) -> Result<Vec<u8>> {
     }
     a.file("lib/modules/wgbpf/order", order.into_bytes(), 0o644);
     Ok(a.to_newc())
+}
+
+/// Peers of the guest's scale check (vmtest/init.sh, "at scale").
+const SCALE_PEERS: u32 = 10_000;
+
+/// `NAME PUBLIC_KEY ADDRESS/32` for `n` synthetic peers: s1 … sN, keys
+/// made from their number (a peer's public key is any 32 bytes to the
+/// kernel; made here, since 10,000 `wg genkey` under TCG would take
+/// minutes), addresses 10.100.0.2 on.
+fn scale_peers(n: u32) -> String {
+    let mut out = String::new();
+    for i in 1..=n {
+        let mut key = [0x5au8; 32];
+        key[..4].copy_from_slice(&i.to_le_bytes());
+        let addr = std::net::Ipv4Addr::from(0x0a64_0001 + i);
+        out.push_str(&format!("s{i} {} {addr}/32\n", base64(&key)));
+    }
+    out
+}
+
+/// Standard base64 with padding (RFC 4648), as WireGuard writes keys.
+fn base64(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let v = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(ABC[(v >> shift & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// A module file, decompressed (busybox insmod takes plain .ko files).
@@ -270,4 +315,29 @@ fn which(tool: &str) -> Result<PathBuf> {
     let out = output(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
         .with_context(|| format!("{tool} is not installed (run scripts/setup.sh)"))?;
     Ok(PathBuf::from(out.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_is_the_standard_one() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(super::base64(&[0xff; 32]).len(), 44);
+    }
+
+    #[test]
+    fn scale_peers_are_distinct_and_inside_the_subnet() {
+        let text = super::scale_peers(10_000);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 10_000);
+        assert_eq!(lines[0].split(' ').nth(2), Some("10.100.0.2/32"));
+        assert_eq!(lines[9_999].split(' ').nth(2), Some("10.100.39.17/32"));
+        let keys: std::collections::BTreeSet<&str> =
+            lines.iter().map(|l| l.split(' ').nth(1).unwrap()).collect();
+        assert_eq!(keys.len(), 10_000);
+    }
 }

@@ -42,7 +42,8 @@ pub struct TestArgs {
     wgbpf: Option<PathBuf>,
 }
 
-/// A guest takes about 1–2 minutes under TCG (the BPF verifier most of it);
+/// A guest takes about 2–4 minutes under TCG (the BPF verifier and the
+/// 10,000-peer checks most of it);
 /// this leaves room for a slow, busy CI machine and still ends a hung guest.
 const DEFAULT_TIMEOUT_SECS: u64 = 600;
 
@@ -268,6 +269,9 @@ fn one(
         info("verified_insns_log_wgbpf_ingress"),
         info("verified_insns_log_wgbpf_egress"),
     ));
+    if let Some(l) = scale_line(&r.info) {
+        lines.push(l);
+    }
     lines.push(format!(
         "boot to power-off {:.0} s under TCG ({:.0} s with download and initramfs)",
         r.elapsed.as_secs_f64(),
@@ -305,6 +309,43 @@ fn one(
         pass,
         lines,
     })
+}
+
+/// The guest's 10,000-peer figures (vmtest/init.sh, `scale`), each time as
+/// a ratio to `wg setconf` of the same peers in the same guest (emulated:
+/// only the ratios carry over).
+fn scale_line(info: &std::collections::BTreeMap<String, String>) -> Option<String> {
+    let num = |k: &str| info.get(&format!("scale_{k}"))?.parse::<f64>().ok();
+    let text = |k: &str| {
+        info.get(&format!("scale_{k}"))
+            .map_or("n/a", String::as_str)
+    };
+    let setconf = num("setconf_seconds")?;
+    let setconf_span = num("setconf_span");
+    let time = |k: &str| match num(&format!("{k}_seconds")) {
+        Some(t) => format!("{t:.2} s ({:.2}x)", t / setconf),
+        None => "n/a".into(),
+    };
+    let span = |k: &str| match (num(&format!("{k}_span")), setconf_span) {
+        (Some(t), Some(w)) if w > 0.0 => format!("{t:.2} s ({:.2}x)", t / w),
+        _ => "n/a".into(),
+    };
+    Some(format!(
+        "10,000 peers: wg setconf {setconf:.2} s (SET span {}, {} messages); wgbpf load: \
+         fresh {}, again unchanged {} ({} messages), re-adding the peers {} (SET span {}, \
+         {} messages), one peer changed {} ({} message); the scale checks took {} s",
+        text("setconf_span"),
+        text("setconf_messages"),
+        time("load"),
+        time("noop"),
+        text("noop_messages"),
+        time("readd"),
+        span("readd"),
+        text("readd_messages"),
+        time("one"),
+        text("one_messages"),
+        text("seconds"),
+    ))
 }
 
 /// Host-side checks of `wgbpf counters --json` after the guest's traffic.
