@@ -7,7 +7,7 @@
 //! [`super::Maps::active_holds`]), so a policy applied by anything else is
 //! never mistaken for it. On a tmpfs, like the pins it describes.
 
-use std::{io::Write, os::unix::fs::OpenOptionsExt, path::PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,25 +28,11 @@ pub fn path(iface: &str) -> PathBuf {
 /// Records `policy` as `iface`'s active one (a new file renamed over the
 /// old: a reader sees one or the other whole).
 pub fn record(iface: &str, version: u32, policy: &Policy) -> std::io::Result<()> {
-    std::fs::create_dir_all(LOCK_DIR)?;
-    let final_path = path(iface);
-    let tmp = final_path.with_extension(format!("json.{}", std::process::id()));
     let text = serde_json::to_vec(&Applied {
         version,
         policy: policy.clone(),
     })?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    let written = f.write_all(&text).and_then(|_| f.sync_all());
-    if let Err(e) = written.and_then(|_| std::fs::rename(&tmp, &final_path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(())
+    super::state_file::write_atomically(&path(iface), &text)
 }
 
 /// The record, if there is one that parses.

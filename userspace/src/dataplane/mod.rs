@@ -19,6 +19,7 @@ pub mod reattach;
 pub mod repin;
 pub mod replace;
 pub mod slot;
+mod state_file;
 pub mod version;
 pub mod xdp_guard;
 

@@ -15,7 +15,7 @@
 //! lost, keeps its lead). A record that cannot be read or written costs
 //! only this guarantee, never an apply.
 
-use std::{io::Write, os::unix::fs::OpenOptionsExt, path::PathBuf};
+use std::path::PathBuf;
 
 /// Survives reboots (the unit's `StateDirectory=wgbpf`).
 pub const STATE_DIR: &str = "/var/lib/wgbpf";
@@ -37,21 +37,7 @@ pub fn last(iface: &str) -> u32 {
 /// Records `version` as `iface`'s last (a new file renamed over the old,
 /// synced: a crash leaves one or the other whole).
 pub fn reserve(iface: &str, version: u32) -> std::io::Result<()> {
-    std::fs::create_dir_all(STATE_DIR)?;
-    let final_path = path(iface);
-    let tmp = final_path.with_extension(format!("version.{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    let written = writeln!(f, "{version}").and_then(|_| f.sync_all());
-    if let Err(e) = written.and_then(|_| std::fs::rename(&tmp, &final_path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(())
+    super::state_file::write_atomically(&path(iface), format!("{version}\n").as_bytes())
 }
 
 #[cfg(test)]
