@@ -731,14 +731,32 @@ fn three_gateways_converge_refuse_a_broken_revision_and_ride_out_etcd_loss() {
         "{failed} of {sent} pings lost through gw0"
     );
 
-    // --- A gateway that stops: its report goes with its lease.
+    // --- A gateway that stops: it revokes its lease before it exits, so
+    // its report is gone the moment it has stopped.
     if let Some(mut c) = gws[1].daemon.take() {
         stop(&mut c, Duration::from_secs(20));
     }
-    wait_until("gw1's report is gone", || {
+    let now = reports(&ep);
+    assert!(
+        now.iter().any(|(n, rev, _)| n == "gw1" && rev.is_none()),
+        "gw1 stopped but its report is still there: {now:?}"
+    );
+    // A gateway that dies (SIGKILL) cannot: its report goes with its
+    // lease, once the lease runs out.
+    if let Some(mut c) = gws[2].daemon.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(
         reports(&ep)
             .iter()
-            .any(|(n, rev, _)| n == "gw1" && rev.is_none())
+            .any(|(n, rev, _)| n == "gw2" && rev.is_some()),
+        "gw2's report went before its lease ran out"
+    );
+    wait_until("gw2's report is gone with its lease", || {
+        reports(&ep)
+            .iter()
+            .any(|(n, rev, _)| n == "gw2" && rev.is_none())
     });
 }
 

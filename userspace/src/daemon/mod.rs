@@ -495,6 +495,7 @@ impl Daemon {
         // the kernel keeps whatever it enforced).
         let mut docs = None;
         let mut fleet_tasks = Vec::new();
+        let mut reporter = None;
         let first = if let MeshSource::Fleet {
             connection,
             layout,
@@ -509,12 +510,17 @@ impl Daemon {
                 tx,
             )));
             self.report.send_modify(|r| r.gateway = gateway.clone());
-            fleet_tasks.push(tokio::spawn(fleet::report::keep(
-                connection.clone(),
-                layout.clone(),
-                gateway.clone(),
-                self.report.subscribe(),
-            )));
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            reporter = Some((
+                stop,
+                tokio::spawn(fleet::report::keep(
+                    connection.clone(),
+                    layout.clone(),
+                    gateway.clone(),
+                    self.report.subscribe(),
+                    stopped,
+                )),
+            ));
             tracing::info!(source = %self.config.source.describe(), "waiting for this gateway's document");
             let first = loop {
                 let doc = tokio::select! {
@@ -640,6 +646,19 @@ impl Daemon {
             }
         };
         notifier.stopping();
+        // With a fleet: the report is withdrawn (its lease revoked) before
+        // the exit, so `fleet status` shows the gateway gone at once.
+        if let Some((stop, task)) = reporter {
+            let _ = stop.send(());
+            if tokio::time::timeout(Duration::from_secs(3), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "etcd: the report could not be withdrawn; it goes when its lease runs out"
+                );
+            }
+        }
         for task in [server, reader, watchdog, Some(control_task)]
             .into_iter()
             .flatten()

@@ -48,21 +48,27 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Keeps `P/status/NAME` up to date with `reports` until the sender is
-/// dropped: at once when it changes, and every [`EVERY`]. A store that is
-/// away is retried with a new lease; the report reappears when it is back.
+/// Keeps `P/status/NAME` up to date with `reports` until `stop` fires (or
+/// the sender is dropped): at once when it changes, and every [`EVERY`].
+/// Then the lease is revoked, so the report goes at once rather than when
+/// the lease runs out. A store that is away is retried with a new lease;
+/// the report reappears when it is back.
 pub async fn keep(
     connection: Connection,
     layout: Layout,
     name: String,
     mut reports: watch::Receiver<Report>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     loop {
-        match keep_once(&connection, &layout, &name, &mut reports).await {
+        match keep_once(&connection, &layout, &name, &mut reports, &mut stop).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::debug!(error = %e, "etcd: the report could not be written; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         }
     }
@@ -73,6 +79,7 @@ async fn keep_once(
     layout: &Layout,
     name: &str,
     reports: &mut watch::Receiver<Report>,
+    stop: &mut tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(), FleetError> {
     let mut client = connection.connect().await?;
     let lease = client
@@ -98,6 +105,11 @@ async fn keep_once(
             .await
             .map_err(FleetError::etcd("writing the report"))?;
         tokio::select! {
+            _ = &mut *stop => {
+                // The daemon is exiting: the report goes with the lease.
+                let _ = client.lease_revoke(lease).await;
+                return Ok(());
+            }
             changed = reports.changed() => {
                 if changed.is_err() {
                     // The daemon is exiting: the report goes with the lease.
