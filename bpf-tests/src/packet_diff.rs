@@ -14,8 +14,8 @@
 //!   (an apply costs as much as a few thousand packets);
 //! - 8 bytes: the seed of everything else drawn at random (packets, later
 //!   policies);
-//! - then operations, one byte each (bit 0: ingress or egress; bits 1..4
-//!   the kind, see [`Op`]) with the operands some kinds read.
+//! - then operations, one byte each (bit 0: ingress or egress; bits 1..7
+//!   the kind, see [`op_of`]) with the operands some kinds read.
 
 use std::{
     cell::RefCell,
@@ -37,6 +37,10 @@ use crate::{
 
 /// Packets one input may send at most (keeps an input's time bounded).
 pub const MAX_PACKETS: usize = 4096;
+/// Packets of a burst.
+const BURST: usize = 16;
+/// New policies one input may apply at most.
+const MAX_POLICIES: usize = 2;
 /// IP bytes of a raw packet at most.
 const MAX_RAW: usize = 1500;
 /// Peers of every policy (indexes 1..=PEERS).
@@ -57,12 +61,14 @@ thread_local! {
     static LOADED: RefCell<Option<Loaded>> = const { RefCell::new(None) };
 }
 
-/// What an operation byte asks for (bits 1..4).
+/// What an operation byte asks for (bits 1..7, see [`op_of`]).
 #[derive(Clone, Copy, Debug)]
 enum Op {
     /// A packet of the random generator (well formed ~70 %, the rest edge
     /// cases: options, extension chains, fragments, truncations, lies).
     Fresh,
+    /// [`BURST`] packets, each fresh or related, drawn at random.
+    Burst,
     /// Related to an earlier one: a reply, a retransmission, an ICMP error
     /// about it, fragments of a datagram like it.
     Related,
@@ -82,17 +88,28 @@ enum Op {
     Again,
 }
 
+/// Mostly generated packets (one byte each), now and then raw bytes.
 fn op_of(byte: u8) -> Op {
-    match (byte >> 1) & 15 {
-        0..=4 => Op::Fresh,
-        5..=7 => Op::Related,
-        8 | 9 => Op::Mutated,
-        10 => Op::Raw,
-        11 => Op::RawPooled,
-        12 => Op::ExtChain,
-        13 => Op::IcmpError,
-        14 => Op::NewPolicy,
+    match byte >> 1 {
+        0..=19 => Op::Burst,
+        20..=59 => Op::Fresh,
+        60..=89 => Op::Related,
+        90..=104 => Op::Mutated,
+        105..=108 => Op::Raw,
+        109..=112 => Op::RawPooled,
+        113..=118 => Op::ExtChain,
+        119..=124 => Op::IcmpError,
+        125 => Op::NewPolicy,
         _ => Op::Again,
+    }
+}
+
+/// A raw packet's length from one byte: mostly short (up to 191 bytes),
+/// sometimes up to [`MAX_RAW`].
+fn raw_len(b: u8) -> usize {
+    match b {
+        0..=191 => usize::from(b),
+        _ => (usize::from(b - 192) * 24).min(MAX_RAW),
     }
 }
 
@@ -208,6 +225,7 @@ fn run_applied(
     };
     let mut diff = Differential::resume(h, first, version).expect("counters");
     let mut now_applied = Some((key, version));
+    let mut policies = 0;
     let mut related = Related::default();
     let mut last: Option<Vec<u8>> = None;
     while let Some(op) = input.byte() {
@@ -217,6 +235,18 @@ fn run_applied(
         let dir = if op & 1 == 0 { DIR_INGRESS } else { DIR_EGRESS };
         let gw: Vec<IpAddr> = diff.model.policy().local.iter().map(|n| n.addr()).collect();
         let (frame, label) = match op_of(op) {
+            Op::Burst => {
+                for _ in 0..BURST {
+                    let frame = match rng.gen_bool(0.5) {
+                        true => related.next(&mut rng, &gw, &pools),
+                        false => None,
+                    }
+                    .unwrap_or_else(|| random_frame(&mut rng, &pools));
+                    let dir = if rng.gen() { DIR_INGRESS } else { DIR_EGRESS };
+                    one(h, &mut diff, &mut related, dir, frame.bytes, "burst");
+                }
+                continue;
+            }
             Op::Fresh => (random_frame(&mut rng, &pools).bytes, "fresh"),
             Op::Related => match related.next(&mut rng, &gw, &pools) {
                 Some(f) => (f.bytes, "related"),
@@ -231,11 +261,11 @@ fn run_applied(
                 (mutate(base.bytes, &mut input), "mutated")
             }
             Op::Raw => {
-                let n = usize::from(input.u16()) % (MAX_RAW + 1);
+                let n = raw_len(input.byte_or0());
                 (ether(input.bytes(n)), "raw")
             }
             Op::RawPooled => {
-                let n = usize::from(input.u16()) % (MAX_RAW + 1);
+                let n = raw_len(input.byte_or0());
                 let mut ip = input.bytes(n).to_vec();
                 pooled_addresses(&mut ip, &mut rng, &pools);
                 (ether(&ip), "raw, pooled addresses")
@@ -250,8 +280,10 @@ fn run_applied(
                 .unwrap_or_else(|| random_frame(&mut rng, &pools).bytes);
                 (icmp_error(&quoted, &mut input, &mut rng, &pools), "ICMP error")
             }
-            // Rarely: an apply costs as much as thousands of packets.
-            Op::NewPolicy if input.byte_or0() < 16 => {
+            // Rarely (the next byte 0xa5), at most twice an input: an apply
+            // costs as much as thousands of packets.
+            Op::NewPolicy if input.byte_or0() == 0xa5 && policies < MAX_POLICIES => {
+                policies += 1;
                 let rules = rng.gen_range(1..60);
                 let p = policy(&mut rng, rules, link_local);
                 pools = self::pools(&p);
@@ -265,21 +297,34 @@ fn run_applied(
                 None => continue,
             },
         };
-        let view = meta_of_bytes(&frame);
-        PACKETS.fetch_add(1, Ordering::Relaxed);
-        if let Some(out) = diff.packet(h, dir, &frame, view.clone(), label) {
-            let (m, _) = view.expect("judged packets have a view");
-            if let Some(f) = m.frag.filter(|f| f.first) {
-                related.firsts.push((m.clone(), f.id));
-            }
-            if out.verdict.passes() {
-                related.passed.push(m);
-            }
-        }
+        one(h, &mut diff, &mut related, dir, frame.clone(), label);
         last = Some(frame);
     }
     diff.check_maps(h);
     now_applied
+}
+
+/// One frame through the kernel and the model; what passed and first
+/// fragments are kept to draw related traffic from.
+fn one(
+    h: &Harness,
+    diff: &mut Differential,
+    related: &mut Related,
+    dir: usize,
+    frame: Vec<u8>,
+    label: &str,
+) {
+    let view = meta_of_bytes(&frame);
+    PACKETS.fetch_add(1, Ordering::Relaxed);
+    if let Some(out) = diff.packet(h, dir, &frame, view.clone(), label) {
+        let (m, _) = view.expect("judged packets have a view");
+        if let Some(f) = m.frag.filter(|f| f.first) {
+            related.firsts.push((m.clone(), f.id));
+        }
+        if out.verdict.passes() {
+            related.passed.push(m);
+        }
+    }
 }
 
 /// Up to 8 edits, 3 bytes each: a position (high bit: cut the frame there
