@@ -146,7 +146,11 @@ impl Differential {
             got,
             want,
             "{} {label}: {m:?}\nframe: {frame:02x?}\nmodel: {out:?}\nkernel: {:?}\npolicy: {:#?}",
-            if dir == DIR_INGRESS { "ingress" } else { "egress" },
+            if dir == DIR_INGRESS {
+                "ingress"
+            } else {
+                "egress"
+            },
             h.dp.maps.stats(),
             self.model.policy()
         );

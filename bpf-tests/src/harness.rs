@@ -14,8 +14,8 @@ use wgbpf::{
     },
 };
 use wgbpf_common::{
-    capacity, names, DenyKey, FlowKey, FragKey, FragValue, PeerCounters, DIR_INGRESS, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_TCP,
+    capacity, names, DenyKey, FlowKey, FragKey, FragValue, PeerCounters, DIR_INGRESS,
+    ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
 };
 
 use crate::{

@@ -278,7 +278,10 @@ fn run_applied(
                     _ => None,
                 }
                 .unwrap_or_else(|| random_frame(&mut rng, &pools).bytes);
-                (icmp_error(&quoted, &mut input, &mut rng, &pools), "ICMP error")
+                (
+                    icmp_error(&quoted, &mut input, &mut rng, &pools),
+                    "ICMP error",
+                )
             }
             // Rarely (the next byte 0xa5), at most twice an input: an apply
             // costs as much as thousands of packets.
@@ -393,7 +396,7 @@ fn ext_chain(input: &mut Input, rng: &mut StdRng, pools: &Pools) -> Vec<u8> {
             _ => p.with_ipv6_ext_header(44, 0),
         };
     }
-    if input.byte_or0() % 4 == 0 {
+    if input.byte_or0().is_multiple_of(4) {
         let field = input.u16();
         p = p
             .as_fragment_at(field >> 3, field & 1 == 1)

@@ -8,7 +8,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::packets::{v4_options_acceptable, Expected, Fragment, Parsed};
 
-
 fn be16(b: &[u8], i: usize) -> usize {
     usize::from(u16::from_be_bytes([b[i], b[i + 1]]))
 }

@@ -55,7 +55,12 @@ pub fn echo_request(m: &PacketMeta) -> u8 {
 
 /// An ICMP error about a packet that passed, quoting it: from its far end,
 /// from the gateway, or from anyone in the pools; mostly to its sender.
-pub fn error_about(rng: &mut impl Rng, m: &PacketMeta, gw: &[IpAddr], pools: &Pools) -> Option<Frame> {
+pub fn error_about(
+    rng: &mut impl Rng,
+    m: &PacketMeta,
+    gw: &[IpAddr],
+    pools: &Pools,
+) -> Option<Frame> {
     let quoted = rebuild(m)?.build();
     let v4 = m.src.is_ipv4();
     let same_family = |a: &&IpAddr| a.is_ipv4() == v4;

@@ -16,7 +16,8 @@ fn harness() -> Harness {
 
 #[test]
 fn regression_inputs_agree() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/packet_diff");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/packet_diff");
     let mut h = harness();
     let mut inputs: Vec<_> = std::fs::read_dir(&dir)
         .expect("fuzz/regressions/packet_diff")
@@ -49,5 +50,37 @@ fn random_inputs_agree() {
         run_with(&mut h, &input);
     }
     let packets = PACKETS.load(std::sync::atomic::Ordering::Relaxed);
-    eprintln!("{inputs} inputs, {packets} packets in {:?}", start.elapsed());
+    eprintln!(
+        "{inputs} inputs, {packets} packets in {:?}",
+        start.elapsed()
+    );
+}
+
+/// The comparison is not blind: a model holding another policy than the
+/// kernel (no rules: everything denied) is caught on the first packet the
+/// kernel lets through.
+#[test]
+#[should_panic(expected = "assertion `left == right` failed")]
+fn a_model_of_another_policy_is_caught() {
+    use wgbpf_bpf_tests::{
+        differential::Differential,
+        harness::meta_of_bytes,
+        packets::random_frame,
+        policies::{pools_for, random_policy},
+    };
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut h = harness();
+    h.clear_traffic(12).expect("clear");
+    let enforced = random_policy(&mut rng, 12, 40);
+    let v = h.apply(&enforced).expect("apply").version;
+    let pools = pools_for(&enforced);
+    let mut nothing = enforced;
+    nothing.rules.clear();
+    nothing.audit = false;
+    let mut diff = Differential::resume(&h, nothing, v).expect("counters");
+    for _ in 0..5000 {
+        let frame = random_frame(&mut rng, &pools);
+        let view = meta_of_bytes(&frame.bytes);
+        diff.packet(&h, 0, &frame.bytes, view, &frame.label);
+    }
 }

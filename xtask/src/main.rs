@@ -191,7 +191,12 @@ fn fuzz_smoke() -> Result<()> {
         return Ok(());
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    for target in ["mesh_parse", "tailscale_parse", "wgquick_parse", "packet_diff"] {
+    for target in [
+        "mesh_parse",
+        "tailscale_parse",
+        "wgquick_parse",
+        "packet_diff",
+    ] {
         let corpus = format!("corpus/{target}");
         std::fs::create_dir_all(std::path::Path::new("fuzz").join(&corpus))?;
         run(Command::new(&cargo)
