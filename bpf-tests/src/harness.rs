@@ -14,11 +14,14 @@ use wgbpf::{
     },
 };
 use wgbpf_common::{
-    capacity, names, DIR_INGRESS, ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_TCP,
+    capacity, names, DenyKey, FlowKey, FragKey, FragValue, PeerCounters, DIR_INGRESS,
+    ICMPV6_ECHO_REQUEST, ICMP_ECHO_REQUEST, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
 };
 
-use crate::packets::{Expected, Frame, Parsed};
+use crate::{
+    packets::{Expected, Frame, Parsed},
+    reference_parse::reference,
+};
 
 /// What TC returns for a packet that passes: TC_ACT_UNSPEC (-1).
 pub const PASS: u32 = u32::MAX;
@@ -47,6 +50,39 @@ impl Harness {
     pub fn apply(&mut self, policy: &Policy) -> Result<ApplyReport> {
         let compiled = compile(policy, capacity::PEERS)?;
         Ok(self.dp.maps.apply(&compiled)?)
+    }
+
+    /// Forgets all traffic: the flow and fragment tables and the deny map
+    /// are emptied, the counters of peers 0..=`peers` zeroed (the
+    /// statistics stay), so that a run starts as on a fresh load without
+    /// the cost of one.
+    pub fn clear_traffic(&mut self, peers: u32) -> Result<()> {
+        use aya::maps::{HashMap, PerCpuValues};
+        let maps = &mut self.dp.maps;
+        let keys: Vec<FlowKey> = maps.flows.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            maps.flows.remove(&k)?;
+        }
+        let keys: Vec<DenyKey> = maps.denies.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            maps.denies.remove(&k)?;
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        for index in 0..=peers {
+            let zero = PerCpuValues::try_from(vec![PeerCounters::default(); cpus])?;
+            maps.peer_counters.set(index, zero, 0)?;
+        }
+        let mut frags: HashMap<_, FragKey, FragValue> = HashMap::try_from(
+            self.dp
+                .ebpf
+                .map_mut(names::FRAGS)
+                .context("the fragment table")?,
+        )?;
+        let keys: Vec<FragKey> = frags.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            frags.remove(&k)?;
+        }
+        Ok(())
     }
 
     /// Runs one frame through the ingress or egress program; returns the
@@ -91,16 +127,31 @@ pub fn meta(frame: &Frame) -> Option<PacketMeta> {
     let Expected::Packet(p) = &frame.expected else {
         return None;
     };
+    meta_of(p, &frame.bytes)
+}
+
+/// The reference's view of any bytes (an Ethernet header, then IP): what
+/// [`crate::reference_parse`] parses out of them, as [`meta`] completes
+/// it, and the IP length; `None` when the programs must drop the frame.
+pub fn meta_of_bytes(frame: &[u8]) -> Option<(PacketMeta, u32)> {
+    let Expected::Packet(p) = reference(frame) else {
+        return None;
+    };
+    meta_of(&p, frame).map(|m| (m, p.len))
+}
+
+/// [`meta`] for a parse result `p` of `frame`.
+pub fn meta_of(p: &Parsed, frame: &[u8]) -> Option<PacketMeta> {
     let mapped = |a: &IpAddr| matches!(a, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
     if p.src.is_ipv6() && (mapped(&p.src) || mapped(&p.dst)) {
         return None;
     }
     let mut m = to_meta(p);
     if m.is_icmp_error() && !p.fragment {
-        m.quoted = quoted_tuple(&frame.bytes[14..], p.len as usize);
+        m.quoted = quoted_tuple(&frame[14..], p.len as usize);
     }
     if p.proto == PROTO_TCP && !p.fragment {
-        let ip = &frame.bytes[14..];
+        let ip = &frame[14..];
         m.tcp_flags = l4_offset(ip).and_then(|o| ip.get(o + 13)).copied()?;
     }
     Some(m)

@@ -179,7 +179,8 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
 /// crash, a panic or an input slower than 10 s fails the task; libFuzzer
 /// leaves the input in fuzz/artifacts/<target>/ (add it to the regressions).
 /// cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP=1 lets the stable
-/// toolchain accept them.
+/// toolchain accept them. packet_diff (docs/reliability.md) loads the eBPF
+/// programs (root) and runs up to 4,096 packets an input.
 fn fuzz_smoke() -> Result<()> {
     let seconds: u64 = match std::env::var("WGBPF_FUZZ_SECONDS") {
         Ok(s) => s.parse().context("WGBPF_FUZZ_SECONDS")?,
@@ -190,7 +191,12 @@ fn fuzz_smoke() -> Result<()> {
         return Ok(());
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    for target in ["mesh_parse", "tailscale_parse", "wgquick_parse"] {
+    for target in [
+        "mesh_parse",
+        "tailscale_parse",
+        "wgquick_parse",
+        "packet_diff",
+    ] {
         let corpus = format!("corpus/{target}");
         std::fs::create_dir_all(std::path::Path::new("fuzz").join(&corpus))?;
         run(Command::new(&cargo)
