@@ -5,7 +5,7 @@
 //! per-peer counter and every deny-map entry must agree with the model
 //! (`wgbpf_bpf_tests::differential`, shared with the packet fuzzer).
 
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::Rng;
 use wgbpf_bpf_tests::{
     differential::{load_options, Differential},
     harness::{meta, Harness},
@@ -17,12 +17,7 @@ use wgbpf_common::{DIR_EGRESS, DIR_INGRESS};
 
 #[test]
 fn kernel_agrees_with_reference_on_random_traffic() {
-    let seed: u64 = std::env::var("WGBPF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::thread_rng().gen());
-    eprintln!("seed {seed} (rerun with WGBPF_SEED={seed})");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = wgbpf_bpf_tests::seeded_rng();
     let mut h = Harness::with_options(load_options()).expect("load");
 
     let first = random_policy(&mut rng, 12, 30);

@@ -32,12 +32,7 @@ fn regression_inputs_agree() {
 
 #[test]
 fn random_inputs_agree() {
-    let seed: u64 = std::env::var("WGBPF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::thread_rng().gen());
-    eprintln!("seed {seed} (rerun with WGBPF_SEED={seed})");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = wgbpf_bpf_tests::seeded_rng();
     let inputs: usize = std::env::var("WGBPF_PACKET_DIFF_INPUTS")
         .ok()
         .and_then(|s| s.parse().ok())
