@@ -652,18 +652,12 @@ impl Packet {
         if avail == 0 || (v != 4 && v != 6) || avail < self.fixed_hdr() {
             return Expected::Malformed;
         }
-        let base = Parsed {
-            src: self.src,
-            dst: self.dst,
-            proto: self.proto,
-            fragment: false,
-            frag: None,
-            sport: 0,
-            dport: 0,
-            icmp_type: 0,
-            icmp_id: 0,
-            len: (self.len_value() + if self.is_v4() { 0 } else { V6_HDR }) as u32,
-        };
+        let base = crate::reference_parse::empty(
+            self.src,
+            self.dst,
+            self.proto,
+            self.len_value() + if self.is_v4() { 0 } else { V6_HDR },
+        );
         if self.is_v4() {
             self.expected_v4(frame, avail, base)
         } else {

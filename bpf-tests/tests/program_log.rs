@@ -146,3 +146,38 @@ fn off_the_log_code_is_dropped_by_the_verifier() {
     }
     eprintln!("off {off:?} trace {trace:?}");
 }
+
+/// A peer that knows the log is on floods the gateway with malformed
+/// packets, with nobody reading the log: every packet is still dropped and
+/// counted, the log buffer (128 KiB) fills and further lines are dropped
+/// rather than blocking or failing the program, and a reader afterwards
+/// gets at most a buffer's worth.
+#[test]
+fn a_flood_with_the_log_on_fills_the_buffer_and_nothing_else() {
+    let mut h = load(ProgramLog::Warn);
+    let mut reader = Reader::of_object(&mut h.dp.ebpf).expect("the log buffer");
+    let (p1, gw) = (Fam::V4.peer(1), Fam::V4.gw());
+    let bad = Packet::udp(p1, gw, 1000, 53).with_ihl(4).build();
+    let before = h.dp.maps.stats().unwrap().malformed;
+    const FLOOD: u32 = 200_000;
+    let (ret, _) = h.run_repeat(IN, &bad.bytes, FLOOD).unwrap();
+    assert_eq!(ret, DROP);
+    assert_eq!(
+        h.dp.maps.stats().unwrap().malformed - before,
+        u64::from(FLOOD),
+        "every packet counted"
+    );
+    let lines = reader.read();
+    assert!(!lines.is_empty(), "the buffer holds the first lines");
+    assert!(
+        lines.len() < FLOOD as usize / 10,
+        "{} lines: the buffer is bounded, the rest dropped",
+        lines.len()
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l.message.starts_with("malformed packet dropped")));
+    // Read, the buffer takes lines again.
+    h.run(IN, &bad.bytes).unwrap();
+    assert_eq!(reader.read().len(), 1);
+}

@@ -880,6 +880,35 @@ mod tests {
     }
 
     #[test]
+    fn program_log_is_read_and_a_bad_level_is_named_at_its_place() {
+        assert_eq!(
+            parse("mesh.toml", HEAD).unwrap().program_log,
+            ProgramLog::Off
+        );
+        let with = |level: &str| {
+            HEAD.replacen(
+                "[interface]\n",
+                &format!("[interface]\nprogram_log = {level}\n"),
+                1,
+            )
+        };
+        assert_eq!(
+            parse("mesh.toml", &with("\"Debug\"")).unwrap().program_log,
+            ProgramLog::Debug
+        );
+        let e = err(&with("\"loud\""));
+        assert_eq!((e.line, e.column), (2, 15), "{e}");
+        assert!(
+            e.message.contains("program_log: `loud` is not a log level"),
+            "{e}"
+        );
+        // A wrong type: serde's message, at the value's place.
+        let e = err(&with("3"));
+        assert_eq!((e.line, e.column), (2, 15), "{e}");
+        assert!(e.message.contains("expected a string"), "{e}");
+    }
+
+    #[test]
     fn key_rotations_are_checked_with_their_positions() {
         let (a, b) = (
             Key::from_bytes([1; 32]).to_base64(),
