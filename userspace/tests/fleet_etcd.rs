@@ -673,6 +673,97 @@ fn three_gateways_converge_refuse_a_broken_revision_and_ride_out_etcd_loss() {
     audited(&gws[0], &d, &shared_v2());
     delivered(&gws[0].mesh, &sink6000, 6000);
 
+    // --- What someone with write access to the store could put there by
+    // hand, each refused by every gateway with its reason, revision 2
+    // kept: a part that is not UTF-8, a shared [interface] (it would be
+    // applied on every gateway), a revision that is not a number, an older
+    // revision (a restored backup) with a valid policy.
+    let put = |key: String, value: Vec<u8>| {
+        rt.block_on(async {
+            let mut client = Connection::new(&ep).connect().await.unwrap();
+            client.put(key, value, None).await.unwrap();
+        })
+    };
+    let refused_by_all = |what: &str| {
+        wait_until(&format!("every gateway refuses: {what}"), || {
+            let (_, v) = status(&ep);
+            v["gateways"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|g| {
+                    g["report"]["revision"] == 2
+                        && g["report"]["refused"]["error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains(what))
+                })
+                .count()
+                == 3
+        })
+    };
+    put(layout.shared(), b"[policy]\n\xff\xfe = 1\n".to_vec());
+    refused_by_all("not UTF-8 text");
+    let with_interface = format!(
+        "{}\n[interface]\nname = \"wgx\"\naddresses = [\"10.250.0.1/24\"]\n",
+        shared_v2()
+    );
+    put(layout.shared(), with_interface.into_bytes());
+    refused_by_all("`interface` does not belong in the shared part");
+    put(layout.revision(), b"three".to_vec());
+    refused_by_all("`three` is not a revision number");
+    let (_, v) = status(&ep);
+    assert!(
+        v["unreadable_revision"]
+            .as_str()
+            .is_some_and(|e| e.contains("`three`")),
+        "{v}"
+    );
+    // A push would number from 1 again: refused, saying what to do.
+    rt.block_on(async {
+        let mut client = Connection::new(&ep).connect().await.unwrap();
+        let base = push::read(&mut client, &layout).await.unwrap();
+        let again = Revision {
+            shared: base.shared.clone(),
+            gateways: base.gateways.clone(),
+        };
+        let e = push::write(&mut client, &layout, &base, &again)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("put the last revision pushed back"),
+            "{e}"
+        );
+    });
+    put(layout.shared(), shared_v2().into_bytes());
+    put(layout.revision(), b"1".to_vec());
+    refused_by_all("revision 1 is older than revision 2");
+    audited(&gws[0], &d, &shared_v2());
+    // A report key that is not a report: shown on its row, the others
+    // still read.
+    put(layout.status("ghost"), b"not json".to_vec());
+    let (_, v) = status(&ep);
+    let rows = v["gateways"].as_array().unwrap();
+    let ghost = rows.iter().find(|g| g["gateway"] == "ghost").expect("{v}");
+    assert!(
+        ghost["unreadable_report"]
+            .as_str()
+            .is_some_and(|e| e.contains("is not a report") && e.contains("`not json`")),
+        "{v}"
+    );
+    assert_eq!(
+        rows.iter().filter(|g| g["report"]["revision"] == 2).count(),
+        3,
+        "{v}"
+    );
+    rt.block_on(async {
+        let mut client = Connection::new(&ep).connect().await.unwrap();
+        client.delete(layout.status("ghost"), None).await.unwrap();
+    });
+    // Back to the broken revision 3, as before.
+    put(layout.shared(), shared_failing().into_bytes());
+    put(layout.revision(), b"3".to_vec());
+    refused_by_all("policy test(s) failed");
+
     // --- One gateway cut off from the store while two pushes land and
     // the store is compacted: it keeps enforcing, then catches up.
     gws[2].fwd.cut();

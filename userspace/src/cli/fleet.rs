@@ -65,13 +65,21 @@ fn status(etcd: &str, store: &StoreArgs, json: bool) -> Result<()> {
             std::process::exit(1);
         }
     } else {
-        println!("fleet revision {}", st.revision);
+        match &st.unreadable_revision {
+            Some(why) => println!("fleet revision unknown: {why}"),
+            None => println!("fleet revision {}", st.revision),
+        }
         println!(
             "{:<20} {:>8} {:>9}  LAST ERROR",
             "GATEWAY", "ENFORCES", "REPORTED"
         );
         for g in &st.gateways {
             let (enforces, age, err) = match &g.report {
+                None if g.unreadable_report.is_some() => (
+                    "-".to_string(),
+                    "?".to_string(),
+                    g.unreadable_report.clone().unwrap_or_default(),
+                ),
                 None => (
                     "-".to_string(),
                     "never".to_string(),

@@ -175,11 +175,22 @@ impl Daemon {
         let source = self.config.source.clone();
         let wanted = self.wanted.lock().ok().and_then(|w| w.clone());
         let settings = self.config.settings;
+        let enforced = self.report.borrow().revision;
         tokio::task::spawn_blocking(move || -> Result<EnforcementPlan> {
             let plan = match (&source, wanted) {
                 (MeshSource::File(path), _) => EnforcementPlan::from_file(path, settings)?,
                 (MeshSource::Fleet { .. }, Some(doc)) => {
                     let mesh = doc.mesh()?;
+                    // Revisions only grow; a lower one is a store restored
+                    // from a backup or written by hand, not a push.
+                    if let Some(now) = enforced.filter(|now| doc.revision < *now) {
+                        bail!(
+                            "revision {} is older than revision {now}, which this gateway \
+                             enforces: refused (to go back, push the older files: they become \
+                             a new revision)",
+                            doc.revision
+                        );
+                    }
                     EnforcementPlan::build(mesh, settings)
                         .with_context(|| format!("revision {}", doc.revision))?
                 }

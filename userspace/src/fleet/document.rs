@@ -26,6 +26,10 @@ pub struct GatewayDocument {
     pub etcd_revision: i64,
     pub shared: Option<Part>,
     pub own: Option<Part>,
+    /// A key the store holds but that cannot be read as what it must be
+    /// (a part that is not UTF-8, a revision that is not a number): the
+    /// document is refused, naming it, like any broken revision.
+    pub unreadable: Option<(String, String)>,
 }
 
 impl GatewayDocument {
@@ -34,6 +38,14 @@ impl GatewayDocument {
     /// not resolve, an include (the file would be read on the gateway,
     /// not from the store).
     pub fn mesh(&self) -> Result<Mesh, MeshError> {
+        if let Some((key, message)) = &self.unreadable {
+            return Err(MeshError {
+                file: key.clone(),
+                line: 0,
+                column: 0,
+                message: message.clone(),
+            });
+        }
         let Some(own) = &self.own else {
             return Err(MeshError {
                 file: format!("gateway {}", self.gateway),
@@ -49,16 +61,59 @@ impl GatewayDocument {
     }
 }
 
+/// The top-level tables each part may hold: a gateway's own settings and
+/// peers, and the policy every gateway shares. Anything else would let one
+/// part decide what the other is for (a shared `[interface]` applied on
+/// every gateway, a gateway's own `[policy]`).
+const OWN_TABLES: &[&str] = &["interface", "peer"];
+const SHARED_TABLES: &[&str] = &["policy"];
+
+/// Refuses a top-level table `part` may not hold, at its line.
+fn check_tables(part: &Part, allowed: &[&str], what: &str) -> Result<(), MeshError> {
+    // A part that is not TOML is left to the join, which says where.
+    let Ok(table) = toml::from_str::<toml::Table>(&part.text) else {
+        return Ok(());
+    };
+    match table.keys().find(|k| !allowed.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(key) => {
+            let line = part
+                .text
+                .lines()
+                .position(|l| {
+                    let l = l.trim_start().trim_start_matches('[').trim_start();
+                    l.starts_with(key.as_str())
+                })
+                .map_or(0, |i| i + 1);
+            Err(MeshError {
+                file: part.name.clone(),
+                line,
+                column: 1,
+                message: format!(
+                    "`{key}` does not belong in {what}, which holds {} only",
+                    allowed
+                        .iter()
+                        .map(|t| format!("[{t}]"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+            })
+        }
+    }
+}
+
 /// A gateway's part and the shared part as one mesh, refusing includes.
 pub fn join(own: &Part, shared: Option<&Part>) -> Result<Mesh, MeshError> {
+    check_tables(own, OWN_TABLES, "a gateway's part")?;
     let mut parts = vec![(own.name.as_str(), own.text.as_str())];
     if let Some(s) = shared {
+        check_tables(s, SHARED_TABLES, "the shared part")?;
         parts.push((s.name.as_str(), s.text.as_str()));
     }
     let mesh = mesh::parse_joined(&parts)?;
     if let Some(i) = mesh.includes.first() {
-        // The include sits in whichever part holds [policy].
-        let file = shared.filter(|s| s.text.contains("policy")).unwrap_or(own);
+        // Includes are [policy] keys, and only the shared part holds it.
+        let file = shared.unwrap_or(own);
         return Err(MeshError {
             file: file.name.clone(),
             line: i.line,
@@ -118,15 +173,45 @@ allowed_ips = ["10.9.0.2/32"]
 
     #[test]
     fn parts_that_overlap_or_leak_bare_keys_are_refused() {
+        // A gateway's own [policy], with or without one in the shared part.
         let own_with_policy = format!("{OWN}\n[policy]\naudit = true\n");
         let shared = part("shared.toml", "[policy]\naudit = false\n");
-        let e = join(&part("eu.toml", &own_with_policy), Some(&shared)).unwrap_err();
-        assert!(e.message.contains("`policy` is in another part"), "{e}");
+        for shared in [Some(&shared), None] {
+            let e = join(&part("eu.toml", &own_with_policy), shared).unwrap_err();
+            assert_eq!((e.file.as_str(), e.line), ("eu.toml", 10), "{e}");
+            assert!(
+                e.message
+                    .contains("`policy` does not belong in a gateway's part"),
+                "{e}"
+            );
+        }
+        // A shared [interface] would be applied on every gateway.
+        let own_peers = part(
+            "eu.toml",
+            "[[peer]]\nname = \"alice\"\nallowed_ips = [\"10.9.0.2/32\"]\n",
+        );
+        let shared_iface = part(
+            "shared.toml",
+            "[policy]\naudit = false\n\n[interface]\nname = \"wg0\"\naddresses = [\"10.9.0.1/24\"]\n",
+        );
+        let e = join(&own_peers, Some(&shared_iface)).unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("shared.toml", 4), "{e}");
+        assert!(
+            e.message
+                .contains("`interface` does not belong in the shared part"),
+            "{e}"
+        );
 
-        // A bare key in the shared part would land in alice's [[peer]].
+        // A bare key in the shared part would land in alice's [[peer]]:
+        // not a table the shared part may hold.
         let leak = part("shared.toml", "tags = [\"x\"]\n[policy]\n");
         let e = join(&part("eu.toml", OWN), Some(&leak)).unwrap_err();
-        assert!(e.message.contains("do not join"), "{e}");
+        assert_eq!((e.file.as_str(), e.line), ("shared.toml", 1), "{e}");
+        assert!(
+            e.message
+                .contains("`tags` does not belong in the shared part"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -141,6 +226,7 @@ allowed_ips = ["10.9.0.2/32"]
             etcd_revision: 9,
             shared: Some(shared),
             own: None,
+            unreadable: None,
         };
         assert!(doc
             .mesh()

@@ -47,32 +47,44 @@ pub async fn read(
             key: layout.prefix().into(),
             message: "the store answered the read with fewer results than asked".into(),
         })?;
-    let part =
-        |kv: &Option<etcd_client::KeyValue>, key: String| -> Result<Option<Part>, FleetError> {
-            kv.as_ref()
-                .map(|kv| {
-                    kv.value_str()
-                        .map(|t| Part {
-                            name: key.clone(),
-                            text: t.to_string(),
-                        })
-                        .map_err(|_| FleetError::BadValue {
-                            key,
-                            message: "not UTF-8".into(),
-                        })
-                })
-                .transpose()
-        };
+    let etcd_revision = [&rev, &shared, &own]
+        .iter()
+        .filter_map(|kv| kv.as_ref().map(|kv| kv.mod_revision()))
+        .max()
+        .unwrap_or(0);
+    // A key that cannot be what it must be is not an outage: the document
+    // carries it, and the daemon refuses and reports it like any broken
+    // revision (keeping the last good one).
+    let mut unreadable = None;
+    let mut part = |kv: &Option<etcd_client::KeyValue>, key: String| -> Option<Part> {
+        let kv = kv.as_ref()?;
+        match kv.value_str() {
+            Ok(t) => Some(Part {
+                name: key,
+                text: t.to_string(),
+            }),
+            Err(_) => {
+                unreadable.get_or_insert((key, "not UTF-8 text".to_string()));
+                None
+            }
+        }
+    };
+    let shared = part(&shared, layout.shared());
+    let own = part(&own, layout.gateway(name));
+    let revision = match rev.as_ref().map(revision_number).transpose() {
+        Ok(r) => r.unwrap_or(0),
+        Err(e) => {
+            unreadable.get_or_insert((layout.revision(), e.to_string()));
+            0
+        }
+    };
     let doc = GatewayDocument {
         gateway: name.to_string(),
-        revision: rev.as_ref().map(revision_number).transpose()?.unwrap_or(0),
-        etcd_revision: [&rev, &shared, &own]
-            .iter()
-            .filter_map(|kv| kv.as_ref().map(|kv| kv.mod_revision()))
-            .max()
-            .unwrap_or(0),
-        shared: part(&shared, layout.shared())?,
-        own: part(&own, layout.gateway(name))?,
+        revision,
+        etcd_revision,
+        shared,
+        own,
+        unreadable,
     };
     Ok((doc, at))
 }

@@ -16,6 +16,10 @@ pub struct Fleet {
     /// The etcd revision `P/revision` was last written at (0: absent); the
     /// next push is made against it.
     pub revision_written_at: i64,
+    /// `P/revision` holds something that is not a revision number (written
+    /// by hand): why. `fleet status` shows it; a push refuses to number
+    /// over it.
+    pub unreadable_revision: Option<String>,
     pub shared: Option<Part>,
     pub gateways: BTreeMap<String, Part>,
 }
@@ -28,22 +32,32 @@ pub struct Revision {
     pub gateways: BTreeMap<String, Part>,
 }
 
-fn text(kv: &etcd_client::KeyValue) -> Result<String, FleetError> {
-    kv.value_str()
-        .map(str::to_string)
-        .map_err(|_| FleetError::BadValue {
-            key: String::from_utf8_lossy(kv.key()).into_owned(),
-            message: "not UTF-8".into(),
-        })
+/// A stored part as text. One that is not UTF-8 (written by hand) is read
+/// lossily: here it is only compared with what replaces it, so it must not
+/// stop the push that repairs it, nor `fleet status`. (Gateways refuse it:
+/// [`super::follow::read`].)
+fn text(kv: &etcd_client::KeyValue) -> String {
+    String::from_utf8_lossy(kv.value()).into_owned()
+}
+
+/// At most 40 characters of a value from the store, for an error message.
+pub(super) fn quoted(value: &[u8]) -> String {
+    let t = String::from_utf8_lossy(value);
+    match t.char_indices().nth(40) {
+        Some((i, _)) => format!("`{}`… ({} bytes)", &t[..i], value.len()),
+        None => format!("`{t}`"),
+    }
 }
 
 /// Parses `P/revision`'s value.
 pub fn revision_number(kv: &etcd_client::KeyValue) -> Result<u64, FleetError> {
-    let t = text(kv)?;
-    t.trim().parse().map_err(|_| FleetError::BadValue {
-        key: String::from_utf8_lossy(kv.key()).into_owned(),
-        message: format!("`{t}` is not a revision number"),
-    })
+    kv.value_str()
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| FleetError::BadValue {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            message: format!("{} is not a revision number", quoted(kv.value())),
+        })
 }
 
 /// Reads the fleet in one transaction (one consistent revision).
@@ -68,13 +82,16 @@ pub async fn read(client: &mut Client, layout: &Layout) -> Result<Fleet, FleetEr
     };
     let mut fleet = Fleet::default();
     if let Some(kv) = rev.kvs().first() {
-        fleet.revision = revision_number(kv)?;
         fleet.revision_written_at = kv.mod_revision();
+        match revision_number(kv) {
+            Ok(r) => fleet.revision = r,
+            Err(e) => fleet.unreadable_revision = Some(e.to_string()),
+        }
     }
     if let Some(kv) = shared.kvs().first() {
         fleet.shared = Some(Part {
             name: layout.shared(),
-            text: text(kv)?,
+            text: text(kv),
         });
     }
     for kv in gws.kvs() {
@@ -84,7 +101,7 @@ pub async fn read(client: &mut Client, layout: &Layout) -> Result<Fleet, FleetEr
             name,
             Part {
                 name: key,
-                text: text(kv)?,
+                text: text(kv),
             },
         );
     }
@@ -100,6 +117,17 @@ pub async fn write(
     base: &Fleet,
     new: &Revision,
 ) -> Result<u64, FleetError> {
+    if let Some(why) = &base.unreadable_revision {
+        // Numbering from 1 again would make every gateway refuse the push
+        // as older than what it enforces.
+        return Err(FleetError::BadValue {
+            key: layout.revision(),
+            message: format!(
+                "{why}: put the last revision pushed back there (the gateways' \
+                 reports in `wgbpf fleet status` say which) and push again"
+            ),
+        });
+    }
     let next = base.revision + 1;
     let guard = if base.revision_written_at == 0 {
         Compare::version(layout.revision(), CompareOp::Equal, 0)

@@ -138,12 +138,17 @@ pub struct GatewayStatus {
     pub report: Option<Report>,
     /// Seconds since it wrote its report (this machine's clock).
     pub seconds_since_report: Option<u64>,
+    /// Its report key holds something that is not a report (written by
+    /// hand?): why, shown on its row rather than failing the whole status.
+    pub unreadable_report: Option<String>,
 }
 
 /// The fleet's revision and every gateway, in the fleet or reporting.
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetStatus {
     pub revision: u64,
+    /// `P/revision` is not a revision number: why.
+    pub unreadable_revision: Option<String>,
     pub gateways: Vec<GatewayStatus>,
 }
 
@@ -155,24 +160,33 @@ pub async fn status(client: &mut Client, layout: &Layout) -> Result<FleetStatus,
         .await
         .map_err(FleetError::etcd("reading the reports"))?;
     let mut by_name = std::collections::BTreeMap::new();
+    let mut unreadable = std::collections::BTreeMap::new();
     for kv in reports.kvs() {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let report: Report =
-            serde_json::from_slice(kv.value()).map_err(|e| FleetError::BadValue {
-                key: key.clone(),
-                message: format!("not a report: {e}"),
-            })?;
-        by_name.insert(key[layout.statuses().len()..].to_string(), report);
+        let name = key[layout.statuses().len()..].to_string();
+        match serde_json::from_slice::<Report>(kv.value()) {
+            Ok(report) => {
+                by_name.insert(name, report);
+            }
+            Err(e) => {
+                unreadable.insert(
+                    name,
+                    format!("{key} is not a report ({e}): {}", push::quoted(kv.value())),
+                );
+            }
+        }
     }
     let now = now_unix();
     let mut names: Vec<String> = fleet.gateways.keys().cloned().collect();
     names.extend(
         by_name
             .keys()
+            .chain(unreadable.keys())
             .filter(|n| !fleet.gateways.contains_key(*n))
             .cloned(),
     );
     names.sort();
+    names.dedup();
     let gateways = names
         .into_iter()
         .map(|n| {
@@ -180,6 +194,7 @@ pub async fn status(client: &mut Client, layout: &Layout) -> Result<FleetStatus,
             GatewayStatus {
                 in_fleet: fleet.gateways.contains_key(&n),
                 seconds_since_report: report.as_ref().map(|r| now.saturating_sub(r.reported_at)),
+                unreadable_report: unreadable.remove(&n),
                 report,
                 gateway: n,
             }
@@ -187,6 +202,7 @@ pub async fn status(client: &mut Client, layout: &Layout) -> Result<FleetStatus,
         .collect();
     Ok(FleetStatus {
         revision: fleet.revision,
+        unreadable_revision: fleet.unreadable_revision.clone(),
         gateways,
     })
 }
