@@ -122,4 +122,15 @@ fn a_data_plane_loaded_afresh_continues_the_versions() {
         "the data plane loaded afresh is at version {afresh}, after {second}: \
          wgbpf_policy_version went back"
     );
+    // A record at the top (corrupt, or written by hand): refused, the
+    // policy in force untouched, never a wrap to a version flows of an
+    // older policy still carry.
+    let record = format!("/var/lib/wgbpf/{}.version", gw.wg_if);
+    std::fs::write(&record, "4294967295\n").unwrap();
+    let (code, _, err) = wgbpf(gw, &["load", "-c", tcp.to_str().unwrap()]);
+    assert_ne!(code, 0, "a load past the last version succeeded");
+    assert!(err.contains("policy versions are exhausted"), "{err}");
+    let (code, _, err) = wgbpf(gw, &["audit", "-c", icmp.to_str().unwrap()]);
+    assert_eq!(code, 0, "the policy in force changed: {err}");
+    std::fs::remove_file(&record).unwrap();
 }

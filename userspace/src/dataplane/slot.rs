@@ -192,7 +192,21 @@ impl Maps {
             .slot_config
             .get(&next, 0)
             .map_err(map_err(names::SLOT_CONFIG))?;
-        let version = active_cfg.version.max(other.version).max(floor) + 1;
+        // A record at the top (corrupt, or written by hand) must not wrap
+        // to a version flows of an older policy still carry.
+        let version = active_cfg
+            .version
+            .max(other.version)
+            .max(floor)
+            .checked_add(1)
+            .ok_or_else(|| {
+                DataplaneError::Layout(
+                    "policy versions are exhausted (the last one given is 4294967295): \
+                     a corrupt /var/lib/wgbpf/IFACE.version? Remove it, `wgbpf unload`, \
+                     then load again"
+                        .into(),
+                )
+            })?;
         reserve(version);
         // Invalidate first: if we stop half way, the slot says so (and keeps
         // the version it was being written with).
